@@ -1,0 +1,405 @@
+"""CA operations over the database: create, sign, revoke, status, updatedb, gencrl.
+
+Each function works inside the caller's session and flushes; the caller commits, so one
+operation is one transaction and a refused request leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .crl import RevokedEntry, build_crl, reason_name
+from .csr import check_expressway_names, check_key, load_csr
+from .errors import BadInput, CaExpired, Conflict, NotFound, WrongPassphrase
+from .issuance import COPY_MODES, CaUrls, build_certificate, validity_window
+from .keys import SoftwareSigner, decrypt_key, describe_key, encrypt_key, generate_key
+from .models import Certificate, CertificateAuthority, Crl
+from .names import openssl_oneline
+from .policy import POLICY_ANYTHING, Policy
+from .profiles import Profile, get_profile
+
+Random = Callable[[int], bytes]
+ROOT_PROFILE = Profile("root", "self-signed root CA", is_ca=True)
+SERIAL_MODES = ("random", "sequential")
+_SERIAL_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class CaOptions:
+    """The ``[ CA_default ]`` part of an OpenSSL config, as pkiq keeps it per CA."""
+
+    policy: Policy = POLICY_ANYTHING
+    copy_extensions: str = "copy"
+    unique_subject: bool = False
+    default_days: int = 365
+    profile_days: dict = field(default_factory=dict)
+    crl_hours: int = 168
+    crl_include_expired: bool = True
+    clock_skew_seconds: int = 300
+    serial_mode: str = "random"
+    urls: CaUrls = CaUrls()
+
+    def __post_init__(self):
+        if self.copy_extensions not in COPY_MODES:
+            raise BadInput(f"copy_extensions must be one of {', '.join(COPY_MODES)}")
+        if self.serial_mode not in SERIAL_MODES:
+            raise BadInput(f"serial mode must be one of {', '.join(SERIAL_MODES)}")
+        if self.default_days < 1 or self.crl_hours < 1 or self.clock_skew_seconds < 0:
+            raise BadInput("default days and CRL hours must be positive, clock skew not negative")
+        for url in (*self.urls.crl, *self.urls.ca_issuers, *self.urls.ocsp):
+            if not url.startswith(("http://", "https://", "ldap://")):
+                raise BadInput(f"{url!r}: distribution and access URLs must be http(s) or ldap")
+
+    def apply_to(self, ca: CertificateAuthority) -> None:
+        ca.policy = self.policy.to_dict()
+        ca.copy_extensions = self.copy_extensions
+        ca.unique_subject = self.unique_subject
+        ca.default_days = self.default_days
+        ca.profile_days = dict(self.profile_days)
+        ca.crl_hours = self.crl_hours
+        ca.crl_include_expired = self.crl_include_expired
+        ca.clock_skew_seconds = self.clock_skew_seconds
+        ca.serial_mode = self.serial_mode
+        ca.crl_urls = list(self.urls.crl)
+        ca.ca_issuers_urls = list(self.urls.ca_issuers)
+        ca.ocsp_urls = list(self.urls.ocsp)
+
+
+@dataclass
+class SignResult:
+    record: Certificate
+    certificate: x509.Certificate
+    warnings: list[str]
+
+
+# ---------------------------------------------------------------- serials
+
+def serial_hex(serial: int) -> str:
+    """OpenSSL's spelling: upper-case hex, whole octets (``0A``, ``10``, ``01F4``)."""
+    text = f"{serial:X}"
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def parse_serial(text: str) -> int:
+    """A serial as users paste it: hex (OpenSSL's form), with or without ``0x`` or colons."""
+    cleaned = text.strip().replace(":", "").lower().removeprefix("0x")
+    try:
+        value = int(cleaned, 16)
+    except ValueError:
+        raise BadInput(f"{text!r} is not a hexadecimal serial number") from None
+    if value <= 0:
+        raise BadInput("serial numbers are positive")
+    return value
+
+
+def random_serial(rng: Random = os.urandom) -> int:
+    """126 random bits with the top bit set: fixed length, positive, within RFC 5280's 20
+    octets, and well over the CA/Browser Forum's 64 bits of CSPRNG output."""
+    return (int.from_bytes(rng(16), "big") >> 1) | (1 << 126)
+
+
+def _next_serial(session: Session, ca: CertificateAuthority, rng: Random) -> int:
+    if ca.serial_mode == "random":
+        return random_serial(rng)
+    # Sequential: lock the CA row (SELECT ... FOR UPDATE on PostgreSQL, the writer lock on
+    # SQLite) so that concurrent signers each take their own number.
+    session.refresh(ca, with_for_update=True)
+    serial = int(ca.next_serial, 16)
+    ca.next_serial = serial_hex(serial + 1)
+    return serial
+
+
+# ---------------------------------------------------------------- CAs
+
+@functools.lru_cache(maxsize=128)
+def load_certificate(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+def ca_certificate(ca: CertificateAuthority) -> x509.Certificate:
+    return load_certificate(ca.cert_der)
+
+
+def get_ca(session: Session, name: str) -> CertificateAuthority:
+    ca = session.scalar(select(CertificateAuthority).where(CertificateAuthority.name == name))
+    if ca is None:
+        known = session.scalars(select(CertificateAuthority.name)).all()
+        hint = f"; known CAs: {', '.join(known)}" if known else "; none exists yet"
+        raise NotFound(f"no CA named {name!r}{hint}")
+    return ca
+
+
+def list_cas(session: Session) -> list[CertificateAuthority]:
+    return list(session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)))
+
+
+def load_signer(ca: CertificateAuthority, passphrase: bytes | None) -> SoftwareSigner:
+    """Decrypt the CA key (once per process is enough) and check it belongs to the CA cert."""
+    if not passphrase:
+        raise WrongPassphrase(f"CA {ca.name!r}: its key is encrypted; give its passphrase")
+    key = decrypt_key(ca.key_pem, passphrase, what=f"the key of CA {ca.name!r}")
+    signer = SoftwareSigner(key)
+    _check_key_matches(signer, ca_certificate(ca), ca.name)
+    return signer
+
+
+def _check_key_matches(signer, cert: x509.Certificate, name: str) -> None:
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if signer.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise BadInput(f"the private key does not belong to the certificate of CA {name!r}")
+
+
+def _check_name_free(session: Session, name: str) -> None:
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(
+            ".", "").isalnum():
+        raise BadInput(f"CA name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
+    if session.scalar(select(CertificateAuthority.id).where(CertificateAuthority.name == name)):
+        raise Conflict(f"a CA named {name!r} already exists")
+
+
+def create_ca(
+    session: Session,
+    *,
+    name: str,
+    subject: x509.Name,
+    key_type: str,
+    passphrase: bytes,
+    now: dt.datetime,
+    days: int = 3650,
+    options: CaOptions = CaOptions(),
+    parent: CertificateAuthority | None = None,
+    parent_signer: SoftwareSigner | None = None,
+    rng: Random = os.urandom,
+) -> CertificateAuthority:
+    """A root CA, or (with ``parent``) a subordinate CA whose issuance the parent records."""
+    _check_name_free(session, name)
+    key = generate_key(key_type)
+    encrypted = encrypt_key(key, passphrase)
+    if parent is None:
+        not_before, not_after, _ = validity_window(
+            now, days, dt.timedelta(seconds=options.clock_skew_seconds), None)
+        cert = build_certificate(
+            signer=SoftwareSigner(key), issuer_cert=None, subject=subject,
+            public_key=key.public_key(), serial=random_serial(rng), not_before=not_before,
+            not_after=not_after, profile=ROOT_PROFILE).certificate
+    else:
+        if parent_signer is None:
+            raise WrongPassphrase(f"signing a subordinate CA needs the key of CA {parent.name!r}")
+        cert = _issue(session, parent, parent_signer, subject=subject,
+                      public_key=key.public_key(), profile=get_profile("subca"), days=days,
+                      now=now, rng=rng).certificate
+    ca = CertificateAuthority(
+        name=name, parent_id=parent.id if parent else None,
+        cert_der=cert.public_bytes(serialization.Encoding.DER), key_pem=encrypted,
+        subject=openssl_oneline(cert.subject), key_type=describe_key(cert.public_key()),
+        not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, created_at=now,
+        crl_number=0, next_serial="01",
+    )
+    options.apply_to(ca)
+    session.add(ca)
+    session.flush()
+    return ca
+
+
+# ---------------------------------------------------------------- signing
+
+def resolve_days(ca: CertificateAuthority, profile: Profile, days: int | None) -> int:
+    if days is not None:
+        return days
+    if profile.name in (ca.profile_days or {}):
+        return int(ca.profile_days[profile.name])
+    return profile.default_days or ca.default_days
+
+
+def sign_csr(
+    session: Session,
+    ca: CertificateAuthority,
+    signer: SoftwareSigner,
+    csr_data: bytes,
+    *,
+    profile: str,
+    now: dt.datetime,
+    days: int | None = None,
+    rng: Random = os.urandom,
+) -> SignResult:
+    """Check a request against the CA's policy and the Expressway rules, then issue it."""
+    csr = load_csr(csr_data)
+    issuer = ca_certificate(ca)
+    prof = get_profile(profile)
+    subject = Policy.from_dict(ca.policy).apply(csr.subject, issuer.subject)
+    warnings = check_key(csr.public_key())
+    if not prof.is_ca:
+        warnings += check_expressway_names(subject, csr)
+    result = _issue(session, ca, signer, subject=subject, public_key=csr.public_key(),
+                    profile=prof, days=days, now=now, rng=rng, csr=csr)
+    result.warnings[:0] = warnings
+    return result
+
+
+def _issue(session, ca, signer, *, subject, public_key, profile, days, now, rng, csr=None):
+    issuer = ca_certificate(ca)
+    if now >= ca.not_after:
+        raise CaExpired(f"CA {ca.name!r} expired on {ca.not_after:%Y-%m-%d}; it can sign "
+                        "nothing more", "notAfter", "ca-valid")
+    subject_text = openssl_oneline(subject)
+    if ca.unique_subject:
+        _check_unique_subject(session, ca, subject_text, now)
+    not_before, not_after, warnings = validity_window(
+        now, resolve_days(ca, profile, days), dt.timedelta(seconds=ca.clock_skew_seconds),
+        ca.not_after)
+    urls = CaUrls(tuple(ca.crl_urls), tuple(ca.ca_issuers_urls), tuple(ca.ocsp_urls))
+    for _attempt in range(_SERIAL_ATTEMPTS):
+        serial = _next_serial(session, ca, rng)
+        issued = build_certificate(
+            signer=signer, issuer_cert=issuer, subject=subject, public_key=public_key,
+            serial=serial, not_before=not_before, not_after=not_after, profile=profile,
+            urls=urls, csr=csr, copy_mode=ca.copy_extensions)
+        record = Certificate(
+            ca_id=ca.id, serial=serial_hex(serial), status="V", subject=subject_text,
+            active_subject=subject_text if ca.unique_subject else None,
+            not_before=not_before, not_after=not_after, profile=profile.name,
+            der=issued.certificate.public_bytes(serialization.Encoding.DER), created_at=now)
+        try:
+            with session.begin_nested():
+                session.add(record)
+        except IntegrityError as exc:
+            if ca.unique_subject:  # a concurrent signer took the subject: say which serial
+                _check_unique_subject(session, ca, subject_text, now)
+            if ca.serial_mode == "sequential":
+                raise Conflict(f"serial {serial_hex(serial)} is already used by CA {ca.name!r}; "
+                               "its next serial is behind its index") from exc
+            continue  # a random serial collided: draw again
+        return SignResult(record, issued.certificate, warnings + issued.warnings)
+    raise Conflict(f"could not find a free serial for CA {ca.name!r}")
+
+
+def _valid_with_subject(session, ca, subject_text, now):
+    return session.scalar(
+        select(Certificate).where(Certificate.ca_id == ca.id, Certificate.status == "V",
+                                  Certificate.subject == subject_text,
+                                  Certificate.not_after > now))
+
+
+def _check_unique_subject(session, ca, subject_text, now):
+    # A valid entry past its notAfter is expired (as -updatedb would mark it): free it first.
+    session.execute(
+        update(Certificate)
+        .where(Certificate.ca_id == ca.id, Certificate.status == "V",
+               Certificate.active_subject == subject_text, Certificate.not_after <= now)
+        .values(status="E", active_subject=None))
+    existing = _valid_with_subject(session, ca, subject_text, now)
+    if existing is not None:
+        raise Conflict(f"CA {ca.name!r} has unique_subject = yes and already holds a valid "
+                       f"certificate for {subject_text} (serial {existing.serial}); revoke it "
+                       "first, or set unique_subject = no")
+
+
+# ---------------------------------------------------------------- index
+
+def find_certificate(session: Session, ca: CertificateAuthority, serial: int) -> Certificate:
+    record = session.scalar(select(Certificate).where(
+        Certificate.ca_id == ca.id, Certificate.serial == serial_hex(serial)))
+    if record is None:
+        raise NotFound(f"CA {ca.name!r} has issued no certificate with serial {serial_hex(serial)}")
+    return record
+
+
+def find_by_serial(session: Session, serial: int) -> list[Certificate]:
+    query = select(Certificate).where(Certificate.serial == serial_hex(serial))
+    return list(session.scalars(query))
+
+
+def status(session: Session, ca: CertificateAuthority, serial: int, now: dt.datetime) -> str:
+    """``Valid``, ``Revoked`` or ``Expired`` as ``openssl ca -status`` would say it."""
+    record = find_certificate(session, ca, serial)
+    if record.status == "V" and record.not_after <= now:
+        return "Expired"
+    return {"V": "Valid", "R": "Revoked", "E": "Expired"}[record.status]
+
+
+def revoke(
+    session: Session,
+    ca: CertificateAuthority,
+    serial: int,
+    *,
+    now: dt.datetime,
+    reason: str = "unspecified",
+    invalidity_date: dt.datetime | None = None,
+) -> Certificate:
+    reason = reason_name(reason)
+    if invalidity_date is not None and invalidity_date > now:
+        raise BadInput("the invalidity date (when the key was compromised) cannot be in the "
+                       "future")
+    record = find_certificate(session, ca, serial)
+    if record.status == "R":
+        raise Conflict(f"serial {record.serial} was already revoked on "
+                       f"{record.revoked_at:%Y-%m-%d %H:%M:%S}Z ({record.revocation_reason})")
+    record.status = "R"
+    record.active_subject = None
+    record.revoked_at = now.replace(microsecond=0)
+    record.revocation_reason = reason
+    record.invalidity_date = invalidity_date.replace(microsecond=0) if invalidity_date else None
+    session.flush()
+    return record
+
+
+def update_db(session: Session, ca: CertificateAuthority, now: dt.datetime) -> int:
+    """``openssl ca -updatedb``: mark valid entries past their notAfter as expired."""
+    result = session.execute(
+        update(Certificate)
+        .where(Certificate.ca_id == ca.id, Certificate.status == "V",
+               Certificate.not_after <= now)
+        .values(status="E", active_subject=None))
+    return result.rowcount
+
+
+# ---------------------------------------------------------------- CRLs
+
+def generate_crl(
+    session: Session, ca: CertificateAuthority, signer: SoftwareSigner, now: dt.datetime
+) -> Crl:
+    """The CA's next CRL. The CA row is locked for the transaction, so two writers on any
+    host take numbers one after the other; the unique (ca, number) index backs that up."""
+    session.refresh(ca, with_for_update=True)
+    number = ca.crl_number + 1
+    ca.crl_number = number
+    query = select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason,
+                   Certificate.invalidity_date).where(
+        Certificate.ca_id == ca.id, Certificate.status == "R")
+    if not ca.crl_include_expired:
+        query = query.where(Certificate.not_after > now)
+    entries = [RevokedEntry(int(s, 16), r, reason, inv)
+               for s, r, reason, inv in session.execute(query.order_by(Certificate.id))]
+    this_update = now.replace(microsecond=0)
+    next_update = this_update + dt.timedelta(hours=ca.crl_hours)
+    crl = build_crl(signer=signer, issuer_cert=ca_certificate(ca), entries=entries,
+                    number=number, this_update=this_update, next_update=next_update)
+    row = Crl(ca_id=ca.id, number=number, this_update=this_update, next_update=next_update,
+              entries=len(entries), der=crl.public_bytes(serialization.Encoding.DER))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def latest_crl(session: Session, ca: CertificateAuthority) -> Crl | None:
+    return session.scalar(select(Crl).where(Crl.ca_id == ca.id).order_by(Crl.number.desc())
+                          .limit(1))
+
+
+def chain(session: Session, ca: CertificateAuthority) -> list[x509.Certificate]:
+    """The CA's certificate and its parents up to the root."""
+    out, current = [], ca
+    while current is not None:
+        out.append(ca_certificate(current))
+        current = current.parent
+    return out

@@ -1,0 +1,115 @@
+"""CA keys: generation, encryption at rest, and the signer interface issuance talks to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from .errors import BadInput, WrongPassphrase
+
+KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ec-p256", "ec-p384")
+MIN_PASSPHRASE = 4  # OpenSSL's own floor for PEM pass phrases
+
+
+def generate_key(key_type: str):
+    """A fresh private key of one of ``KEY_TYPES``."""
+    if key_type.startswith("rsa") and key_type[3:] in ("2048", "3072", "4096"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[3:]))
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    raise BadInput(f"unknown key type {key_type!r}; choose one of {', '.join(KEY_TYPES)}")
+
+
+def describe_key(public_key) -> str:
+    """A short name such as ``RSA 4096`` or ``EC P-256`` for messages and listings."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"RSA {public_key.key_size}"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return {"secp256r1": "EC P-256", "secp384r1": "EC P-384", "secp521r1": "EC P-521"}.get(
+            public_key.curve.name, f"EC {public_key.curve.name}"
+        )
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(public_key, ed448.Ed448PublicKey):
+        return "Ed448"
+    return type(public_key).__name__
+
+
+def encrypt_key(private_key, passphrase: bytes) -> str:
+    """PKCS#8 PEM encrypted with PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC): what we store."""
+    check_passphrase(passphrase)
+    return private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    ).decode("ascii")
+
+
+def check_passphrase(passphrase: bytes) -> None:
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise BadInput(f"the CA passphrase must be at least {MIN_PASSPHRASE} characters long")
+
+
+def decrypt_key(pem: str | bytes, passphrase: bytes | None, what: str = "the CA key"):
+    """Load an encrypted (or, for imports, clear) PEM private key; wrong passphrase -> one error."""
+    data = pem.encode("ascii") if isinstance(pem, str) else pem
+    try:
+        return serialization.load_pem_private_key(data, password=passphrase or None)
+    except TypeError as exc:  # encrypted but no passphrase, or clear with one
+        if passphrase:
+            return serialization.load_pem_private_key(data, password=None)
+        raise WrongPassphrase(f"{what} is encrypted: give its passphrase") from exc
+    except ValueError as exc:
+        if b"ENCRYPTED" in data:
+            raise WrongPassphrase(f"wrong passphrase for {what}") from exc
+        raise BadInput(f"{what} is not a PEM private key pkiq can read") from exc
+
+
+def signature_hash(public_key) -> hashes.HashAlgorithm | None:
+    """The digest pkiq signs with: SHA-256, or SHA-384 for P-384 (RFC 5480 pairs curve and hash).
+
+    Never SHA-1, whatever a request or an old guide asks for: SHA-1 certificates are refused
+    by current TLS stacks and collisions are practical (SHAttered, 2017).
+    """
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.key_size >= 384:
+        return hashes.SHA384()
+    if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return None
+    return hashes.SHA256()
+
+
+class Signer(Protocol):
+    """What issuance needs from a CA key; a software key, an HSM or a KMS can stand behind it."""
+
+    def public_key(self): ...
+
+    def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate: ...
+
+    def sign_crl(
+        self, builder: x509.CertificateRevocationListBuilder
+    ) -> x509.CertificateRevocationList: ...
+
+
+@dataclass(frozen=True, repr=False)
+class SoftwareSigner:
+    """A private key held in this process's memory only (loaded once, never written in clear)."""
+
+    private_key: object
+
+    def __repr__(self) -> str:  # never print key material, even by accident
+        return f"SoftwareSigner({describe_key(self.public_key())})"
+
+    def public_key(self):
+        return self.private_key.public_key()
+
+    def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        return builder.sign(self.private_key, signature_hash(self.public_key()))
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder):
+        return builder.sign(self.private_key, signature_hash(self.public_key()))

@@ -1,0 +1,134 @@
+"""The CA database: OpenSSL's index.txt, serial and crlnumber as SQL tables.
+
+| OpenSSL demoCA              | here                                          |
+|-----------------------------|-----------------------------------------------|
+| cacert.pem, private/cakey   | certificate_authorities.cert_der / key_pem    |
+| serial                      | certificate_authorities.next_serial (hex)     |
+| crlnumber                   | certificate_authorities.crl_number (last used)|
+| index.txt rows V/R/E        | certificates.status                           |
+| index.txt.attr unique_subject | certificates.active_subject + unique index  |
+| newcerts/SERIAL.pem         | certificates.der                              |
+| crl.pem                     | crls                                          |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the CA database; pass UTC-aware times")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CertificateAuthority(Base):
+    __tablename__ = "certificate_authorities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("certificate_authorities.id"))
+    cert_der: Mapped[bytes] = mapped_column(LargeBinary)
+    key_pem: Mapped[str] = mapped_column(Text)  # PKCS#8, PBES2 AES-256: never clear
+    subject: Mapped[str] = mapped_column(Text)
+    key_type: Mapped[str] = mapped_column(String(16))
+    not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # OpenSSL [ CA_default ] settings
+    policy: Mapped[dict] = mapped_column(JSON)
+    copy_extensions: Mapped[str] = mapped_column(String(8), default="copy")
+    unique_subject: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_days: Mapped[int] = mapped_column(Integer, default=365)
+    profile_days: Mapped[dict] = mapped_column(JSON, default=dict)
+    crl_hours: Mapped[int] = mapped_column(Integer, default=168)
+    crl_include_expired: Mapped[bool] = mapped_column(Boolean, default=True)
+    clock_skew_seconds: Mapped[int] = mapped_column(Integer, default=300)
+    serial_mode: Mapped[str] = mapped_column(String(12), default="random")
+    next_serial: Mapped[str] = mapped_column(String(42), default="01")
+    crl_number: Mapped[int] = mapped_column(BigInteger, default=0)  # last one used; 0 = none
+    crl_urls: Mapped[list] = mapped_column(JSON, default=list)
+    ca_issuers_urls: Mapped[list] = mapped_column(JSON, default=list)
+    ocsp_urls: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    parent: Mapped[CertificateAuthority | None] = relationship(remote_side=[id])
+
+    def __repr__(self) -> str:
+        return f"CertificateAuthority(name={self.name!r}, subject={self.subject!r})"
+
+
+class Certificate(Base):
+    """One index.txt row, plus the certificate itself."""
+
+    __tablename__ = "certificates"
+    __table_args__ = (
+        UniqueConstraint("ca_id", "serial", name="uq_certificates_ca_serial"),
+        # NULLs are distinct: only valid certificates of unique_subject CAs take part.
+        UniqueConstraint("ca_id", "active_subject", name="uq_certificates_ca_active_subject"),
+        Index("ix_certificates_ca_status", "ca_id", "status"),
+        Index("ix_certificates_serial", "serial"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    serial: Mapped[str] = mapped_column(String(42))  # upper-case hex, even length (OpenSSL)
+    status: Mapped[str] = mapped_column(String(1))  # V valid, R revoked, E expired
+    subject: Mapped[str] = mapped_column(Text)  # OpenSSL one-line form
+    active_subject: Mapped[str | None] = mapped_column(Text)
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revocation_reason: Mapped[str | None] = mapped_column(String(24))
+    invalidity_date: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    profile: Mapped[str | None] = mapped_column(String(32))
+    der: Mapped[bytes | None] = mapped_column(LargeBinary)  # None: imported without newcerts/
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    ca: Mapped[CertificateAuthority] = relationship()
+
+
+class Crl(Base):
+    __tablename__ = "crls"
+    __table_args__ = (UniqueConstraint("ca_id", "number", name="uq_crls_ca_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    number: Mapped[int] = mapped_column(BigInteger)
+    this_update: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    next_update: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    entries: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)

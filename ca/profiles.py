@@ -1,0 +1,50 @@
+"""Signing profiles as data: what an issued certificate may be used for.
+
+Names follow the Microsoft templates the Expressway guide uses: ``webserver`` (WebServer,
+serverAuth) and ``webclientandserver`` (Webclientandserver, serverAuth + clientAuth, needed for
+mutual TLS between Expressways in TLS verify mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from .errors import BadInput
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    extended_key_usage: tuple = ()
+    is_ca: bool = False
+    path_length: int | None = None
+    default_days: int | None = None  # None: the CA's default_days
+
+
+PROFILES = {
+    p.name: p
+    for p in (
+        Profile("webserver", "TLS server (serverAuth)", (ExtendedKeyUsageOID.SERVER_AUTH,)),
+        Profile(
+            "webclientandserver",
+            "TLS server and client (serverAuth + clientAuth), for Expressway mutual TLS",
+            (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+        ),
+        Profile("client", "TLS client (clientAuth)", (ExtendedKeyUsageOID.CLIENT_AUTH,)),
+        Profile("subca", "Subordinate CA (CA:TRUE, pathlen 0)", is_ca=True, path_length=0,
+                default_days=1825),
+    )
+}
+DEFAULT_PROFILE = "webclientandserver"
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise BadInput(
+            f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}"
+        ) from None

@@ -1,0 +1,1 @@
+"""The application shell: settings from PKIQ_* variables, the database, the CLI."""
