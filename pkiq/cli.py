@@ -45,15 +45,21 @@ class App:
                  clock: Callable[[], dt.datetime] = utc_now):
         self.settings = settings or Settings()
         self.clock = clock
+        self._engine = None
         self._factory = None
 
     @property
     def sessions(self):
         if self._factory is None:
-            engine = make_engine(self.settings.effective_database_url)
-            migrate(engine)
-            self._factory = session_factory(engine)
+            self._engine = make_engine(self.settings.effective_database_url)
+            migrate(self._engine)
+            self._factory = session_factory(self._engine)
         return self._factory
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = self._factory = None
 
     def transaction(self):
         return transaction(self.sessions)
