@@ -1,0 +1,36 @@
+"""Small helpers for tests that call the CA domain directly (no CLI)."""
+
+from __future__ import annotations
+
+from ca import authority
+from ca.authority import CaOptions
+from ca.names import parse_name
+from pkiq.db import transaction
+
+from .conftest import PASSPHRASE
+
+PASS = PASSPHRASE.encode()
+
+
+def new_ca(sessions, clock, name="Root", key_type="ec-p256", subject=None, days=3650,
+           parent=None, **options):
+    """Create a CA and return (ca, signer); the CA row is detached and safe to reuse."""
+    with transaction(sessions) as session:
+        parent_row = parent_signer = None
+        if parent is not None:
+            parent_row = authority.get_ca(session, parent)
+            parent_signer = authority.load_signer(parent_row, PASS)
+        ca = authority.create_ca(
+            session, name=name,
+            subject=parse_name(subject or f"/C=GB/ST=England/O=Example/CN={name} CA"),
+            key_type=key_type, passphrase=PASS, now=clock(), days=days,
+            options=CaOptions(**options), parent=parent_row, parent_signer=parent_signer)
+        return ca, authority.load_signer(ca, PASS)
+
+
+def sign(sessions, clock, ca_name, csr: bytes, profile="webclientandserver", days=None):
+    with transaction(sessions) as session:
+        ca = authority.get_ca(session, ca_name)
+        signer = authority.load_signer(ca, PASS)
+        return authority.sign_csr(session, ca, signer, csr, profile=profile, days=days,
+                                  now=clock())
