@@ -130,6 +130,13 @@ def _read(path: Path, what: str, limit: int = 1024 * 1024) -> bytes:
     return path.read_bytes()
 
 
+def _text(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{what} is not a text file (not UTF-8)") from None
+
+
 def read_democa(folder: Path, config_path: Path | None = None) -> DemoCA:
     """Read a demoCA laid out as the Expressway guide (and ``openssl ca``) lay it out."""
     if not folder.is_dir():
@@ -139,7 +146,7 @@ def read_democa(folder: Path, config_path: Path | None = None) -> DemoCA:
     if config_path is None:
         config_path = next((folder / n for n in CONFIG_NAMES if (folder / n).is_file()), None)
     if config_path is not None:
-        conf = OpenSSLConfig(_read(config_path, "openssl config").decode("utf-8", "replace"),
+        conf = OpenSSLConfig(_text(_read(config_path, "openssl config"), config_path.name),
                              overrides={"dir": str(folder)})
         notes += [f"ignored config directive {d}" for d in conf.ignored]
     ca_sec = {}
@@ -161,12 +168,12 @@ def read_democa(folder: Path, config_path: Path | None = None) -> DemoCA:
         raise BadInput("cacert.pem is not a PEM certificate") from None
     key_pem = _read(path_of("private_key", "private/cakey.pem"), "CA private key")
     index_path = path_of("database", "index.txt")
-    rows = parse_index(_read(index_path, "index.txt", MAX_INDEX_BYTES).decode("utf-8"))
+    rows = parse_index(_text(_read(index_path, "index.txt", MAX_INDEX_BYTES), "index.txt"))
     bodies = _read_bodies(path_of("new_certs_dir", "newcerts"), rows, notes)
     attr = index_path.with_name(index_path.name + ".attr")
     unique = yes(ca_sec.get("unique_subject"), True)
     if attr.is_file():
-        attrs = OpenSSLConfig(attr.read_text())
+        attrs = OpenSSLConfig(_text(_read(attr, attr.name), attr.name))
         unique = yes(attrs.get("default", "unique_subject"), unique)
     policy = POLICY_MATCH
     if ca_sec.get("policy"):
@@ -190,7 +197,7 @@ def read_democa(folder: Path, config_path: Path | None = None) -> DemoCA:
 def _read_hex(path: Path) -> int | None:
     if not path.is_file():
         return None
-    text = path.read_text().strip()
+    text = _text(_read(path, path.name, 4096), path.name).strip()
     try:
         return int(text, 16)
     except ValueError:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from .csr import verify_csr_signature
 from .errors import BadInput
 from .keys import describe_key
 from .names import openssl_oneline
@@ -114,7 +115,7 @@ def describe(item: Decoded) -> dict:
     elif item.kind == "csr":
         out.update(subject=openssl_oneline(obj.subject), public_key=describe_key(obj.public_key()),
                    signature_algorithm=obj.signature_algorithm_oid._name,
-                   signature_valid=obj.is_signature_valid)
+                   signature_valid=_csr_signature_valid(obj))
     else:
         number = None
         with contextlib.suppress(x509.ExtensionNotFound):
@@ -128,6 +129,14 @@ def describe(item: Decoded) -> dict:
         )
     out["extensions"] = [_extension(e) for e in obj.extensions]
     return out
+
+
+def _csr_signature_valid(csr: x509.CertificateSigningRequest) -> bool:
+    try:
+        verify_csr_signature(csr)
+    except BadInput:
+        return False
+    return True
 
 
 def _revoked(entry: x509.RevokedCertificate) -> dict:

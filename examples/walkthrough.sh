@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The guide's private-CA appendix, done with pkiq on the embedded default (SQLite in
+# ./pkiq-data): a root and an issuing CA, an Expressway cluster CSR made exactly as the guide
+# makes it (openssl req ... -outform DER -sha1), signed "web client and server", checked with
+# the real openssl, one peer revoked, a CRL, and a demoCA export that `openssl ca` keeps using.
+# Safe to run again: it reuses the CAs and passphrase it made the first time.
+set -euo pipefail
+export PKIQ_DATA_DIR="${PKIQ_DATA_DIR:-$PWD/pkiq-data}"
+work="$PKIQ_DATA_DIR/walkthrough"
+mkdir -p "$work"
+chmod 700 "$PKIQ_DATA_DIR"
+pass="$PKIQ_DATA_DIR/ca.pass"
+if [ ! -s "$pass" ]; then
+  (umask 077 && openssl rand -base64 24 > "$pass")
+  echo "== new CA passphrase in $pass (mode 0600): keep it safe"
+fi
+P=(--passphrase-file "$pass")
+
+step() { printf '\n== %s\n' "$*"; }
+
+if ! pkiq ca show Root >/dev/null 2>&1; then
+  step "root CA (RSA 4096, as the guide's genrsa -aes256 4096; SHA-256, not the guide's -sha1)"
+  pkiq ca create Root --subject "/C=GB/O=Example Ltd/CN=Example Root CA" --key-type rsa4096 \
+    --days 3650 "${P[@]}"
+  step "issuing CA signed by the root, with a CRL distribution point"
+  pkiq ca create Issuing --parent Root --parent-passphrase-file "$pass" "${P[@]}" \
+    --subject "/C=GB/O=Example Ltd/CN=Example Issuing CA" --key-type ec-p384 --days 1825 \
+    --policy policy_anything --copy-extensions copy \
+    --crl-url http://pki.example.com/issuing.crl
+fi
+pkiq ca list
+
+step "a cluster CSR made exactly as the guide's appendix makes it"
+cat > "$work/openssl_request.cfg" <<'CFG'
+[ req ]
+distinguished_name = dn
+req_extensions = v3_req
+prompt = no
+[ dn ]
+C = GB
+O = Example Ltd
+OU = Video
+CN = expe.example.com
+[ v3_req ]
+extendedKeyUsage=serverAuth, clientAuth
+subjectAltName="DNS:expe.example.com,DNS:expe1.example.com,DNS:expe2.example.com"
+CFG
+openssl genrsa -out "$work/privatekey.pem" 2048 2>/dev/null
+openssl req -new -key "$work/privatekey.pem" -config "$work/openssl_request.cfg" \
+  -out "$work/certcsr.der" -outform DER -sha1
+pkiq x509 decode "$work/certcsr.der" | head -6
+
+step "sign it with the 'web client and server' profile (mutual TLS between Expressways)"
+pkiq ca sign Issuing "$work/certcsr.der" --profile webclientandserver --out "$work/server.pem" "${P[@]}"
+serial=$(openssl x509 -in "$work/server.pem" -noout -serial | cut -d= -f2)
+pkiq cert get "$serial" --chain --out "$work/server-chain.pem"
+pkiq ca show Root --pem > "$work/root.pem"
+pkiq ca show Issuing --pem > "$work/issuing.pem"
+openssl verify -CAfile "$work/root.pem" -untrusted "$work/issuing.pem" "$work/server.pem"
+
+step "a second peer, then revoked (key compromise) and a fresh CRL"
+openssl req -new -key "$work/privatekey.pem" -config "$work/openssl_request.cfg" \
+  -subj "/C=GB/O=Example Ltd/OU=Video/CN=old-expe.example.com" -out "$work/old.csr" 2>/dev/null
+pkiq ca sign Issuing "$work/old.csr" --profile webclientandserver --out "$work/old.pem" "${P[@]}"
+old=$(openssl x509 -in "$work/old.pem" -noout -serial | cut -d= -f2)
+pkiq ca revoke Issuing "$old" --reason keyCompromise
+pkiq ca gencrl Issuing --out "$work/issuing.crl.pem" "${P[@]}"
+pkiq ca status Issuing "$old"
+
+step "openssl checks both against pkiq's CRL"
+cat "$work/root.pem" "$work/issuing.pem" > "$work/trust.pem"
+pkiq ca gencrl Root --out "$work/root.crl.pem" "${P[@]}" 2>/dev/null
+cat "$work/root.crl.pem" "$work/issuing.crl.pem" > "$work/crls.pem"
+openssl verify -crl_check_all -CAfile "$work/trust.pem" -CRLfile "$work/crls.pem" "$work/server.pem"
+if openssl verify -crl_check_all -CAfile "$work/trust.pem" -CRLfile "$work/crls.pem" \
+     "$work/old.pem" 2>&1; then
+  echo "revoked certificate was accepted" >&2; exit 1
+fi
+
+step "export the issuing CA as a demoCA that openssl ca keeps using"
+export_dir="$work/demoCA-$(date -u +%Y%m%dT%H%M%SZ)"
+pkiq ca export-openssl Issuing "$export_dir"
+openssl ca -config "$export_dir/openssl.cnf" -passin "file:$pass" -status "$serial"
+echo
+echo "done: files in $work"
