@@ -671,3 +671,7 @@ def main() -> None:
         click.echo(f"pkiq: internal error: {type(exc).__name__}: {exc} "
                    "(set PKIQ_DEBUG=1 for a traceback)", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,11 +25,14 @@ class DatabaseUnavailable(PkiqError):
 
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
-    if parsed.drivername.startswith("postgresql") and parsed.drivername == "postgresql":
+    if parsed.drivername == "postgresql":  # plain URLs get the psycopg 3 driver we ship
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = Path(parsed.database)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not path.exists():  # the CA database is nobody else's business: 0600
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         engine = create_engine(url, connect_args={"timeout": 30})
         _sqlite_setup(engine)
         return engine

@@ -1,0 +1,73 @@
+"""The database layer: migrations match the models, SQLite runs in WAL, real processes."""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from ca.models import Base
+
+from .conftest import PASSPHRASE, make_csr
+
+
+def test_migrations_produce_exactly_the_models(engine):
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_sqlite_is_wal_and_private(tmp_path):
+    from pkiq.db import make_engine, migrate
+
+    db = tmp_path / "sub" / "pkiq.db"
+    engine = make_engine(f"sqlite:///{db}")
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+    assert db.stat().st_mode & 0o777 == 0o600
+
+
+def _pkiq(env, *args):
+    return subprocess.run([sys.executable, "-m", "pkiq.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_signers_in_separate_processes_never_share_a_serial(db_url, tmp_path):
+    """Four OS processes (as four hosts would) sign against one database at once."""
+    env = {**os.environ, "PKIQ_DATABASE_URL": db_url, "PKIQ_CA_PASSPHRASE": PASSPHRASE,
+           "PKIQ_DATA_DIR": str(tmp_path)}
+    created = _pkiq(env, "ca", "create", "Root", "--subject", "/CN=Root", "--key-type",
+                    "ec-p256", "--serial-mode", "sequential")
+    assert created.returncode == 0, created.stderr
+    csrs = []
+    for i in range(12):
+        path = tmp_path / f"r{i}.pem"
+        path.write_bytes(make_csr(f"h{i}.example.com"))
+        csrs.append(path)
+
+    def run(batch: list[Path]) -> list[str]:
+        serials = []
+        for path in batch:
+            done = _pkiq(env, "ca", "sign", "Root", path, "--json")
+            assert done.returncode == 0, done.stderr
+            serials.append(json.loads(done.stdout)["serial"])
+        return serials
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, [csrs[i::4] for i in range(4)]))
+    serials = sorted(int(s, 16) for batch in results for s in batch)
+    assert serials == list(range(1, 13))
+    crls = [_pkiq(env, "ca", "gencrl", "Root", "--json") for _ in range(2)]
+    assert [json.loads(c.stdout)["crl_number"] for c in crls] == [1, 2]
+
+
+def test_postgres_schema_is_isolated_per_test(engine):
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from certificate_authorities")).scalar() == 0
