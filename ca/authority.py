@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,17 +21,22 @@ from sqlalchemy.orm import Session
 
 from .crl import RevokedEntry, build_crl, reason_name
 from .csr import check_expressway_names, check_key, load_csr
-from .errors import BadInput, CaExpired, Conflict, NotFound, WrongPassphrase
+from .errors import BadInput, CaExpired, Conflict, NotFound, PolicyViolation, WrongPassphrase
 from .issuance import COPY_MODES, CaUrls, build_certificate, validity_window
-from .keys import SoftwareSigner, decrypt_key, describe_key, encrypt_key, generate_key
+from .keys import DIGESTS, SoftwareSigner, decrypt_key, describe_key, encrypt_key, generate_key
 from .models import Certificate, CertificateAuthority, Crl
 from .names import openssl_oneline
 from .policy import POLICY_ANYTHING, Policy
-from .profiles import Profile, get_profile
+from .profiles import PROFILES, Profile, get_profile
+from .serials import Random, parse_serial, random_serial, serial_hex
 
-Random = Callable[[int], bytes]
+__all__ = ["parse_serial", "random_serial", "serial_hex"]  # re-exported for front ends
+
 ROOT_PROFILE = Profile("root", "self-signed root CA", is_ca=True)
 SERIAL_MODES = ("random", "sequential")
+MAX_DAYS = 36500  # a century: past that it is a typo, and datetime arithmetic overflows
+MAX_CRL_HOURS = 24 * 3650
+MAX_CLOCK_SKEW = 86400
 _SERIAL_ATTEMPTS = 5
 
 
@@ -54,13 +60,28 @@ class CaOptions:
             raise BadInput(f"copy_extensions must be one of {', '.join(COPY_MODES)}")
         if self.serial_mode not in SERIAL_MODES:
             raise BadInput(f"serial mode must be one of {', '.join(SERIAL_MODES)}")
-        if self.default_days < 1 or self.crl_hours < 1 or self.clock_skew_seconds < 0:
-            raise BadInput("default days and CRL hours must be positive, clock skew not negative")
+        _check_range("default_days", self.default_days, 1, MAX_DAYS)
+        _check_range("CRL hours", self.crl_hours, 1, MAX_CRL_HOURS)
+        _check_range("clock skew", self.clock_skew_seconds, 0, MAX_CLOCK_SKEW)
+        for name, days in self.profile_days.items():
+            if name not in PROFILES:
+                raise BadInput(f"unknown profile {name!r} in profile days")
+            _check_range(f"days for profile {name}", days, 1, MAX_DAYS)
         for url in (*self.urls.crl, *self.urls.ca_issuers, *self.urls.ocsp):
-            if not url.startswith(("http://", "https://", "ldap://")):
-                raise BadInput(f"{url!r}: distribution and access URLs must be http(s) or ldap")
+            _check_url(url)
+
+    @classmethod
+    def from_ca(cls, ca: CertificateAuthority) -> CaOptions:
+        return cls(
+            policy=Policy.from_dict(ca.policy), copy_extensions=ca.copy_extensions,
+            unique_subject=ca.unique_subject, default_days=ca.default_days,
+            profile_days=dict(ca.profile_days or {}), crl_hours=ca.crl_hours,
+            crl_include_expired=ca.crl_include_expired,
+            clock_skew_seconds=ca.clock_skew_seconds, serial_mode=ca.serial_mode,
+            urls=CaUrls(tuple(ca.crl_urls), tuple(ca.ca_issuers_urls), tuple(ca.ocsp_urls)))
 
     def apply_to(self, ca: CertificateAuthority) -> None:
+        self.policy.check_against(ca_certificate(ca).subject)
         ca.policy = self.policy.to_dict()
         ca.copy_extensions = self.copy_extensions
         ca.unique_subject = self.unique_subject
@@ -75,6 +96,19 @@ class CaOptions:
         ca.ocsp_urls = list(self.urls.ocsp)
 
 
+def _check_range(what: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise BadInput(f"{what} must be between {low} and {high}, not {value}")
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "ldap") or not parts.netloc:
+        raise BadInput(f"{url!r}: distribution and access URLs must be http(s) or ldap URLs")
+    if not url.isascii() or any(c.isspace() for c in url):
+        raise BadInput(f"{url!r}: use the ASCII (punycode, percent-encoded) form of the URL")
+
+
 @dataclass
 class SignResult:
     record: Certificate
@@ -82,31 +116,18 @@ class SignResult:
     warnings: list[str]
 
 
+def subject_key(subject_text: str) -> str:
+    """What the unique_subject index holds for a subject."""
+    return hashlib.sha256(subject_text.encode("utf-8")).hexdigest()
+
+
+def spki_fingerprint(public_key) -> str:
+    spki = public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
 # ---------------------------------------------------------------- serials
-
-def serial_hex(serial: int) -> str:
-    """OpenSSL's spelling: upper-case hex, whole octets (``0A``, ``10``, ``01F4``)."""
-    text = f"{serial:X}"
-    return text if len(text) % 2 == 0 else "0" + text
-
-
-def parse_serial(text: str) -> int:
-    """A serial as users paste it: hex (OpenSSL's form), with or without ``0x`` or colons."""
-    cleaned = text.strip().replace(":", "").lower().removeprefix("0x")
-    try:
-        value = int(cleaned, 16)
-    except ValueError:
-        raise BadInput(f"{text!r} is not a hexadecimal serial number") from None
-    if value <= 0:
-        raise BadInput("serial numbers are positive")
-    return value
-
-
-def random_serial(rng: Random = os.urandom) -> int:
-    """126 random bits with the top bit set: fixed length, positive, within RFC 5280's 20
-    octets, and well over the CA/Browser Forum's 64 bits of CSPRNG output."""
-    return (int.from_bytes(rng(16), "big") >> 1) | (1 << 126)
-
 
 def _next_serial(session: Session, ca: CertificateAuthority, rng: Random) -> int:
     if ca.serial_mode == "random":
@@ -149,22 +170,38 @@ def load_signer(ca: CertificateAuthority, passphrase: bytes | None) -> SoftwareS
         raise WrongPassphrase(f"CA {ca.name!r}: its key is encrypted; give its passphrase")
     key = decrypt_key(ca.key_pem, passphrase, what=f"the key of CA {ca.name!r}")
     signer = SoftwareSigner(key)
-    _check_key_matches(signer, ca_certificate(ca), ca.name)
+    check_key_matches(signer, ca_certificate(ca), ca.name)
     return signer
 
 
-def _check_key_matches(signer, cert: x509.Certificate, name: str) -> None:
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if signer.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+def check_key_matches(signer, cert: x509.Certificate, name: str) -> None:
+    if spki_fingerprint(signer.public_key()) != spki_fingerprint(cert.public_key()):
         raise BadInput(f"the private key does not belong to the certificate of CA {name!r}")
 
 
-def _check_name_free(session: Session, name: str) -> None:
+def check_name_free(session: Session, name: str, cert: x509.Certificate | None = None) -> None:
+    """A new CA needs a new name and, when adopted, a key no other pkiq CA holds."""
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(
-            ".", "").isalnum():
+            ".", "").isalnum() or not name.isascii():
         raise BadInput(f"CA name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
     if session.scalar(select(CertificateAuthority.id).where(CertificateAuthority.name == name)):
         raise Conflict(f"a CA named {name!r} already exists")
+    if cert is not None:
+        owner = session.scalar(select(CertificateAuthority.name).where(
+            CertificateAuthority.spki_sha256 == spki_fingerprint(cert.public_key())))
+        if owner is not None:
+            raise Conflict(f"this CA key already belongs to pkiq CA {owner!r}; two CAs on one "
+                           "key would hand out the same serials and CRL numbers")
+
+
+def new_ca_row(name: str, cert: x509.Certificate, key_pem: str, now: dt.datetime,
+               parent: CertificateAuthority | None = None) -> CertificateAuthority:
+    return CertificateAuthority(
+        name=name, parent_id=parent.id if parent else None,
+        cert_der=cert.public_bytes(serialization.Encoding.DER), key_pem=key_pem,
+        spki_sha256=spki_fingerprint(cert.public_key()), subject=openssl_oneline(cert.subject),
+        key_type=describe_key(cert.public_key()), not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc, created_at=now, crl_number=0, next_serial="01")
 
 
 def create_ca(
@@ -180,11 +217,15 @@ def create_ca(
     parent: CertificateAuthority | None = None,
     parent_signer: SoftwareSigner | None = None,
     rng: Random = os.urandom,
-) -> CertificateAuthority:
-    """A root CA, or (with ``parent``) a subordinate CA whose issuance the parent records."""
-    _check_name_free(session, name)
+) -> tuple[CertificateAuthority, list[str]]:
+    """A root CA, or (with ``parent``) a subordinate CA whose issuance the parent records.
+    Returns the CA and warnings (such as a validity cut to the parent's)."""
+    check_name_free(session, name)
+    options.policy.check_against(subject)
+    _check_range("CA validity days", days, 1, MAX_DAYS)
     key = generate_key(key_type)
     encrypted = encrypt_key(key, passphrase)
+    warnings: list[str] = []
     if parent is None:
         not_before, not_after, _ = validity_window(
             now, days, dt.timedelta(seconds=options.clock_skew_seconds), None)
@@ -195,20 +236,15 @@ def create_ca(
     else:
         if parent_signer is None:
             raise WrongPassphrase(f"signing a subordinate CA needs the key of CA {parent.name!r}")
-        cert = _issue(session, parent, parent_signer, subject=subject,
-                      public_key=key.public_key(), profile=get_profile("subca"), days=days,
-                      now=now, rng=rng).certificate
-    ca = CertificateAuthority(
-        name=name, parent_id=parent.id if parent else None,
-        cert_der=cert.public_bytes(serialization.Encoding.DER), key_pem=encrypted,
-        subject=openssl_oneline(cert.subject), key_type=describe_key(cert.public_key()),
-        not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, created_at=now,
-        crl_number=0, next_serial="01",
-    )
+        issued = _issue(session, parent, parent_signer, subject=subject,
+                        public_key=key.public_key(), profile=get_profile("subca"), days=days,
+                        now=now, rng=rng)
+        cert, warnings = issued.certificate, issued.warnings
+    ca = new_ca_row(name, cert, encrypted, now, parent)
     options.apply_to(ca)
     session.add(ca)
     session.flush()
-    return ca
+    return ca, warnings
 
 
 # ---------------------------------------------------------------- signing
@@ -230,6 +266,7 @@ def sign_csr(
     profile: str,
     now: dt.datetime,
     days: int | None = None,
+    digest: str | None = None,
     rng: Random = os.urandom,
 ) -> SignResult:
     """Check a request against the CA's policy and the Expressway rules, then issue it."""
@@ -241,34 +278,48 @@ def sign_csr(
     if not prof.is_ca:
         warnings += check_expressway_names(subject, csr)
     result = _issue(session, ca, signer, subject=subject, public_key=csr.public_key(),
-                    profile=prof, days=days, now=now, rng=rng, csr=csr)
+                    profile=prof, days=days, now=now, rng=rng, csr=csr, digest=digest)
     result.warnings[:0] = warnings
     return result
 
 
-def _issue(session, ca, signer, *, subject, public_key, profile, days, now, rng, csr=None):
-    issuer = ca_certificate(ca)
+def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile: Profile,
+                     now: dt.datetime) -> None:
     if now >= ca.not_after:
         raise CaExpired(f"CA {ca.name!r} expired on {ca.not_after:%Y-%m-%d}; it can sign "
                         "nothing more", "notAfter", "ca-valid")
+    if profile.is_ca:
+        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.path_length == 0:
+            raise PolicyViolation(
+                f"CA {ca.name!r} has pathlen 0: it may issue end-entity certificates only, "
+                "not another CA (RFC 5280 4.2.1.9)", "basicConstraints", "pathlen")
+
+
+def _issue(session, ca, signer, *, subject, public_key, profile, days, now, rng, csr=None,
+           digest=None) -> SignResult:
+    issuer = ca_certificate(ca)
+    _check_can_issue(ca, issuer, profile, now)
     subject_text = openssl_oneline(subject)
+    active = subject_key(subject_text) if ca.unique_subject else None
     if ca.unique_subject:
         _check_unique_subject(session, ca, subject_text, now)
+    days = resolve_days(ca, profile, days)
+    _check_range("validity days", days, 1, MAX_DAYS)
     not_before, not_after, warnings = validity_window(
-        now, resolve_days(ca, profile, days), dt.timedelta(seconds=ca.clock_skew_seconds),
-        ca.not_after)
+        now, days, dt.timedelta(seconds=ca.clock_skew_seconds), ca.not_after)
     urls = CaUrls(tuple(ca.crl_urls), tuple(ca.ca_issuers_urls), tuple(ca.ocsp_urls))
     for _attempt in range(_SERIAL_ATTEMPTS):
         serial = _next_serial(session, ca, rng)
         issued = build_certificate(
             signer=signer, issuer_cert=issuer, subject=subject, public_key=public_key,
             serial=serial, not_before=not_before, not_after=not_after, profile=profile,
-            urls=urls, csr=csr, copy_mode=ca.copy_extensions)
+            urls=urls, csr=csr, copy_mode=ca.copy_extensions, digest=digest)
         record = Certificate(
             ca_id=ca.id, serial=serial_hex(serial), status="V", subject=subject_text,
-            active_subject=subject_text if ca.unique_subject else None,
-            not_before=not_before, not_after=not_after, profile=profile.name,
-            der=issued.certificate.public_bytes(serialization.Encoding.DER), created_at=now)
+            active_subject=active, not_before=not_before, not_after=not_after,
+            profile=profile.name, created_at=now,
+            der=issued.certificate.public_bytes(serialization.Encoding.DER))
         try:
             with session.begin_nested():
                 session.add(record)
@@ -283,21 +334,17 @@ def _issue(session, ca, signer, *, subject, public_key, profile, days, now, rng,
     raise Conflict(f"could not find a free serial for CA {ca.name!r}")
 
 
-def _valid_with_subject(session, ca, subject_text, now):
-    return session.scalar(
-        select(Certificate).where(Certificate.ca_id == ca.id, Certificate.status == "V",
-                                  Certificate.subject == subject_text,
-                                  Certificate.not_after > now))
-
-
 def _check_unique_subject(session, ca, subject_text, now):
+    key = subject_key(subject_text)
     # A valid entry past its notAfter is expired (as -updatedb would mark it): free it first.
     session.execute(
         update(Certificate)
-        .where(Certificate.ca_id == ca.id, Certificate.status == "V",
-               Certificate.active_subject == subject_text, Certificate.not_after <= now)
+        .where(Certificate.ca_id == ca.id, Certificate.active_subject == key,
+               Certificate.not_after <= now)
         .values(status="E", active_subject=None))
-    existing = _valid_with_subject(session, ca, subject_text, now)
+    existing = session.scalar(select(Certificate).where(
+        Certificate.ca_id == ca.id, Certificate.status == "V",
+        Certificate.subject == subject_text, Certificate.not_after > now))
     if existing is not None:
         raise Conflict(f"CA {ca.name!r} has unique_subject = yes and already holds a valid "
                        f"certificate for {subject_text} (serial {existing.serial}); revoke it "
@@ -306,9 +353,11 @@ def _check_unique_subject(session, ca, subject_text, now):
 
 # ---------------------------------------------------------------- index
 
-def find_certificate(session: Session, ca: CertificateAuthority, serial: int) -> Certificate:
-    record = session.scalar(select(Certificate).where(
-        Certificate.ca_id == ca.id, Certificate.serial == serial_hex(serial)))
+def find_certificate(session: Session, ca: CertificateAuthority, serial: int,
+                     *, for_update: bool = False) -> Certificate:
+    query = select(Certificate).where(Certificate.ca_id == ca.id,
+                                      Certificate.serial == serial_hex(serial))
+    record = session.scalar(query.with_for_update() if for_update else query)
     if record is None:
         raise NotFound(f"CA {ca.name!r} has issued no certificate with serial {serial_hex(serial)}")
     return record
@@ -319,12 +368,13 @@ def find_by_serial(session: Session, serial: int) -> list[Certificate]:
     return list(session.scalars(query))
 
 
-def status(session: Session, ca: CertificateAuthority, serial: int, now: dt.datetime) -> str:
-    """``Valid``, ``Revoked`` or ``Expired`` as ``openssl ca -status`` would say it."""
+def status(session: Session, ca: CertificateAuthority, serial: int,
+           now: dt.datetime) -> tuple[Certificate, str]:
+    """The entry and ``Valid``, ``Revoked`` or ``Expired`` as ``openssl ca -status`` says."""
     record = find_certificate(session, ca, serial)
     if record.status == "V" and record.not_after <= now:
-        return "Expired"
-    return {"V": "Valid", "R": "Revoked", "E": "Expired"}[record.status]
+        return record, "Expired"
+    return record, {"V": "Valid", "R": "Revoked", "E": "Expired"}[record.status]
 
 
 def revoke(
@@ -340,7 +390,8 @@ def revoke(
     if invalidity_date is not None and invalidity_date > now:
         raise BadInput("the invalidity date (when the key was compromised) cannot be in the "
                        "future")
-    record = find_certificate(session, ca, serial)
+    # Row lock: of two concurrent revocations, the second sees the first and is refused.
+    record = find_certificate(session, ca, serial, for_update=True)
     if record.status == "R":
         raise Conflict(f"serial {record.serial} was already revoked on "
                        f"{record.revoked_at:%Y-%m-%d %H:%M:%S}Z ({record.revocation_reason})")
@@ -349,6 +400,23 @@ def revoke(
     record.revoked_at = now.replace(microsecond=0)
     record.revocation_reason = reason
     record.invalidity_date = invalidity_date.replace(microsecond=0) if invalidity_date else None
+    session.flush()
+    return record
+
+
+def release_hold(session: Session, ca: CertificateAuthority, serial: int,
+                 now: dt.datetime) -> Certificate:
+    """Take a certificate off hold: it is valid again and leaves the next full CRL (RFC 5280
+    5.3.1 allows a certificateHold entry to be removed; other revocations are final)."""
+    record = find_certificate(session, ca, serial, for_update=True)
+    if record.status != "R" or record.revocation_reason != "certificateHold":
+        raise Conflict(f"serial {record.serial} is not on hold (only certificateHold can be "
+                       "released; other revocations are permanent)")
+    record.status = "V" if record.not_after > now else "E"
+    record.revoked_at = record.revocation_reason = record.invalidity_date = None
+    if ca.unique_subject and record.status == "V":
+        _check_unique_subject(session, ca, record.subject, now)
+        record.active_subject = subject_key(record.subject)
     session.flush()
     return record
 
@@ -403,3 +471,16 @@ def chain(session: Session, ca: CertificateAuthority) -> list[x509.Certificate]:
         out.append(ca_certificate(current))
         current = current.parent
     return out
+
+
+def with_digest_check(digest: str | None) -> str | None:
+    """``--md``: SHA-256 or stronger only (see ``keys.signature_hash``)."""
+    if digest is None:
+        return None
+    name = digest.lower().replace("-", "")
+    if name not in DIGESTS:
+        raise BadInput(f"digest {digest}: pkiq signs with {', '.join(DIGESTS)} only; SHA-1 is "
+                       "broken (chosen-prefix collisions) and refused by current TLS clients, "
+                       "even where older guides show -md sha1")
+    return name
+

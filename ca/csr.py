@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import warnings
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.x509.oid import PublicKeyAlgorithmOID
 
 from .errors import BadInput, BadSignature, PolicyViolation
-from .names import common_name
+from .names import check_name, common_name
 
 MAX_CSR_BYTES = 64 * 1024
 SAN_WARN_CHARS = 999  # Expressway's CSR page and loader warn past this
@@ -19,20 +21,34 @@ _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
-    """A CSR in PEM or DER, told apart by content; its signature must verify."""
+    """A CSR in PEM (text before the block allowed, as ``openssl req -text`` writes) or DER,
+    told apart by content, fully parsed here so that garbage fails with one message; its
+    signature must verify."""
     if len(data) > MAX_CSR_BYTES:
         raise BadInput(f"certificate request is {len(data)} bytes; pkiq reads at most "
                        f"{MAX_CSR_BYTES}")
-    try:
-        if b"-----BEGIN" in data[:4096]:
-            csr = x509.load_pem_x509_csr(data)
-        else:
-            csr = x509.load_der_x509_csr(data)
-        csr.subject  # noqa: B018 - parse now, so garbage fails here with one message
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise BadInput(
-            "not a certificate request (expected a PEM 'CERTIFICATE REQUEST' or DER PKCS#10)"
-        ) from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # cryptography warns on RFC 5280 violations: refuse
+        try:
+            if b"-----BEGIN" in data:
+                csr = x509.load_pem_x509_csr(data)
+            else:
+                csr = x509.load_der_x509_csr(data)
+            subject = csr.subject
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise BadInput("not a certificate request (expected a PEM 'CERTIFICATE REQUEST' "
+                           "or DER PKCS#10)") from exc
+        except UserWarning as exc:
+            raise BadInput(f"the request's subject breaks RFC 5280: {exc}") from None
+        try:
+            list(csr.extensions)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise BadInput(f"the request carries a malformed extension ({exc})") from None
+    check_name(subject)
+    if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
+        raise PolicyViolation("RSA-PSS-only keys (rsassaPss) are refused: TLS stacks, "
+                              "Expressway's included, expect rsaEncryption keys",
+                              "publicKey", "type")
     verify_csr_signature(csr)
     return csr
 

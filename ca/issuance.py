@@ -15,17 +15,26 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 from .errors import BadInput
 from .keys import Signer
 from .profiles import Profile
+from .serials import check_serial
 
 COPY_MODES = ("none", "copy", "copyall")
-# Extensions pkiq always decides itself: a request never sets CA-ness or key identifiers.
+# Extensions that are the CA's statements, never the requester's: CA-ness and constraints,
+# key identifiers, and where relying parties look for revocation, the issuer and policies
+# (a requester who sets the CRL distribution point chooses which CRL is checked).
 _NEVER_COPIED = {
     ExtensionOID.BASIC_CONSTRAINTS,
     ExtensionOID.SUBJECT_KEY_IDENTIFIER,
     ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
     ExtensionOID.NAME_CONSTRAINTS,
     ExtensionOID.POLICY_CONSTRAINTS,
+    ExtensionOID.POLICY_MAPPINGS,
+    ExtensionOID.INHIBIT_ANY_POLICY,
+    ExtensionOID.CERTIFICATE_POLICIES,
+    ExtensionOID.CRL_DISTRIBUTION_POINTS,
+    ExtensionOID.FRESHEST_CRL,
+    ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+    ExtensionOID.ISSUER_ALTERNATIVE_NAME,
 }
-MAX_SERIAL_BITS = 159  # RFC 5280 4.1.2.2: at most 20 octets, and positive
 
 
 @dataclass(frozen=True)
@@ -147,10 +156,10 @@ def build_certificate(
     urls: CaUrls = CaUrls(),
     csr: x509.CertificateSigningRequest | None = None,
     copy_mode: str = "none",
+    digest: str | None = None,
 ) -> Issued:
     """Sign one certificate. ``issuer_cert`` None means self-signed (a root)."""
-    if not 0 < serial < (1 << MAX_SERIAL_BITS):
-        raise BadInput("serial number must be positive and at most 20 octets (RFC 5280)")
+    check_serial(serial)
     extensions: list[tuple[x509.ExtensionType, bool]] = [
         (x509.BasicConstraints(ca=profile.is_ca, path_length=profile.path_length), True),
         (key_usage(public_key, is_ca=profile.is_ca), True),
@@ -176,4 +185,4 @@ def build_certificate(
     )
     for ext, critical in extensions:
         builder = builder.add_extension(ext, critical)
-    return Issued(signer.sign_certificate(builder), warnings)
+    return Issued(signer.sign_certificate(builder, digest), warnings)

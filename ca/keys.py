@@ -71,16 +71,21 @@ def decrypt_key(pem: str | bytes, passphrase: bytes | None, what: str = "the CA 
         raise BadInput(f"{what} is not a PEM private key pkiq can read") from exc
 
 
-def signature_hash(public_key) -> hashes.HashAlgorithm | None:
+DIGESTS = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
+def signature_hash(public_key, digest: str | None = None) -> hashes.HashAlgorithm | None:
     """The digest pkiq signs with: SHA-256, or SHA-384 for P-384 (RFC 5480 pairs curve and hash).
 
     Never SHA-1, whatever a request or an old guide asks for: SHA-1 certificates are refused
     by current TLS stacks and collisions are practical (SHAttered, 2017).
     """
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.key_size >= 384:
-        return hashes.SHA384()
     if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return None
+    if digest is not None:
+        return DIGESTS[digest]()
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.key_size >= 384:
+        return hashes.SHA384()
     return hashes.SHA256()
 
 
@@ -89,7 +94,8 @@ class Signer(Protocol):
 
     def public_key(self): ...
 
-    def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate: ...
+    def sign_certificate(self, builder: x509.CertificateBuilder,
+                         digest: str | None = None) -> x509.Certificate: ...
 
     def sign_crl(
         self, builder: x509.CertificateRevocationListBuilder
@@ -108,8 +114,9 @@ class SoftwareSigner:
     def public_key(self):
         return self.private_key.public_key()
 
-    def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
-        return builder.sign(self.private_key, signature_hash(self.public_key()))
+    def sign_certificate(self, builder: x509.CertificateBuilder,
+                         digest: str | None = None) -> x509.Certificate:
+        return builder.sign(self.private_key, signature_hash(self.public_key(), digest))
 
     def sign_crl(self, builder: x509.CertificateRevocationListBuilder):
         return builder.sign(self.private_key, signature_hash(self.public_key()))

@@ -6,7 +6,7 @@
 | serial                      | certificate_authorities.next_serial (hex)     |
 | crlnumber                   | certificate_authorities.crl_number (last used)|
 | index.txt rows V/R/E        | certificates.status                           |
-| index.txt.attr unique_subject | certificates.active_subject + unique index  |
+| index.txt.attr unique_subject | certificates.active_subject (subject hash), unique |
 | newcerts/SERIAL.pem         | certificates.der                              |
 | crl.pem                     | crls                                          |
 """
@@ -64,6 +64,8 @@ class CertificateAuthority(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("certificate_authorities.id"))
     cert_der: Mapped[bytes] = mapped_column(LargeBinary)
     key_pem: Mapped[str] = mapped_column(Text)  # PKCS#8, PBES2 AES-256: never clear
+    # One CA per key: a key adopted twice would hand out the same serials and CRL numbers.
+    spki_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     subject: Mapped[str] = mapped_column(Text)
     key_type: Mapped[str] = mapped_column(String(16))
     not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -108,7 +110,9 @@ class Certificate(Base):
     serial: Mapped[str] = mapped_column(String(42))  # upper-case hex, even length (OpenSSL)
     status: Mapped[str] = mapped_column(String(1))  # V valid, R revoked, E expired
     subject: Mapped[str] = mapped_column(Text)  # OpenSSL one-line form
-    active_subject: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of ``subject`` while the entry is valid under unique_subject, else NULL; a hash
+    # keeps the unique index small whatever the DN's length (PostgreSQL caps btree rows).
+    active_subject: Mapped[str | None] = mapped_column(String(64))
     not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

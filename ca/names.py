@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -21,7 +23,7 @@ _FIELDS = [
     ("title", "title", NameOID.TITLE),
     ("givenName", "GN", NameOID.GIVEN_NAME),
     ("surname", "SN", NameOID.SURNAME),
-    ("name", "name", NameOID.PSEUDONYM),
+    ("pseudonym", "pseudonym", NameOID.PSEUDONYM),
     ("userId", "UID", NameOID.USER_ID),
     ("street", "street", NameOID.STREET_ADDRESS),
     ("postalCode", "postalCode", NameOID.POSTAL_CODE),
@@ -46,6 +48,34 @@ def long_name(oid: x509.ObjectIdentifier) -> str:
     return LONG_BY_OID.get(oid, oid.dotted_string)
 
 
+_IA5_FIELDS = {NameOID.EMAIL_ADDRESS, NameOID.DOMAIN_COMPONENT}
+
+
+def checked_attribute(oid: x509.ObjectIdentifier, value: str) -> x509.NameAttribute:
+    """One DN attribute, refused (not warned about) when RFC 5280 or DER would object."""
+    check_value(oid, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            return x509.NameAttribute(oid, value)
+        except (ValueError, UserWarning) as exc:
+            raise BadInput(f"{long_name(oid)}: {exc}") from None
+
+
+def check_value(oid: x509.ObjectIdentifier, value: str) -> None:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "\u2028\u2029\x85" for c in value):
+        raise BadInput(f"{long_name(oid)} contains control characters; refused")
+    if oid in _IA5_FIELDS and not value.isascii():
+        raise BadInput(f"{long_name(oid)} must be ASCII (an IA5String)")
+
+
+def check_name(name: x509.Name) -> None:
+    """Refuse DNs that would break index.txt or could not be encoded as RFC 5280 asks."""
+    for attr in name:
+        if isinstance(attr.value, str):
+            check_value(attr.oid, attr.value)
+
+
 def parse_name(text: str) -> x509.Name:
     """Parse ``/C=GB/O=Example/CN=host`` (OpenSSL) or ``CN=host,O=Example,C=GB`` (RFC 4514)."""
     text = text.strip()
@@ -64,9 +94,9 @@ def parse_name(text: str) -> x509.Name:
             raise BadInput(f"cannot read {pair!r} in subject {text!r}: expected FIELD=value")
         oid = field_oid(key)
         value = value.strip()
-        if oid == NameOID.COUNTRY_NAME and len(value) != 2:
+        if oid == NameOID.COUNTRY_NAME and (len(value) != 2 or not value.isascii()):
             raise BadInput(f"countryName must be a two-letter ISO 3166 code, not {value!r}")
-        attrs.append(x509.NameAttribute(oid, value))
+        attrs.append(checked_attribute(oid, value))
     return x509.Name(attrs)
 
 
@@ -88,11 +118,13 @@ def _split_escaped(text: str, sep: str) -> list[str]:
 
 
 def openssl_oneline(name: x509.Name) -> str:
-    """The ``/C=GB/O=Example/CN=host`` form OpenSSL writes in index.txt."""
+    """The ``/C=GB/O=Example/CN=host`` form OpenSSL writes in index.txt (X509_NAME_oneline):
+    bytes outside printable ASCII become ``\\xHH``, so a value can never break a line."""
     out = []
     for attr in name:
         short = SHORT_BY_OID.get(attr.oid, attr.oid.dotted_string)
-        value = str(attr.value).replace("\\", "\\\\").replace("/", "\\/")
+        raw = attr.value if isinstance(attr.value, bytes) else str(attr.value).encode("utf-8")
+        value = "".join(chr(b) if 0x20 <= b <= 0x7E else f"\\x{b:02X}" for b in raw)
         out.append(f"/{short}={value}")
     return "".join(out)
 

@@ -17,20 +17,22 @@ from sqlalchemy.orm import Session
 
 from .authority import (
     CaOptions,
-    _check_key_matches,
-    _check_name_free,
     ca_certificate,
-    parse_serial,
-    random_serial,
-    serial_hex,
+    check_key_matches,
+    check_name_free,
+    latest_crl,
+    new_ca_row,
+    subject_key,
 )
 from .crl import REASONS
-from .errors import BadInput
-from .keys import SoftwareSigner, decrypt_key, describe_key, encrypt_key, signature_hash
-from .models import Certificate, CertificateAuthority, Crl
+from .csr import check_key
+from .errors import BadInput, PolicyViolation, WrongPassphrase
+from .keys import SoftwareSigner, decrypt_key, encrypt_key, signature_hash
+from .models import Certificate, CertificateAuthority
 from .names import openssl_oneline
 from .openssl_conf import OpenSSLConfig, yes
-from .policy import POLICY_MATCH, Policy
+from .policy import POLICY_ANYTHING, Policy
+from .serials import check_serial, parse_serial, random_serial, serial_hex
 
 CONFIG_NAMES = ("openssl.cnf", "openssl_local.cfg", "openssl.cfg", "openssl_local.cnf")
 MAX_INDEX_BYTES = 512 * 1024 * 1024
@@ -88,7 +90,8 @@ def format_asn1_time(value: dt.datetime) -> str:
 
 def parse_index(text: str) -> list[IndexRow]:
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 is data
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         cols = line.split("\t")
@@ -169,14 +172,22 @@ def read_democa(folder: Path, config_path: Path | None = None) -> DemoCA:
     key_pem = _read(path_of("private_key", "private/cakey.pem"), "CA private key")
     index_path = path_of("database", "index.txt")
     rows = parse_index(_text(_read(index_path, "index.txt", MAX_INDEX_BYTES), "index.txt"))
+    for row in rows:
+        if row.reason == "removeFromCRL":  # a released hold: valid again (RFC 5280 5.3.1)
+            row.status, row.revoked_at, row.reason, row.invalidity_date = "V", None, None, None
+            notes.append(f"serial {serial_hex(row.serial)}: removeFromCRL (a released hold) "
+                         "imported as valid; it leaves the next full CRL")
     bodies = _read_bodies(path_of("new_certs_dir", "newcerts"), rows, notes)
     attr = index_path.with_name(index_path.name + ".attr")
     unique = yes(ca_sec.get("unique_subject"), True)
     if attr.is_file():
         attrs = OpenSSLConfig(_text(_read(attr, attr.name), attr.name))
         unique = yes(attrs.get("default", "unique_subject"), unique)
-    policy = POLICY_MATCH
-    if ca_sec.get("policy"):
+    policy = POLICY_ANYTHING
+    if not ca_sec.get("policy"):
+        notes.append("no openssl config with a policy found: policy_anything assumed "
+                     "(change it with pkiq ca set --policy)")
+    else:
         section = conf.section(ca_sec["policy"])
         policy = Policy(ca_sec["policy"], tuple(section.items()),
                         yes(ca_sec.get("preserve"), False))
@@ -184,14 +195,29 @@ def read_democa(folder: Path, config_path: Path | None = None) -> DemoCA:
     if ca_sec.get("default_md", "").lower() in ("sha1", "md5"):
         notes.append(f"default_md = {ca_sec['default_md']} ignored: pkiq signs with SHA-256 "
                      "or stronger (SHA-1 certificates are refused by current TLS clients)")
-    crl_hours = int(ca_sec.get("default_crl_days") or 0) * 24 + int(
-        ca_sec.get("default_crl_hours") or 0)
+    crl_hours = _number(ca_sec, "default_crl_days", 0) * 24 + _number(
+        ca_sec, "default_crl_hours", 0)
     options = CaOptions(policy=policy, copy_extensions=copy_ext, unique_subject=unique,
-                        default_days=int(ca_sec.get("default_days") or 365),
+                        default_days=_number(ca_sec, "default_days", 365),
                         crl_hours=crl_hours or 30 * 24, serial_mode="sequential")
+    check_ca_certificate(cert)
     next_serial = _read_hex(path_of("serial", "serial"))
+    if next_serial is not None:
+        check_serial(next_serial)
     next_crl = _read_hex(path_of("crlnumber", "crlnumber"))
+    if next_crl is not None and not 0 < next_crl < (1 << 63):
+        raise BadInput(f"crlnumber {next_crl:X} is out of range: pkiq keeps CRL numbers "
+                       "between 1 and 2^63-1")
     return DemoCA(cert, key_pem, rows, bodies, options, next_serial, next_crl, notes)
+
+
+def _number(section: dict[str, str], key: str, default: int) -> int:
+    value = section.get(key)
+    if not value:
+        return default
+    if not value.strip().isdigit():
+        raise BadInput(f"openssl config: {key} = {value!r} is not a whole number")
+    return int(value)
 
 
 def _read_hex(path: Path) -> int | None:
@@ -228,25 +254,44 @@ def _read_bodies(newcerts: Path, rows: list[IndexRow], notes: list[str]) -> dict
 
 # ---------------------------------------------------------------- adopting
 
+def check_ca_certificate(cert: x509.Certificate) -> None:
+    """An adopted CA must be a CA: basicConstraints CA:TRUE and, if keyUsage is present,
+    keyCertSign (RFC 5280 4.2.1.3, 4.2.1.9); and its key strong enough to sign with."""
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise PolicyViolation("cacert.pem is not a CA certificate (no basicConstraints "
+                              "CA:TRUE); refusing to sign with it", "basicConstraints", "ca")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.key_cert_sign:
+            raise PolicyViolation("cacert.pem's keyUsage lacks keyCertSign", "keyUsage", "ca")
+    except x509.ExtensionNotFound:
+        pass
+    check_key(cert.public_key())
+
+
 def adopt(session: Session, demo: DemoCA, *, name: str, import_passphrase: bytes | None,
           passphrase: bytes, now: dt.datetime) -> CertificateAuthority:
     """Store a read demoCA as pkiq CA ``name``; its key is re-encrypted with ``passphrase``."""
-    _check_name_free(session, name)
-    key = decrypt_key(demo.key_pem, import_passphrase, what="private/cakey.pem")
-    _check_key_matches(SoftwareSigner(key), demo.cert, name)
-    ca = CertificateAuthority(
-        name=name, cert_der=demo.cert.public_bytes(serialization.Encoding.DER),
-        key_pem=encrypt_key(key, passphrase), subject=openssl_oneline(demo.cert.subject),
-        key_type=describe_key(demo.cert.public_key()), not_before=demo.cert.not_valid_before_utc,
-        not_after=demo.cert.not_valid_after_utc, created_at=now,
-        crl_number=(demo.next_crl_number - 1) if demo.next_crl_number else 0,
-    )
+    check_name_free(session, name, demo.cert)
+    try:
+        key = decrypt_key(demo.key_pem, import_passphrase, what="private/cakey.pem")
+    except WrongPassphrase as exc:
+        raise WrongPassphrase(f"{exc} (give it with --import-passphrase-file or "
+                              "--import-passphrase-env when it differs from pkiq's)") from None
+    check_key_matches(SoftwareSigner(key), demo.cert, name)
+    ca = new_ca_row(name, demo.cert, encrypt_key(key, passphrase), now)
+    ca.crl_number = (demo.next_crl_number - 1) if demo.next_crl_number else 0
     demo.options.apply_to(ca)
     highest = max((row.serial for row in demo.rows), default=0)
     ca.next_serial = serial_hex(max(demo.next_serial or 1, highest + 1))
     session.add(ca)
     session.flush()
     seen: set[int] = set()
+    active: dict[str, str] = {}
     for row in demo.rows:
         if row.serial in seen:
             raise BadInput(f"index.txt lists serial {serial_hex(row.serial)} twice")
@@ -254,9 +299,19 @@ def adopt(session: Session, demo: DemoCA, *, name: str, import_passphrase: bytes
         der = demo.bodies.get(row.serial)
         body = x509.load_der_x509_certificate(der) if der else None
         subject = openssl_oneline(body.subject) if body else row.subject
+        key_of_subject = None
+        if row.status == "V" and ca.unique_subject:
+            if subject in active:
+                raise BadInput(
+                    f"index.txt holds two valid certificates for {subject} (serials "
+                    f"{active[subject]} and {serial_hex(row.serial)}) but unique_subject = yes "
+                    "(openssl ca would refuse this index too): set unique_subject = no in "
+                    "index.txt.attr, or revoke one first")
+            active[subject] = serial_hex(row.serial)
+            key_of_subject = subject_key(subject)
         session.add(Certificate(
             ca_id=ca.id, serial=serial_hex(row.serial), status=row.status, subject=subject,
-            active_subject=subject if (row.status == "V" and ca.unique_subject) else None,
+            active_subject=key_of_subject,
             not_before=body.not_valid_before_utc if body else None,
             not_after=row.expires, revoked_at=row.revoked_at, revocation_reason=row.reason,
             invalidity_date=row.invalidity_date, profile=None, der=der, created_at=now))
@@ -315,13 +370,22 @@ def render_democa(session: Session, ca: CertificateAuthority, folder: Path,
                    else random_serial())
     files["serial"] = (serial_hex(next_serial) + "\n").encode()
     files["crlnumber"] = (serial_hex(ca.crl_number + 1) + "\n").encode()
-    crl = session.scalar(select(Crl).where(Crl.ca_id == ca.id).order_by(Crl.number.desc())
-                         .limit(1))
+    crl = latest_crl(session, ca)
     if crl is not None:
         files["crl.pem"] = x509.load_der_x509_crl(crl.der).public_bytes(
             serialization.Encoding.PEM)
     files["openssl.cnf"] = _config(ca, folder, cert).encode()
     return files, notes
+
+
+def _config_path(folder: Path) -> str:
+    """The folder as an openssl.cnf value: quoted (for '#' and spaces); '$', quotes and
+    backslashes would be expanded or eaten by NCONF, so such paths are refused."""
+    text = str(folder.resolve())
+    if any(c in text for c in '"$\\\n'):
+        raise BadInput(f"{text!r}: choose a folder whose path has no quote, '$' or backslash "
+                       "(openssl.cnf would misread it)")
+    return text
 
 
 def _config(ca: CertificateAuthority, folder: Path, cert: x509.Certificate) -> str:
@@ -331,7 +395,7 @@ def _config(ca: CertificateAuthority, folder: Path, cert: x509.Certificate) -> s
     lines = [
         f"# Written by pkiq export-openssl for CA {ca.name}.",
         "# openssl ca -config openssl.cnf -passin env:PASS -in req.pem -extensions webserver",
-        f"dir = {folder.resolve()}",
+        f'dir = "{_config_path(folder)}"',
         "", "[ ca ]", "default_ca = CA_default", "", "[ CA_default ]",
         "certs = $dir/certs", "crl_dir = $dir/crl", "database = $dir/index.txt",
         "new_certs_dir = $dir/newcerts", "certificate = $dir/cacert.pem",

@@ -56,6 +56,13 @@ class Policy:
             fields.append((long_name(field_oid(field)), rule.strip().lower()))
         return Policy("custom", tuple(fields), preserve)
 
+    def check_against(self, ca_subject: x509.Name) -> None:
+        """A ``match`` field the CA subject lacks would refuse every request: say so now."""
+        for field, rule in self.fields:
+            if rule == "match" and not ca_subject.get_attributes_for_oid(field_oid(field)):
+                raise BadInput(f"policy {self.name}: {field} = match, but the CA subject has no "
+                               f"{field}; choose another policy or add it to the CA subject")
+
     def apply(self, requested: x509.Name, ca_subject: x509.Name) -> x509.Name:
         """The subject to issue, or ``PolicyViolation`` naming the field and the rule."""
         issued: list[x509.NameAttribute] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -13,11 +14,11 @@ from .csr import verify_csr_signature
 from .errors import BadInput
 from .keys import describe_key
 from .names import openssl_oneline
+from .serials import serial_hex
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 _PEM_LABELS = {
     b"CERTIFICATE": "certificate",
-    b"TRUSTED CERTIFICATE": "certificate",
     b"CERTIFICATE REQUEST": "csr",
     b"NEW CERTIFICATE REQUEST": "csr",
     b"X509 CRL": "crl",
@@ -46,16 +47,25 @@ def decode_all(data: bytes) -> list[Decoded]:
                          ("crl", x509.load_der_x509_crl), ("csr", x509.load_der_x509_csr)):
         try:
             obj = loader(data)
-            _touch(kind, obj)
-            return [Decoded(kind, obj)]
         except ValueError:
             continue
+        try:
+            _touch(kind, obj)
+        except ValueError as exc:
+            raise BadInput(f"damaged {kind}: {exc}") from None
+        return [Decoded(kind, obj)]
     raise BadInput("not a certificate, certificate request or CRL in PEM or DER form")
 
 
 def _touch(kind: str, obj) -> None:
     """Force parsing of the parts loaders read lazily, so garbage fails here."""
-    obj.subject if kind != "crl" else obj.issuer  # noqa: B018
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # decoding shows what is there, RFC-breaking or not
+        obj.subject if kind != "crl" else obj.issuer  # noqa: B018
+        list(obj.extensions)
+        if kind == "crl":
+            for entry in obj:
+                list(entry.extensions)
 
 
 def _decode_pem(data: bytes) -> list[Decoded]:
@@ -93,18 +103,19 @@ def _hex(value: bytes) -> str:
     return binascii.hexlify(value, ":").decode().upper()
 
 
-def _serial(value: int) -> str:
-    text = f"{value:X}"
-    return text if len(text) % 2 == 0 else "0" + text
-
-
 def describe(item: Decoded) -> dict:
     """A JSON-friendly description (``--json``); ``render`` prints it for people."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # show RFC-breaking names as they are
+        return _describe(item)
+
+
+def _describe(item: Decoded) -> dict:
     obj = item.obj
     out: dict = {"type": item.kind}
     if item.kind == "certificate":
         out.update(
-            serial=_serial(obj.serial_number), issuer=openssl_oneline(obj.issuer),
+            serial=serial_hex(obj.serial_number), issuer=openssl_oneline(obj.issuer),
             subject=openssl_oneline(obj.subject),
             not_before=obj.not_valid_before_utc.isoformat(),
             not_after=obj.not_valid_after_utc.isoformat(),
@@ -140,7 +151,7 @@ def _csr_signature_valid(csr: x509.CertificateSigningRequest) -> bool:
 
 
 def _revoked(entry: x509.RevokedCertificate) -> dict:
-    out = {"serial": _serial(entry.serial_number),
+    out = {"serial": serial_hex(entry.serial_number),
            "revoked_at": entry.revocation_date_utc.isoformat()}
     for ext in entry.extensions:
         if isinstance(ext.value, x509.CRLReason):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import OperationalError
 
@@ -27,10 +28,10 @@ from ca.names import parse_name
 from ca.openssl_io import adopt, read_democa, render_democa
 from ca.policy import Policy
 from ca.profiles import DEFAULT_PROFILE, PROFILES
-from ca.x509text import decode_all, describe, render
+from ca.x509text import MAX_FILE_BYTES, Decoded, decode_all, describe, render
 
 from .db import DatabaseUnavailable, make_engine, migrate, session_factory, transaction
-from .files import write_atomic, write_tree
+from .files import Output, write_atomic, write_tree
 from .settings import Settings
 
 
@@ -74,12 +75,13 @@ class PkiqGroup(click.Group):
         except PkiqError as exc:
             _fail(ctx, str(exc), exc.exit_code)
         except OperationalError as exc:
-            err = DatabaseUnavailable(f"database error: {str(exc.orig).strip().splitlines()[0]}")
-            _fail(ctx, str(err), err.exit_code)
-        except FileExistsError as exc:
-            _fail(ctx, str(exc), 7)
-        except (PermissionError, IsADirectoryError) as exc:
-            _fail(ctx, f"{exc.strerror}: {exc.filename}", 3)
+            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            unreachable = any(word in detail.lower() for word in (
+                "connect", "connection", "unable to open", "timeout", "server closed"))
+            _fail(ctx, f"database error: {detail}",
+                  DatabaseUnavailable.exit_code if unreachable else 1)
+        except OSError as exc:
+            _fail(ctx, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 3)
 
 
 def _fail(ctx, message: str, code: int):
@@ -97,6 +99,13 @@ def _emit(data, as_json: bool, text: str | Callable[[], str]) -> None:
 def _warn(warnings: list[str]) -> None:
     for warning in warnings:
         click.echo(f"pkiq: warning: {warning}", err=True)
+
+
+def _read_input(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise BadInput(f"{path} is {size} bytes; pkiq reads at most {MAX_FILE_BYTES}")
+    return path.read_bytes()
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -121,12 +130,12 @@ def read_passphrase(app: App, file: Path | None, env: str | None, *, what: str,
     PKIQ_CA_PASSPHRASE. Never from the command line, where ``ps`` would show it."""
     if file is not None:
         try:
-            text = file.read_text().splitlines()
+            first = file.read_bytes()[:4096].split(b"\n", 1)[0].removesuffix(b"\r")
         except OSError as exc:
             raise BadInput(f"cannot read passphrase file {file}: {exc.strerror}") from None
-        if not text or not text[0]:
+        if not first:
             raise WrongPassphrase(f"passphrase file {file} is empty")
-        return text[0].encode()
+        return first
     if env is not None:
         value = os.environ.get(env)
         if not value:
@@ -165,13 +174,16 @@ def ca_option_decorators(func):
                      help="OpenSSL copy_extensions: none, copy or copyall."),
         click.option("--unique-subject/--no-unique-subject", default=None,
                      help="Refuse a second valid certificate for the same subject."),
-        click.option("--default-days", type=click.IntRange(1), help="Default validity."),
+        click.option("--default-days", type=click.IntRange(1, authority.MAX_DAYS),
+                     help="Default validity."),
         click.option("--profile-days", multiple=True, metavar="PROFILE=DAYS",
                      help="Default validity for one profile (repeatable)."),
-        click.option("--crl-hours", type=click.IntRange(1), help="CRL lifetime (nextUpdate)."),
+        click.option("--crl-hours", type=click.IntRange(1, authority.MAX_CRL_HOURS),
+                     help="CRL lifetime (nextUpdate - thisUpdate)."),
         click.option("--crl-include-expired/--crl-drop-expired", default=None,
                      help="Keep revoked entries on the CRL after the certificate expired."),
-        click.option("--clock-skew", type=click.IntRange(0), metavar="SECONDS",
+        click.option("--clock-skew", type=click.IntRange(0, authority.MAX_CLOCK_SKEW),
+                     metavar="SECONDS",
                      help="Backdate notBefore by this margin (default 300)."),
         click.option("--serial-mode", type=click.Choice(authority.SERIAL_MODES),
                      help="random (CSPRNG, 126 bits) or sequential (as OpenSSL's serial file)."),
@@ -201,7 +213,7 @@ def _options(base: authority.CaOptions, kw: dict) -> authority.CaOptions:
         days = dict(base.profile_days)
         for item in kw["profile_days"]:
             name, _, value = item.partition("=")
-            if name not in PROFILES or not value.isdigit() or int(value) < 1:
+            if name not in PROFILES or not value.isdigit():
                 raise BadInput(f"--profile-days {item!r}: expected PROFILE=DAYS with PROFILE "
                                f"one of {', '.join(PROFILES)}")
             days[name] = int(value)
@@ -211,16 +223,6 @@ def _options(base: authority.CaOptions, kw: dict) -> authority.CaOptions:
                                  tuple(kw["ca_issuers_url"]) or base.urls.ca_issuers,
                                  tuple(kw["ocsp_url"]) or base.urls.ocsp)
     return dataclasses.replace(base, **changes)
-
-
-def _current_options(ca) -> authority.CaOptions:
-    return authority.CaOptions(
-        policy=Policy.from_dict(ca.policy), copy_extensions=ca.copy_extensions,
-        unique_subject=ca.unique_subject, default_days=ca.default_days,
-        profile_days=dict(ca.profile_days or {}), crl_hours=ca.crl_hours,
-        crl_include_expired=ca.crl_include_expired, clock_skew_seconds=ca.clock_skew_seconds,
-        serial_mode=ca.serial_mode,
-        urls=CaUrls(tuple(ca.crl_urls), tuple(ca.ca_issuers_urls), tuple(ca.ocsp_urls)))
 
 
 def _ca_info(ca) -> dict:
@@ -269,7 +271,8 @@ def _ca_text(info: dict) -> str:
 @click.argument("name")
 @click.option("--subject", required=True, help="'/C=GB/O=Example/CN=Example Root CA' or RFC 4514.")
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default="rsa4096", show_default=True)
-@click.option("--days", type=click.IntRange(1), default=3650, show_default=True,
+@click.option("--days", type=click.IntRange(1, authority.MAX_DAYS), default=3650,
+              show_default=True,
               help="Validity of the CA certificate.")
 @click.option("--parent", help="Make a subordinate CA signed by this pkiq CA.")
 @passphrase_options("parent", "the parent CA key")
@@ -289,10 +292,11 @@ def ca_create(app: App, name, subject, key_type, days, parent, parent_passphrase
             parent_ca = authority.get_ca(session, parent)
             signer = authority.load_signer(parent_ca, read_passphrase(
                 app, parent_passphrase_file, parent_passphrase_env, what=f"CA {parent}"))
-        ca = authority.create_ca(session, name=name, subject=subject_name, key_type=key_type,
-                                 passphrase=passphrase, now=app.clock(), days=days,
-                                 options=options, parent=parent_ca, parent_signer=signer)
+        ca, warnings = authority.create_ca(
+            session, name=name, subject=subject_name, key_type=key_type, passphrase=passphrase,
+            now=app.clock(), days=days, options=options, parent=parent_ca, parent_signer=signer)
         info = _ca_info(ca)
+    _warn(warnings)
     _emit(info, as_json, lambda: f"created {_ca_text(info)}")
 
 
@@ -305,7 +309,7 @@ def ca_set(app: App, name, as_json, **kw):
     """Change a CA's settings (policy, copy_extensions, validity, URLs...)."""
     with app.transaction() as session:
         ca = authority.get_ca(session, name)
-        _options(_current_options(ca), kw).apply_to(ca)
+        _options(authority.CaOptions.from_ca(ca), kw).apply_to(ca)
         session.flush()
         info = _ca_info(ca)
     _emit(info, as_json, lambda: _ca_text(info))
@@ -340,16 +344,18 @@ def ca_show(app: App, name, pem, as_json):
     _emit(info, as_json, lambda: _ca_text(info))
 
 
-def _write_or_print(obj, out: Path | None, der: bool) -> None:
-    data = obj.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM)
-    if out is not None:
-        write_atomic(out, data)
-    elif der:
-        if sys.stdout.isatty():
-            raise BadInput("refusing to write DER to a terminal: use --out FILE")
-        click.get_binary_stream("stdout").write(data)
-    else:
-        click.echo(data.decode(), nl=False)
+def _deliver(output: Output, obj, info: dict, as_json: bool, done: str) -> None:
+    """Write the PEM/DER result where asked; with --json, the PEM rides in the JSON."""
+    pem = obj.public_bytes(serialization.Encoding.PEM)
+    data = obj.public_bytes(serialization.Encoding.DER) if output.der else pem
+    if as_json:
+        if output.path is not None:
+            output.write(data)
+        _emit({**info, "pem": pem.decode()}, True, "")
+        return
+    output.write(data)
+    if output.path is not None:
+        click.echo(f"{done} -> {output.path}", err=True)
 
 
 @ca_group.command("sign")
@@ -357,8 +363,10 @@ def _write_or_print(obj, out: Path | None, der: bool) -> None:
 @click.argument("csr", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--profile", type=click.Choice(list(PROFILES)), default=DEFAULT_PROFILE,
               show_default=True)
-@click.option("--days", type=click.IntRange(1), help="Validity (default: profile, then CA).")
-@click.option("--md", help="Digest; only sha256, sha384 or sha512 (SHA-1 is refused).")
+@click.option("--days", type=click.IntRange(1, authority.MAX_DAYS),
+              help="Validity (default: profile, then CA).")
+@click.option("--md", help="Digest: sha256 (default; sha384 for P-384 CAs), sha384 or sha512. "
+              "SHA-1 is refused.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the certificate here.")
 @click.option("--der", is_flag=True, help="DER instead of PEM.")
@@ -368,30 +376,20 @@ def _write_or_print(obj, out: Path | None, der: bool) -> None:
 def ca_sign(app: App, name, csr, profile, days, md, out, der, passphrase_file, passphrase_env,
             as_json):
     """Sign a certificate request (PEM or DER) with CA NAME."""
-    if md is not None and md.lower() not in ("sha256", "sha384", "sha512"):
-        raise BadInput(f"--md {md}: pkiq signs with SHA-256 or stronger only; SHA-1 is broken "
-                       "(chosen-prefix collisions) and refused by current TLS clients, even "
-                       "where older guides show -md sha1")
-    data = csr.read_bytes()
+    digest = authority.with_digest_check(md)
+    output = Output(out, der)
+    data = _read_input(csr)
     with app.transaction() as session:
         ca = authority.get_ca(session, name)
         signer = authority.load_signer(ca, read_passphrase(
             app, passphrase_file, passphrase_env, what=f"CA {name}"))
         result = authority.sign_csr(session, ca, signer, data, profile=profile, days=days,
-                                    now=app.clock())
+                                    digest=digest, now=app.clock())
         info = _cert_info(result.record, ca.name)
     _warn(result.warnings)
-    if as_json:
-        info["warnings"] = result.warnings
-        info["pem"] = result.certificate.public_bytes(serialization.Encoding.PEM).decode()
-        _emit(info, True, "")
-        if out is not None:
-            _write_or_print(result.certificate, out, der)
-        return
-    _write_or_print(result.certificate, out, der)
-    if out is not None:
-        click.echo(f"issued serial {info['serial']} for {info['subject']}, valid until "
-                   f"{info['not_after']} -> {out}", err=True)
+    _deliver(output, result.certificate, {**info, "warnings": result.warnings}, as_json,
+             f"issued serial {info['serial']} for {info['subject']}, valid until "
+             f"{info['not_after']}")
 
 
 def _cert_info(record, ca_name: str) -> dict:
@@ -448,8 +446,8 @@ def ca_status(app: App, name, serial, as_json):
     number = authority.parse_serial(serial)
     with app.transaction() as session:
         ca = authority.get_ca(session, name)
-        state = authority.status(session, ca, number, app.clock())
-        info = _cert_info(authority.find_certificate(session, ca, number), ca.name)
+        record, state = authority.status(session, ca, number, app.clock())
+        info = _cert_info(record, ca.name)
     info["status"] = state.lower()
     _emit(info, as_json, f"{info['serial']}={state} ({state[0]})")
 
@@ -465,6 +463,32 @@ def ca_updatedb(app: App, name, as_json):
     _emit({"expired": count}, as_json, f"{count} certificate(s) marked expired")
 
 
+@ca_group.command("release-hold")
+@click.argument("name")
+@click.argument("serial")
+@json_option
+@click.pass_obj
+def ca_release_hold(app: App, name, serial, as_json):
+    """Take a certificate off hold (certificateHold only): it leaves the next CRL."""
+    number = authority.parse_serial(serial)
+    with app.transaction() as session:
+        ca = authority.get_ca(session, name)
+        info = _cert_info(authority.release_hold(session, ca, number, app.clock()), ca.name)
+    _emit(info, as_json, f"released {info['serial']}: {info['status']}; run gencrl to publish")
+
+
+def _crl_info(ca_name: str, row) -> dict:
+    return {"ca": ca_name, "crl_number": row.number, "entries": row.entries,
+            "this_update": row.this_update.isoformat(),
+            "next_update": row.next_update.isoformat()}
+
+
+def _deliver_crl(output: Output, ca_name: str, row, as_json: bool) -> None:
+    info = _crl_info(ca_name, row)
+    _deliver(output, x509.load_der_x509_crl(row.der), info, as_json,
+             f"CRL {row.number} with {row.entries} entries, next update {info['next_update']}")
+
+
 @ca_group.command("gencrl")
 @click.argument("name")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path))
@@ -474,27 +498,29 @@ def ca_updatedb(app: App, name, as_json):
 @click.pass_obj
 def ca_gencrl(app: App, name, out, der, passphrase_file, passphrase_env, as_json):
     """Issue the CA's next CRL (the CRL number always increases)."""
-    from cryptography import x509
-
+    output = Output(out, der)
     with app.transaction() as session:
         ca = authority.get_ca(session, name)
         signer = authority.load_signer(ca, read_passphrase(
             app, passphrase_file, passphrase_env, what=f"CA {name}"))
         row = authority.generate_crl(session, ca, signer, app.clock())
-        info = {"ca": ca.name, "crl_number": row.number, "entries": row.entries,
-                "this_update": row.this_update.isoformat(),
-                "next_update": row.next_update.isoformat()}
-    crl = x509.load_der_x509_crl(row.der)
-    if as_json:
-        info["pem"] = crl.public_bytes(serialization.Encoding.PEM).decode()
-        _emit(info, True, "")
-        if out is not None:
-            _write_or_print(crl, out, der)
-        return
-    _write_or_print(crl, out, der)
-    if out is not None:
-        click.echo(f"CRL {row.number} with {row.entries} entries, next update "
-                   f"{info['next_update']} -> {out}", err=True)
+    _deliver_crl(output, name, row, as_json)
+
+
+@ca_group.command("crl")
+@click.argument("name")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--der", is_flag=True, help="DER instead of PEM.")
+@json_option
+@click.pass_obj
+def ca_crl(app: App, name, out, der, as_json):
+    """Print or save the CA's latest CRL (as issued by gencrl; nothing is signed)."""
+    output = Output(out, der)
+    with app.transaction() as session:
+        row = authority.latest_crl(session, authority.get_ca(session, name))
+    if row is None:
+        raise NotFound(f"CA {name!r} has issued no CRL yet: run pkiq ca gencrl {name}")
+    _deliver_crl(output, name, row, as_json)
 
 
 @ca_group.command("import-openssl")
@@ -570,9 +596,6 @@ def _find(session, serial: str, ca_name: str | None):
 @click.pass_obj
 def cert_show(app: App, serial, ca_name, as_json):
     """Show an issued certificate's index entry and contents."""
-    from cryptography import x509
-
-    from ca.x509text import Decoded
 
     with app.transaction() as session:
         record, ca = _find(session, serial, ca_name)
@@ -597,10 +620,9 @@ def cert_show(app: App, serial, ca_name, as_json):
 @click.pass_obj
 def cert_get(app: App, serial, ca_name, chain, der, out):
     """Print or save an issued certificate, optionally with its chain."""
-    from cryptography import x509
-
     if chain and der:
         raise BadInput("--chain needs PEM: DER holds one certificate")
+    output = Output(out, der)
     with app.transaction() as session:
         record, ca = _find(session, serial, ca_name)
         if record.der is None:
@@ -608,14 +630,8 @@ def cert_get(app: App, serial, ca_name, chain, der, out):
                            "certificate (not in newcerts/)")
         cert = x509.load_der_x509_certificate(record.der)
         extra = authority.chain(session, ca) if chain else []
-    if not chain:
-        _write_or_print(cert, out, der)
-        return
-    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *extra])
-    if out is not None:
-        write_atomic(out, pem)
-    else:
-        click.echo(pem.decode(), nl=False)
+    encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
+    output.write(b"".join(c.public_bytes(encoding) for c in [cert, *extra]))
 
 
 # ====================================================================== x509
@@ -623,13 +639,6 @@ def cert_get(app: App, serial, ca_name, chain, der, out):
 @cli.group("x509")
 def x509_group():
     """Decode and convert certificates, requests and CRLs (no database needed)."""
-
-
-def _read_input(path: Path) -> bytes:
-    size = path.stat().st_size
-    if size > 64 * 1024 * 1024:
-        raise BadInput(f"{path} is {size} bytes; pkiq reads at most 64 MiB")
-    return path.read_bytes()
 
 
 @x509_group.command("decode")

@@ -12,10 +12,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ca.errors import PkiqError
+from ca.errors import BadInput, PkiqError
 
 
 class DatabaseUnavailable(PkiqError):
@@ -24,6 +24,17 @@ class DatabaseUnavailable(PkiqError):
 
 
 def make_engine(url: str) -> Engine:
+    """An engine for a SQLAlchemy URL; SQL parameters are never echoed into error messages
+    (they can hold key material)."""
+    try:
+        return _make_engine(url)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise BadInput(f"PKIQ_DATABASE_URL is not a database URL pkiq can use ({exc}); "
+                       "e.g. postgresql://user@host:5432/pkiq or sqlite:////var/lib/pkiq/pkiq.db"
+                       ) from None
+
+
+def _make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":  # plain URLs get the psycopg 3 driver we ship
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
@@ -33,10 +44,10 @@ def make_engine(url: str) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not path.exists():  # the CA database is nobody else's business: 0600
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         _sqlite_setup(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -20,7 +20,7 @@ def new_ca(sessions, clock, name="Root", key_type="ec-p256", subject=None, days=
         if parent is not None:
             parent_row = authority.get_ca(session, parent)
             parent_signer = authority.load_signer(parent_row, PASS)
-        ca = authority.create_ca(
+        ca, _warnings = authority.create_ca(
             session, name=name,
             subject=parse_name(subject or f"/C=GB/ST=England/O=Example/CN={name} CA"),
             key_type=key_type, passphrase=PASS, now=clock(), days=days,

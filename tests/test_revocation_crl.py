@@ -31,7 +31,7 @@ def gencrl(sessions, clock, name="Root"):
 
 def status(sessions, clock, serial):
     with transaction(sessions) as session:
-        return authority.status(session, authority.get_ca(session, "Root"), serial, clock())
+        return authority.status(session, authority.get_ca(session, "Root"), serial, clock())[1]
 
 
 def test_revoke_with_reason_and_invalidity_date_appears_on_the_crl(sessions, clock):

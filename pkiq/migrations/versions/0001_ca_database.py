@@ -21,6 +21,7 @@ def upgrade() -> None:
     sa.Column('parent_id', sa.Integer(), nullable=True),
     sa.Column('cert_der', sa.LargeBinary(), nullable=False),
     sa.Column('key_pem', sa.Text(), nullable=False),
+    sa.Column('spki_sha256', sa.String(length=64), nullable=False),
     sa.Column('subject', sa.Text(), nullable=False),
     sa.Column('key_type', sa.String(length=16), nullable=False),
     sa.Column('not_before', sa.DateTime(timezone=True), nullable=False),
@@ -42,7 +43,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['parent_id'], ['certificate_authorities.id'], ),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('name')
+    sa.UniqueConstraint('name'),
+    sa.UniqueConstraint('spki_sha256')
     )
     op.create_table('certificates',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -50,7 +52,7 @@ def upgrade() -> None:
     sa.Column('serial', sa.String(length=42), nullable=False),
     sa.Column('status', sa.String(length=1), nullable=False),
     sa.Column('subject', sa.Text(), nullable=False),
-    sa.Column('active_subject', sa.Text(), nullable=True),
+    sa.Column('active_subject', sa.String(length=64), nullable=True),
     sa.Column('not_before', sa.DateTime(timezone=True), nullable=True),
     sa.Column('not_after', sa.DateTime(timezone=True), nullable=False),
     sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
