@@ -1,10 +1,11 @@
-# Two entry points: `make run` (the walkthrough on the embedded default: SQLite in ./pkiq-data)
-# and `make test` (lint + the whole suite on SQLite and PostgreSQL). Both set up .venv first.
+# Two entry points: `make run` (the service -- workers and beat -- on the embedded default:
+# SQLite and a filesystem queue in ./pkiq-data) and `make test` (lint + the whole suite on
+# SQLite, PostgreSQL and Redis). Both set up .venv first. `make demo` runs the walkthrough.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,11 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
+	PKIQ_DATA_DIR="$${PKIQ_DATA_DIR:-$(CURDIR)/pkiq-data}" \
+	PKIQ_CA_PASSPHRASE_FILE="$${PKIQ_CA_PASSPHRASE_FILE:-$(CURDIR)/pkiq-data/ca.pass}" \
+	$(BIN)/pkiq serve
+
+demo: $(BIN)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" ./examples/walkthrough.sh
 
 test: $(BIN)/.installed

@@ -54,8 +54,11 @@ class CaOptions:
     clock_skew_seconds: int = 300
     serial_mode: str = "random"
     urls: CaUrls = CaUrls()
+    approval: str = "auto"  # manual: queued requests wait for an approver
 
     def __post_init__(self):
+        if self.approval not in ("auto", "manual"):
+            raise BadInput("approval must be auto or manual")
         if self.copy_extensions not in COPY_MODES:
             raise BadInput(f"copy_extensions must be one of {', '.join(COPY_MODES)}")
         if self.serial_mode not in SERIAL_MODES:
@@ -78,7 +81,8 @@ class CaOptions:
             profile_days=dict(ca.profile_days or {}), crl_hours=ca.crl_hours,
             crl_include_expired=ca.crl_include_expired,
             clock_skew_seconds=ca.clock_skew_seconds, serial_mode=ca.serial_mode,
-            urls=CaUrls(tuple(ca.crl_urls), tuple(ca.ca_issuers_urls), tuple(ca.ocsp_urls)))
+            urls=CaUrls(tuple(ca.crl_urls), tuple(ca.ca_issuers_urls), tuple(ca.ocsp_urls)),
+            approval=ca.approval)
 
     def apply_to(self, ca: CertificateAuthority) -> None:
         self.policy.check_against(ca_certificate(ca).subject)
@@ -94,6 +98,7 @@ class CaOptions:
         ca.crl_urls = list(self.urls.crl)
         ca.ca_issuers_urls = list(self.urls.ca_issuers)
         ca.ocsp_urls = list(self.urls.ocsp)
+        ca.approval = self.approval
 
 
 def _check_range(what: str, value: int, low: int, high: int) -> None:

@@ -85,6 +85,8 @@ class CertificateAuthority(Base):
     crl_urls: Mapped[list] = mapped_column(JSON, default=list)
     ca_issuers_urls: Mapped[list] = mapped_column(JSON, default=list)
     ocsp_urls: Mapped[list] = mapped_column(JSON, default=list)
+    approval: Mapped[str] = mapped_column(String(8), default="auto",
+                                          server_default="auto")  # auto | manual
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
     parent: Mapped[CertificateAuthority | None] = relationship(remote_side=[id])
@@ -136,3 +138,35 @@ class Crl(Base):
     next_update: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     entries: Mapped[int] = mapped_column(Integer)
     der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SigningJob(Base):
+    """One queued signing request. The database is the queue's source of truth: a broker
+    message carries only the job id, so a lost or repeated message changes nothing."""
+
+    __tablename__ = "signing_jobs"
+    __table_args__ = (
+        # Submitting the same request for the same CA and profile again finds this job.
+        UniqueConstraint("ca_id", "profile", "csr_sha256", name="uq_signing_jobs_request"),
+        Index("ix_signing_jobs_state_updated", "state", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    profile: Mapped[str] = mapped_column(String(32))
+    days: Mapped[int | None] = mapped_column(Integer)
+    node: Mapped[str | None] = mapped_column(String(255))
+    requester: Mapped[str] = mapped_column(String(255))
+    csr_der: Mapped[bytes] = mapped_column(LargeBinary)
+    csr_sha256: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    serial: Mapped[str | None] = mapped_column(String(42))
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    ca: Mapped[CertificateAuthority] = relationship()

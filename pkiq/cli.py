@@ -190,6 +190,8 @@ def ca_option_decorators(func):
         click.option("--crl-url", multiple=True, help="CRL distribution point URL (repeatable)."),
         click.option("--ca-issuers-url", multiple=True, help="AIA caIssuers URL (repeatable)."),
         click.option("--ocsp-url", multiple=True, help="AIA OCSP URL (repeatable)."),
+        click.option("--approval", type=click.Choice(["auto", "manual"]),
+                     help="Queued requests: signed at once (auto) or after approval (manual)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -206,7 +208,8 @@ def _options(base: authority.CaOptions, kw: dict) -> authority.CaOptions:
     for key, field in (("copy_extensions", "copy_extensions"), ("unique_subject",
                        "unique_subject"), ("default_days", "default_days"),
                        ("crl_hours", "crl_hours"), ("crl_include_expired", "crl_include_expired"),
-                       ("clock_skew", "clock_skew_seconds"), ("serial_mode", "serial_mode")):
+                       ("clock_skew", "clock_skew_seconds"), ("serial_mode", "serial_mode"),
+                       ("approval", "approval")):
         if kw[key] is not None:
             changes[field] = kw[key]
     if kw["profile_days"]:
@@ -238,6 +241,7 @@ def _ca_info(ca) -> dict:
         "next_serial": ca.next_serial if ca.serial_mode == "sequential" else None,
         "crl_number": ca.crl_number, "crl_urls": ca.crl_urls,
         "ca_issuers_urls": ca.ca_issuers_urls, "ocsp_urls": ca.ocsp_urls,
+        "approval": ca.approval,
     }
 
 
@@ -252,6 +256,7 @@ def _ca_text(info: dict) -> str:
         f"  policy:           {policy['name']} ({fields})"
         + (" preserve" if policy.get("preserve") else ""),
         f"  copy_extensions:  {info['copy_extensions']}",
+        f"  approval:         {info['approval']}",
         f"  unique_subject:   {'yes' if info['unique_subject'] else 'no'}",
         f"  default_days:     {info['default_days']}"
         + (f" {info['profile_days']}" if info["profile_days"] else ""),
@@ -671,6 +676,9 @@ def x509_convert(infile, outfile, target):
                err=True)
 
 
+from . import cli_jobs  # noqa: E402,F401  (registers submit, jobs, worker, beat, serve)
+
+
 def main() -> None:
     try:
         cli(prog_name="pkiq")
@@ -680,7 +688,3 @@ def main() -> None:
         click.echo(f"pkiq: internal error: {type(exc).__name__}: {exc} "
                    "(set PKIQ_DEBUG=1 for a traceback)", err=True)
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ca.errors import WrongPassphrase
+
 
 def _default_data_dir() -> Path:
     import os
@@ -21,6 +23,32 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = None  # default: SQLite (WAL) in data_dir
     ca_passphrase: str | None = Field(default=None, repr=False)  # PKIQ_CA_PASSPHRASE
+    ca_passphrase_file: Path | None = None  # PKIQ_CA_PASSPHRASE_FILE (first line)
+    # The queue: Redis (redis://127.0.0.1:6379/0) or, by default, an embedded broker that
+    # needs no server: kombu's filesystem transport in data_dir/queue.
+    broker_url: str | None = None
+    queue: str = "pkiq"
+    job_timeout_seconds: int = Field(default=300, ge=10)  # then the reconciler re-sends a job
+    reconcile_seconds: int = Field(default=60, ge=1)  # how often beat runs the reconciler
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue"
+
+    def passphrase(self) -> bytes | None:
+        """The CA passphrase for unattended processes (workers): file first, then variable."""
+        if self.ca_passphrase_file is not None:
+            try:
+                first = self.ca_passphrase_file.read_bytes()[:4096].split(b"\n", 1)[0]
+            except OSError as exc:
+                raise WrongPassphrase(f"cannot read PKIQ_CA_PASSPHRASE_FILE "
+                                      f"{self.ca_passphrase_file}: {exc.strerror}") from None
+            return first.removesuffix(b"\r") or None
+        return self.ca_passphrase.encode() if self.ca_passphrase else None
 
     @property
     def effective_database_url(self) -> str:

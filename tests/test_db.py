@@ -35,7 +35,7 @@ def test_sqlite_is_wal_and_private(tmp_path):
 
 
 def _pkiq(env, *args):
-    return subprocess.run([sys.executable, "-m", "pkiq.cli", *map(str, args)], env=env,
+    return subprocess.run([sys.executable, "-m", "pkiq", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -1,0 +1,136 @@
+"""Real worker processes over real brokers (Redis, and the embedded filesystem broker)
+against real databases: jobs go in through the CLI, certificates come out exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from .conftest import PASSPHRASE, make_csr
+
+REDIS_URL = os.environ.get("PKIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    """Redis must be up: an unreachable server fails the run, it does not skip."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    return client
+
+
+class Service:
+    """pkiq processes sharing one database and broker, stopped at the end of the test."""
+
+    def __init__(self, env: dict, folder: Path):
+        self.env, self.folder, self.procs = env, folder, []
+
+    def cli(self, *args, timeout=180) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pkiq", *map(str, args)], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self, *args) -> subprocess.Popen:
+        with open(self.folder / f"proc{len(self.procs)}.log", "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "pkiq", *args], env=self.env,
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-3000:] for p in sorted(self.folder.glob("proc*.log")))
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def service(request, db_url, tmp_path):
+    env = {**os.environ, "PKIQ_DATABASE_URL": db_url, "PKIQ_CA_PASSPHRASE": PASSPHRASE,
+           "PKIQ_DATA_DIR": str(tmp_path / "data"),
+           "PKIQ_QUEUE": f"pkiq-test-{secrets.token_hex(4)}"}
+    if request.param == "redis":
+        request.getfixturevalue("redis_client")
+        env["PKIQ_BROKER_URL"] = REDIS_URL
+    svc = Service(env, tmp_path)
+    created = svc.cli("ca", "create", "Root", "--subject", "/CN=Queue Root", "--key-type",
+                      "ec-p256")
+    assert created.returncode == 0, created.stderr
+    yield svc
+    svc.stop()
+
+
+def write_csrs(folder: Path, count: int) -> list[Path]:
+    paths = []
+    for i in range(count):
+        path = folder / f"req{i:03d}.pem"
+        path.write_bytes(make_csr(f"peer{i:03d}.example.com"))
+        paths.append(path)
+    return paths
+
+
+def test_a_batch_through_two_workers_with_bad_requests_in_the_middle(service, tmp_path):
+    worker = service.start("worker", "-c", "2")
+    good = write_csrs(tmp_path, 20)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\nnonsense\n")
+    wildcard = tmp_path / "wild.pem"
+    wildcard.write_bytes(make_csr("*.example.com"))
+    files = good[:10] + [garbage, wildcard] + good[10:]
+    done = service.cli("submit", *files, "--ca", "Root", "--wait", "--timeout", "120", "--json")
+    assert done.returncode == 9, (done.stderr, service.logs())  # partial: two did not issue
+    results = {Path(r["file"]).name: r for r in json.loads(done.stdout)}
+    assert results["garbage.pem"]["state"] == "refused"
+    assert "not a certificate request" in results["garbage.pem"]["error"]
+    assert results["wild.pem"]["state"] == "failed" and "wildcard" in results["wild.pem"]["error"]
+    issued = [r for name, r in results.items() if name.startswith("req")]
+    assert [r["state"] for r in issued] == ["issued"] * 20, service.logs()
+    assert len({r["serial"] for r in issued}) == 20
+    assert worker.poll() is None  # the bad requests did not hurt the worker
+    again = service.cli("submit", good[0], "--ca", "Root", "--json")
+    [row] = json.loads(again.stdout)
+    assert row["new"] is False and row["serial"] == results["req000.pem"]["serial"]
+
+
+def test_lost_messages_are_resent_by_the_reconciler(service, tmp_path, request):
+    """Jobs queued while no worker runs lose their messages (as a Redis restart, or the
+    embedded queue wiped); the reconciler on beat sends them again after the timeout."""
+    files = write_csrs(tmp_path, 5)
+    queued = service.cli("submit", *files, "--ca", "Root", "--json")
+    assert queued.returncode == 0, queued.stderr
+    queue = service.env["PKIQ_QUEUE"]
+    if "PKIQ_BROKER_URL" in service.env:
+        client = request.getfixturevalue("redis_client")
+        assert client.llen(queue) == 5
+        client.delete(queue)
+    else:
+        messages = Path(service.env["PKIQ_DATA_DIR"]) / "queue" / "messages"
+        assert len(list(messages.iterdir())) == 5
+        for path in messages.iterdir():
+            path.unlink()
+    service.env.update(PKIQ_JOB_TIMEOUT_SECONDS="10", PKIQ_RECONCILE_SECONDS="1")
+    service.start("serve", "-c", "1")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        listing = json.loads(service.cli("jobs", "list", "--json").stdout)
+        if all(j["state"] == "issued" for j in listing):
+            break
+        time.sleep(1)
+    assert [j["state"] for j in listing] == ["issued"] * 5, service.logs()
