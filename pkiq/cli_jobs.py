@@ -19,6 +19,7 @@ from ca.profiles import DEFAULT_PROFILE, PROFILES
 from .cli import App, _emit, _read_input, cli, json_option
 
 PARTIAL = 9  # exit code: some files or jobs did not end as asked
+ANNOUNCE_EVERY = 50  # jobs per broker round trip, so workers start while a batch is read
 
 
 def _announce(app: App, job_ids: list[int]) -> str | None:
@@ -27,7 +28,7 @@ def _announce(app: App, job_ids: list[int]) -> str | None:
         return None
     from worker.app import make_app
 
-    celery = make_app(app.settings)
+    celery = app.__dict__.setdefault("celery", make_app(app.settings))
     try:
         with celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=5)
@@ -62,7 +63,7 @@ def _row(job_info: dict) -> str:
 @click.pass_obj
 def submit(app: App, files, ca_name, profile, days, node, requester, wait, timeout, as_json):
     """Queue signing requests (PEM or DER), many at once."""
-    results, new_ids = [], []
+    results, new_ids, warnings = [], [], set()
     with app.transaction() as session:
         get_ca(session, ca_name)  # an unknown CA fails the whole call, before anything
     show_bar = sys.stdout.isatty() and not as_json and len(files) > 1
@@ -81,8 +82,11 @@ def submit(app: App, files, ca_name, profile, days, node, requester, wait, timeo
             except PkiqError as exc:
                 results.append({"file": str(path), "id": None, "state": "refused",
                                 "error": str(exc)})
-    warning = _announce(app, new_ids)
-    if warning:
+            if len(new_ids) >= ANNOUNCE_EVERY:
+                warnings.add(_announce(app, new_ids))
+                new_ids = []
+    warnings.add(_announce(app, new_ids))
+    for warning in filter(None, warnings):
         click.echo(f"pkiq: warning: {warning}", err=True)
     if wait:
         results = _wait(app, results, timeout)
