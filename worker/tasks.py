@@ -7,7 +7,7 @@ import logging
 import os
 
 from celery import shared_task
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ca import jobs
 from ca.authority import load_signer
@@ -51,7 +51,7 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@shared_task(bind=True, acks_late=True, autoretry_for=(OperationalError, DBAPIError),
+@shared_task(bind=True, acks_late=True, autoretry_for=(OperationalError, InterfaceError),
              retry_backoff=True, retry_backoff_max=60, max_retries=None)
 def sign_job(self, job_id: int) -> None:
     """Sign job ``job_id`` if it is still owed; a redelivered message finds it finished."""
