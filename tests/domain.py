@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from ca import authority
 from ca.authority import CaOptions
 from ca.names import parse_name
@@ -34,3 +36,22 @@ def sign(sessions, clock, ca_name, csr: bytes, profile="webclientandserver", day
         signer = authority.load_signer(ca, PASS)
         return authority.sign_csr(session, ca, signer, csr, profile=profile, days=days,
                                   now=clock())
+
+
+def in_threads(target, args_list) -> list:
+    """Run ``target(*args)`` once per entry, all at once, each thread on its own database
+    connection (as separate workers would be). Returns each result or raised exception."""
+    results: list = [None] * len(args_list)
+
+    def run(index, args):
+        try:
+            results[index] = target(*args)
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(args_list)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

@@ -2,7 +2,6 @@
 nothing. Several of these came from a review that tried to break pkiq on purpose."""
 
 import json
-import threading
 import warnings
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ca.errors import Conflict, PolicyViolation
 from pkiq.db import transaction
 
 from .conftest import PASSPHRASE, cached_key, make_csr, openssl
-from .domain import new_ca, sign
+from .domain import in_threads, new_ca, sign
 from .test_cli import assert_one_line_error
 
 
@@ -252,27 +251,20 @@ def test_requests_cannot_choose_the_crl_or_aia_urls(sessions, clock):
 def test_concurrent_revocations_one_wins(sessions, clock):
     new_ca(sessions, clock)
     serial = sign(sessions, clock, "Root", make_csr()).certificate.serial_number
-    outcomes = []
 
-    def worker(reason):
-        try:
-            with transaction(sessions) as session:
-                authority.revoke(session, authority.get_ca(session, "Root"), serial,
-                                 now=clock(), reason=reason)
-            outcomes.append(reason)
-        except Conflict:
-            outcomes.append("conflict")
+    def revoke(reason):
+        with transaction(sessions) as session:
+            authority.revoke(session, authority.get_ca(session, "Root"), serial,
+                             now=clock(), reason=reason)
+        return reason
 
-    threads = [threading.Thread(target=worker, args=(r,)) for r in
-               ("keyCompromise", "superseded", "affiliationChanged")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert outcomes.count("conflict") == 2
+    outcomes = in_threads(revoke, [("keyCompromise",), ("superseded",),
+                                   ("affiliationChanged",)])
+    assert sum(isinstance(o, Conflict) for o in outcomes) == 2
+    [winner] = [o for o in outcomes if isinstance(o, str)]
     with transaction(sessions) as session:
         record = authority.find_certificate(session, authority.get_ca(session, "Root"), serial)
-        assert record.revocation_reason == next(o for o in outcomes if o != "conflict")
+        assert record.revocation_reason == winner
 
 
 def test_hold_release_and_latest_crl(pkiq, tmp_path):

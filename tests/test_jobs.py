@@ -1,7 +1,6 @@
 """The signing-job lifecycle in the domain: submit, approve, sign exactly once, reconcile."""
 
 import datetime as dt
-import threading
 
 import pytest
 from sqlalchemy import func, select
@@ -12,7 +11,7 @@ from ca.models import Certificate
 from pkiq.db import transaction
 
 from .conftest import make_csr
-from .domain import PASS, new_ca
+from .domain import PASS, in_threads, new_ca
 
 
 def submit(sessions, clock, csr, profile="webserver", ca_name="Root"):
@@ -59,20 +58,9 @@ def test_a_job_is_signed_once_however_often_it_is_delivered(sessions, clock):
 def test_concurrent_deliveries_of_one_job(sessions, clock):
     new_ca(sessions, clock)
     job_id, _, _ = submit(sessions, clock, make_csr())
-    errors = []
-
-    def deliver():
-        try:
-            run(sessions, clock, job_id)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=deliver) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    outcomes = in_threads(run, [(sessions, clock, job_id)] * 4)
+    assert [o["state"] for o in outcomes] == ["issued"] * 4
+    assert len({o["serial"] for o in outcomes}) == 1
     assert certificates(sessions) == 1
 
 

@@ -1,7 +1,6 @@
 """Revocation, status, updatedb and CRL generation (RFC 5280 5.2/5.3)."""
 
 import datetime as dt
-import threading
 
 import pytest
 from cryptography import x509
@@ -13,7 +12,7 @@ from ca.models import Crl
 from pkiq.db import transaction
 
 from .conftest import make_csr
-from .domain import PASS, new_ca, sign
+from .domain import PASS, in_threads, new_ca, sign
 
 
 def revoke(sessions, clock, serial, **kw):
@@ -130,21 +129,12 @@ def test_concurrent_crl_generation_never_repeats_a_number(sessions, clock):
     """Threads with their own connections stand in for workers on several hosts: the CA row
     lock (FOR UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite) serialises them."""
     new_ca(sessions, clock)
-    errors = []
 
-    def worker():
-        try:
-            for _ in range(5):
-                gencrl(sessions, clock)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def five_crls():
+        for _ in range(5):
+            gencrl(sessions, clock)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert in_threads(five_crls, [()] * 4) == [None] * 4
     with transaction(sessions) as session:
         numbers = session.scalars(select(Crl.number)).all()
     assert sorted(numbers) == list(range(1, 21))

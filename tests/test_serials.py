@@ -1,7 +1,5 @@
 """Serial numbers: CSPRNG by default, sequential on demand, never reused; unique_subject."""
 
-import threading
-
 import pytest
 from sqlalchemy import func, select
 
@@ -11,7 +9,7 @@ from ca.models import Certificate
 from pkiq.db import transaction
 
 from .conftest import make_csr
-from .domain import new_ca, sign
+from .domain import in_threads, new_ca, sign
 
 
 def test_random_serials_are_long_positive_and_distinct(sessions, clock):
@@ -39,21 +37,13 @@ def test_a_colliding_random_serial_is_drawn_again(sessions, clock):
 
 def test_sequential_serials_continue_and_survive_concurrent_signers(sessions, clock):
     new_ca(sessions, clock, serial_mode="sequential")
-    errors, per_thread = [], 10
+    per_thread = 10
 
-    def worker(idx):
-        try:
-            for j in range(per_thread):
-                sign(sessions, clock, "Root", make_csr(f"t{idx}-{j}.example.com"))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def signer(idx):
+        for j in range(per_thread):
+            sign(sessions, clock, "Root", make_csr(f"t{idx}-{j}.example.com"))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert in_threads(signer, [(i,) for i in range(4)]) == [None] * 4
     with transaction(sessions) as session:
         serials = sorted(int(s, 16) for s in session.scalars(select(Certificate.serial)))
         ca = authority.get_ca(session, "Root")
@@ -90,18 +80,5 @@ def test_unique_subject_no_allows_renewal_overlap(sessions, clock):
 def test_unique_subject_under_concurrent_signers(sessions, clock):
     """Only one of several racing requests for the same subject may win."""
     new_ca(sessions, clock, unique_subject=True)
-    outcomes = []
-
-    def worker():
-        try:
-            sign(sessions, clock, "Root", make_csr("race.example.com"))
-            outcomes.append("issued")
-        except Conflict:
-            outcomes.append("conflict")
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(outcomes) == ["conflict"] * 3 + ["issued"]
+    outcomes = in_threads(sign, [(sessions, clock, "Root", make_csr("race.example.com"))] * 4)
+    assert sorted(type(o).__name__ for o in outcomes) == ["Conflict"] * 3 + ["SignResult"]
