@@ -1,0 +1,874 @@
+"""Signing-queue benchmark: end-to-end certs/s from submit to issued, Redis and PostgreSQL.
+
+Measures, in one run:
+
+1. Throughput: for a P-256 CA and an RSA-4096 CA, with 1 and with 2 worker processes
+   (``python -m pkiq worker -c 1 -n wK@%h`` each, as real separate processes): a fresh
+   PostgreSQL schema, a fresh queue name on the machine's Redis, ``pkiq ca create``, then
+   ``--count`` jobs submitted from this process the way ``pkiq submit`` does it
+   (``ca.jobs.submit`` in one transaction per job, announced on the broker by
+   ``pkiq.cli_jobs._announce`` every ``ANNOUNCE_EVERY`` jobs). Throughput is N divided by
+   (last ``finished_at`` - first ``submitted_at``), both read from the job rows.
+2. Raw sign rates in the same run, before and after each CA key type's queue runs:
+   ``openssl speed -seconds S -mr ALG`` in one process and with ``-multi 2`` (the machine's
+   raw 2-core rate).
+3. ``openssl ca -batch`` in a loop over the same CSRs, for a demoCA with an RSA-4096 and with
+   a P-256 key whose index.txt holds 100 and 200,000 entries.
+4. Latency at a light load: with 1 worker, jobs submitted one at a time at a fixed rate
+   (default 20/s); ``finished_at - submitted_at`` from the rows, and the time until this
+   process saw the job issued (polling every few ms).
+
+Run through ``bench/run`` or ``python -m bench.bench_queue``; results go to ``bench/results/``
+as JSON (``queue-<time>.json``, ``queue-latest.json``) and to stdout as a table. It always
+uses PostgreSQL and Redis (``--postgres`` is accepted, for ``bench/run``, and changes nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import func, select
+
+from bench.bench_sign import (
+    DEFAULT_POSTGRES_URL,
+    RESULTS_DIR,
+    ROOT,
+    SPEED_ALGORITHM,
+    Backend,
+    MachineCpu,
+    alternate,
+    latency_summary,
+    loadavg,
+    log,
+    machine_facts,
+    make_csrs,
+    make_request_keys,
+    openssl_democa,
+    openssl_speed,
+    postgres_facts,
+)
+from ca import jobs
+from ca.authority import get_ca
+from ca.models import CertificateAuthority, SigningJob
+from ca.profiles import DEFAULT_PROFILE
+from pkiq.cli import App
+from pkiq.cli_jobs import ANNOUNCE_EVERY, _announce
+from pkiq.settings import Settings
+
+DEFAULT_REDIS_URL = os.environ.get(
+    "PKIQ_BENCH_REDIS_URL", os.environ.get("PKIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+PASSPHRASE = "pkiq queue benchmark passphrase"
+CA_NAME = "Bench"
+CA_KEY_TYPES = ("ec-p256", "rsa4096")
+KEY_LABEL = {"ec-p256": "P-256", "rsa4096": "RSA-4096"}
+RAW_GOAL = 0.60  # RSA-4096, 2 workers: >= 60% of openssl speed -multi 2
+LOOP_GOALS = {"small": 3.0, "large": 40.0}  # >= 3x the openssl ca loop at 100, >= 40x at 200k
+OTHER_BENCHMARK = "bench.bench_sign"  # never share the 2 cores with it
+REQUEST_KEYS = 4  # a few cached P-256 request keys: cheap proof-of-possession checks
+WARMUP_JOBS = 24  # distinct CSRs for warming workers up (each worker signs at least one)
+FINISHED = tuple(jobs.FINISHED)
+
+
+# ---------------------------------------------------------------- machine
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def wait_for_other_benchmarks(poll_seconds: int, limit_seconds: int) -> dict:
+    """Wait while another benchmark (``pgrep -f bench.bench_sign``) runs, so the two never
+    share the cores. Our own process and its parents (a shell) do not count."""
+    start, seen = time.monotonic(), set()
+    mine = _ancestors()
+    while True:
+        found = subprocess.run(["pgrep", "-f", OTHER_BENCHMARK], capture_output=True,
+                               text=True).stdout.split()
+        others = sorted(int(p) for p in found if int(p) not in mine)
+        waited = round(time.monotonic() - start, 1)
+        if not others:
+            return {"pattern": OTHER_BENCHMARK, "waited_seconds": waited,
+                    "pids_waited_for": sorted(seen)}
+        seen.update(others)
+        if waited >= limit_seconds:
+            raise SystemExit(f"bench_queue: {OTHER_BENCHMARK} still running (pids {others}) "
+                             f"after {waited:.0f}s; not measuring on a shared machine "
+                             "(--no-wait overrides)")
+        log(f"waiting for {OTHER_BENCHMARK} (pids {others}) to finish ...")
+        time.sleep(poll_seconds)
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_ticks() -> dict[int, tuple[str, int, int]]:
+    """pid -> (comm, process group, user+system ticks) for every live process."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        out[int(entry.name)] = (comm, int(fields[2]), int(fields[11]) + int(fields[12]))
+    return out
+
+
+class ProcessCpu:
+    """CPU seconds per group of processes over an interval (from /proc/PID/stat): where the
+    cores went - the workers, this process (the submitter), PostgreSQL, Redis, the rest."""
+
+    def __init__(self, worker_groups: list[int]):
+        self.worker_groups = set(worker_groups)
+        self.start = _process_ticks()
+
+    def _group(self, pid: int, comm: str, pgrp: int) -> str:
+        if pid == os.getpid():
+            return "submitter"
+        if pgrp in self.worker_groups:
+            return "workers"
+        if comm.startswith("postgres"):
+            return "postgresql"
+        if comm.startswith("redis"):
+            return "redis"
+        return "other"
+
+    def seconds(self) -> dict:
+        totals = dict.fromkeys(("workers", "submitter", "postgresql", "redis", "other"), 0.0)
+        other: dict[str, float] = {}
+        for pid, (comm, pgrp, ticks) in _process_ticks().items():
+            before = self.start.get(pid)
+            base = before[2] if before and before[0] == comm else 0
+            used = (ticks - base) / _CLK_TCK
+            group = self._group(pid, comm, pgrp)
+            totals[group] += used
+            if group == "other" and used:
+                other[comm] = other.get(comm, 0.0) + used
+        out: dict = {k: round(v, 2) for k, v in totals.items()}
+        out["other_by_name"] = {k: round(v, 2) for k, v in sorted(
+            other.items(), key=lambda kv: -kv[1])[:8]}
+        return out
+
+
+# ---------------------------------------------------------------- raw sign rates
+
+def openssl_speed_multi(key_type: str, seconds: int, processes: int) -> dict:
+    """``openssl speed -seconds S -mr -multi P ALG``: the sum of P processes' sign/s."""
+    cmd = ["openssl", "speed", "-seconds", str(seconds), "-mr", "-multi", str(processes),
+           SPEED_ALGORITHM[key_type]]
+    machine_cpu = MachineCpu()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    busy = machine_cpu.busy_percent()
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("+F")]
+    sign_per_s = None
+    for line in lines:  # the parent's totals: +F2:k:bits:sign/s:verify/s (RSA), +F4 (ECDSA)
+        fields = line.split(":")
+        if fields[0] in ("+F2", "+F4"):
+            sign_per_s = float(fields[3])
+    if sign_per_s is None:
+        raise RuntimeError(f"could not read sign/s from {' '.join(cmd)}:\n{proc.stdout}")
+    return {"command": " ".join(cmd), "sign_per_s": round(sign_per_s, 2),
+            "machine_cpu_busy_percent": busy, "machine_readable": lines}
+
+
+def raw_rates(key_type: str, seconds: int) -> dict:
+    log(f"{key_type}: openssl speed {seconds}s, one process and -multi 2 ...")
+    one = openssl_speed(key_type, seconds)
+    two = openssl_speed_multi(key_type, seconds, 2)
+    log(f"  {SPEED_ALGORITHM[key_type]}: {one['sign_per_s']:.1f} sign/s one process, "
+        f"{two['sign_per_s']:.1f} sign/s -multi 2")
+    return {"single": one, "multi2": two}
+
+
+# ---------------------------------------------------------------- workers
+
+class Workers:
+    """``python -m pkiq worker -c 1 -n wK@%h`` processes, each in a process group of its own
+    (the Celery main process and its one pool child), logging to a file."""
+
+    READY = re.compile(r"@\S+ ready\.")
+    SUCCEEDED = re.compile(r"succeeded in ([0-9.eE+-]+)s")
+
+    def __init__(self, env: dict, folder: Path, count: int):
+        self.env, self.folder, self.count = env, folder, count
+        self.procs: list[subprocess.Popen] = []
+        self.logs = [folder / f"w{k}.log" for k in range(count)]
+
+    def start(self, timeout: float = 90) -> float:
+        t0 = time.perf_counter()
+        for k, path in enumerate(self.logs):
+            with open(path, "w") as out:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "pkiq", "worker", "-c", "1", "-n", f"w{k}@%h"],
+                    env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+        deadline = time.monotonic() + timeout
+        while not all(self.READY.search(p.read_text()) for p in self.logs):
+            for proc, path in zip(self.procs, self.logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited ({proc.returncode}):\n"
+                                       f"{path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers not ready after "
+                                   f"{timeout}s:\n{self.logs[0].read_text()[-3000:]}")
+            time.sleep(0.1)
+        return time.perf_counter() - t0
+
+    @property
+    def groups(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def mark(self) -> list[int]:
+        return [p.stat().st_size for p in self.logs]
+
+    def task_seconds(self, since: list[int] | None = None) -> list[list[float]]:
+        """Per worker: Celery's "succeeded in X s" for each task after ``since`` (the time in
+        the pool child from receiving the task to its transaction committed)."""
+        out = []
+        for k, path in enumerate(self.logs):
+            with open(path, "rb") as f:
+                f.seek(since[k] if since else 0)
+                text_ = f.read().decode(errors="replace")
+            out.append([float(m) for m in self.SUCCEEDED.findall(text_)])
+        return out
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# ---------------------------------------------------------------- submitting
+
+def submit_one(app: App, csr: bytes, requester: str) -> int:
+    """One request as ``pkiq submit`` handles a file: its own transaction, the CA looked up
+    in it, ``ca.jobs.submit``, the job reported (``job_info``)."""
+    with app.transaction() as session:
+        done = jobs.submit(session, get_ca(session, CA_NAME), csr, profile=DEFAULT_PROFILE,
+                           requester=requester, now=app.clock())
+        info = jobs.job_info(done.job)
+    if not done.created or info["state"] != "queued":
+        raise RuntimeError(f"submit did not queue a new job: {info}")
+    return info["id"]
+
+
+def announce(app: App, job_ids: list[int]) -> None:
+    """``pkiq submit``'s own announcement (one broker connection, a message per job)."""
+    warning = _announce(app, job_ids)
+    if warning:
+        raise RuntimeError(warning)
+
+
+def finished_count(engine, requester: str) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(SigningJob).where(
+            SigningJob.requester == requester, SigningJob.state.in_(FINISHED)))
+
+
+def wait_finished(engine, requester: str, count: int, timeout: float,
+                  poll: float = 0.25) -> float:
+    """Wait until ``count`` jobs of ``requester`` have finished; the time.time() of the poll
+    that first saw them all (a cross-check on the rows' timestamps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        t_query = time.time()
+        done = finished_count(engine, requester)
+        if done >= count:
+            return t_query
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {count} {requester} jobs finished after "
+                               f"{timeout:.0f}s")
+        time.sleep(poll)
+
+
+def job_rows(engine, requester: str) -> list:
+    with engine.connect() as conn:
+        return conn.execute(select(
+            SigningJob.id, SigningJob.state, SigningJob.attempts, SigningJob.serial,
+            SigningJob.submitted_at, SigningJob.finished_at, SigningJob.error,
+        ).where(SigningJob.requester == requester).order_by(SigningJob.id)).all()
+
+
+def warm_up(app: App, engine, workers: Workers, csrs: list[bytes]) -> int:
+    """Untimed jobs until every worker has signed at least one: connections made, schema
+    checked, CA key decrypted and cached, imports done."""
+    used = 0
+    per_round = 2 * workers.count
+    while used + per_round <= len(csrs):
+        ids = [submit_one(app, csr, "bench-warmup") for csr in csrs[used:used + per_round]]
+        announce(app, ids)
+        used += per_round
+        wait_finished(engine, "bench-warmup", used, timeout=120, poll=0.1)
+        if all(workers.task_seconds()):
+            return used
+    raise RuntimeError(f"a worker signed nothing during {used} warm-up jobs")
+
+
+# ---------------------------------------------------------------- 1. throughput
+
+def run_throughput(app: App, engine, workers: Workers, csrs: list[bytes]) -> dict:
+    requester = "bench-throughput"
+    log(f"  throughput: submitting {len(csrs)} jobs, announced every {ANNOUNCE_EVERY} ...")
+    mark = workers.mark()
+    process_cpu = ProcessCpu(workers.groups)
+    machine_cpu = MachineCpu()
+    load_start = loadavg()
+    t_first = time.time()
+    pending: list[int] = []
+    for csr in csrs:
+        pending.append(submit_one(app, csr, requester))
+        if len(pending) >= ANNOUNCE_EVERY:
+            announce(app, pending)
+            pending = []
+    announce(app, pending)
+    t_submitted = time.time()
+    log(f"  throughput: submitted in {t_submitted - t_first:.1f}s "
+        f"({len(csrs) / (t_submitted - t_first):.1f}/s); waiting for the workers ...")
+    t_seen = wait_finished(engine, requester, len(csrs), timeout=120 + len(csrs) / 2)
+    cpu = process_cpu.seconds()
+    busy = machine_cpu.busy_percent()
+    load_end = loadavg()
+
+    rows = job_rows(engine, requester)
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r.state] = states.get(r.state, 0) + 1
+    if states != {"issued": len(csrs)}:
+        bad = [dict(r._mapping) for r in rows if r.state != "issued"][:5]
+        raise RuntimeError(f"not every job was issued: {states}; e.g. {bad}")
+    first_submit = min(r.submitted_at for r in rows)
+    last_finish = max(r.finished_at for r in rows)
+    span = (last_finish - first_submit).total_seconds()
+    latencies = [(r.finished_at - r.submitted_at).total_seconds() for r in rows]
+    serials = {r.serial for r in rows}
+    task_seconds = workers.task_seconds(mark)
+    all_tasks = sorted(s for per in task_seconds for s in per)
+    wall = t_seen - t_first
+    result = {
+        "jobs": len(csrs), "states": states,
+        "distinct_serials": len(serials),
+        "redelivered_jobs": sum(1 for r in rows if r.attempts != 1),
+        "first_submitted_at": first_submit.isoformat(),
+        "last_finished_at": last_finish.isoformat(),
+        "seconds": round(span, 3),
+        "certs_per_s": round(len(csrs) / span, 2),
+        "submit_seconds": round(t_submitted - t_first, 3),
+        "submit_per_s": round(len(csrs) / (t_submitted - t_first), 2),
+        "drain_seconds_after_submit": round(last_finish.timestamp() - t_submitted, 3),
+        "observed_all_finished_seconds": round(wall, 3),
+        "observed_certs_per_s": round(len(csrs) / wall, 2),
+        "submit_to_finished_under_load": latency_summary(latencies),
+        "jobs_per_worker": [len(per) for per in task_seconds],
+        "task_seconds": latency_summary(all_tasks) if all_tasks else None,
+        "task_seconds_sum": round(sum(all_tasks), 3),
+        # the share of the run the pool children spent inside tasks (the rest: waiting for a
+        # message, the ack, passing the task from the Celery main process to its child)
+        "pool_child_busy_fraction": round(sum(all_tasks) / (span * workers.count), 3),
+        "process_cpu_seconds": cpu,
+        "machine_cpu_busy_percent": busy,
+        "loadavg_start": load_start, "loadavg_end": load_end,
+    }
+    log(f"  throughput: {result['certs_per_s']:.1f} certs/s ({len(csrs)} jobs in "
+        f"{span:.1f}s; submit {result['submit_per_s']:.1f}/s; jobs per worker "
+        f"{result['jobs_per_worker']}; cpu {cpu}; box {busy}%)")
+    return result
+
+
+# ---------------------------------------------------------------- 4. latency
+
+def run_latency(app: App, engine, workers: Workers, csrs: list[bytes], rate: float,
+                poll: float) -> dict:
+    """Jobs submitted one at a time every 1/rate s (``pkiq submit one.csr``: submit, then
+    announce); between submits this process polls for the jobs still pending."""
+    requester = "bench-latency"
+    log(f"  latency: {len(csrs)} jobs at {rate:g}/s, one at a time ...")
+    mark = workers.mark()
+    machine_cpu = MachineCpu()
+    load_start = loadavg()
+    interval = 1.0 / rate
+    submitted: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    pending: set[int] = set()
+    submit_s: list[float] = []
+    announce_s: list[float] = []
+    start = time.perf_counter()
+    deadline = time.monotonic() + len(csrs) * interval + 120
+    nxt = 0
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        while nxt < len(csrs) or pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"latency: {len(pending)} jobs still pending")
+            if nxt < len(csrs) and time.perf_counter() >= start + nxt * interval:
+                t_submit = time.time()
+                job_id = submit_one(app, csrs[nxt], requester)
+                t_announce = time.time()
+                announce(app, [job_id])
+                submit_s.append(t_announce - t_submit)
+                announce_s.append(time.time() - t_announce)
+                submitted[job_id] = t_submit
+                pending.add(job_id)
+                nxt += 1
+                continue
+            if pending:
+                t_query = time.time()  # a job seen finished committed before this moment
+                done = conn.scalars(select(SigningJob.id).where(
+                    SigningJob.id.in_(sorted(pending)), SigningJob.state.in_(FINISHED))).all()
+                for job_id in done:
+                    seen[job_id] = t_query
+                    pending.discard(job_id)
+            wake = min(time.perf_counter() + poll,
+                       start + nxt * interval if nxt < len(csrs) else float("inf"))
+            time.sleep(max(0.0, wake - time.perf_counter()))
+    busy = machine_cpu.busy_percent()
+    rows = job_rows(engine, requester)
+    states = {r.state for r in rows}
+    if states != {"issued"}:
+        raise RuntimeError(f"latency: not every job was issued: {states}")
+    rows_latency = [(r.finished_at - r.submitted_at).total_seconds() for r in rows]
+    observed = [seen[r.id] - submitted[r.id] for r in rows]
+    span = max(submitted.values()) - min(submitted.values())
+    tasks = sorted(s for per in workers.task_seconds(mark) for s in per)
+    result = {
+        "jobs": len(rows), "target_rate_per_s": rate,
+        "achieved_rate_per_s": round((len(rows) - 1) / span, 2) if span else None,
+        "poll_seconds": poll,
+        "rows_finished_minus_submitted": latency_summary(rows_latency),
+        "observed_submit_to_issued": latency_summary(observed),
+        "submit_call": latency_summary(submit_s),  # ca.jobs.submit and its commit
+        "announce_call": latency_summary(announce_s),  # pkiq.cli_jobs._announce, one job
+        "task_seconds": latency_summary(tasks) if tasks else None,
+        "machine_cpu_busy_percent": busy,
+        "loadavg_start": load_start, "loadavg_end": loadavg(),
+    }
+    log(f"  latency: rows p50 {result['rows_finished_minus_submitted']['p50_ms']:.1f} ms, "
+        f"p99 {result['rows_finished_minus_submitted']['p99_ms']:.1f} ms; observed p50 "
+        f"{result['observed_submit_to_issued']['p50_ms']:.1f} ms, p99 "
+        f"{result['observed_submit_to_issued']['p99_ms']:.1f} ms")
+    return result
+
+
+# ---------------------------------------------------------------- one configuration
+
+def run_config(args, key_type: str, worker_count: int, csrs: list[bytes],
+               warmup_csrs: list[bytes], latency_csrs: list[bytes] | None,
+               workdir: Path) -> dict:
+    """A fresh schema, queue, CA and set of workers; warm-up, [latency,] throughput."""
+    label = f"{key_type}-{worker_count}w"
+    folder = workdir / label
+    folder.mkdir()
+    queue = f"pkiq-bench-{secrets.token_hex(4)}"
+    log(f"{KEY_LABEL[key_type]} CA, {worker_count} worker(s): schema, queue {queue}, "
+        "pkiq ca create ...")
+    with Backend("postgresql", args.postgres_url).database(workdir, f"q-{label}") as engine:
+        db_url = engine.url.render_as_string(hide_password=False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PKIQ_")}
+        env.update(PKIQ_DATABASE_URL=db_url, PKIQ_BROKER_URL=args.redis_url, PKIQ_QUEUE=queue,
+                   PKIQ_CA_PASSPHRASE=PASSPHRASE, PKIQ_DATA_DIR=str(folder / "data"))
+        created = subprocess.run(
+            [sys.executable, "-m", "pkiq", "ca", "create", CA_NAME, "--subject",
+             f"/C=GB/O=Example Ltd/CN=pkiq queue benchmark {KEY_LABEL[key_type]} CA",
+             "--key-type", key_type], env=env, cwd=ROOT, capture_output=True, text=True)
+        if created.returncode != 0:
+            raise RuntimeError(f"pkiq ca create failed: {created.stderr}")
+        settings = Settings(data_dir=folder / "data", database_url=db_url,
+                            broker_url=args.redis_url, queue=queue, ca_passphrase=PASSPHRASE)
+        app = App(settings)
+        workers = Workers(env, folder, worker_count)
+        try:
+            ready = workers.start()
+            log(f"  {worker_count} worker(s) ready after {ready:.1f}s; warming up ...")
+            warm = warm_up(app, engine, workers, warmup_csrs)
+            out = {"key_type": key_type, "workers": worker_count, "queue": queue,
+                   "workers_ready_seconds": round(ready, 2), "warmup_jobs": warm}
+            if latency_csrs:
+                out["latency"] = run_latency(app, engine, workers, latency_csrs,
+                                             args.latency_rate, args.latency_poll)
+            out["throughput"] = run_throughput(app, engine, workers, csrs)
+            if not workers.alive():
+                raise RuntimeError("a worker died during the run")
+            out["certificates_in_table"], out["last_certificate_verifies"] = \
+                check_certificates(engine)
+        finally:
+            workers.stop()
+            app.close()
+            client = redis.Redis.from_url(args.redis_url)
+            client.delete(queue, f"_kombu.binding.{queue}")  # this run's keys only
+            client.close()
+    return out
+
+
+def check_certificates(engine) -> tuple[int, bool]:
+    """Every issued job has its certificate; the newest verifies against the CA."""
+    from ca.models import Certificate
+
+    with engine.connect() as conn:
+        count = conn.scalar(select(func.count()).select_from(Certificate))
+        distinct = conn.scalar(select(func.count(func.distinct(Certificate.serial))))
+        issued = conn.scalar(select(func.count()).select_from(SigningJob)
+                             .where(SigningJob.state == "issued"))
+        der = conn.scalar(select(Certificate.der).order_by(Certificate.id.desc()).limit(1))
+        ca_der = conn.scalar(select(CertificateAuthority.cert_der))
+    if not count == distinct == issued:
+        raise RuntimeError(f"certificates {count}, distinct serials {distinct}, "
+                           f"issued jobs {issued}: not exactly once")
+    x509.load_der_x509_certificate(der).verify_directly_issued_by(
+        x509.load_der_x509_certificate(ca_der))
+    return count, True
+
+
+# ---------------------------------------------------------------- 3. openssl ca loop
+
+def democa(folder: Path, size: int, rng: random.Random, key_type: str) -> Path:
+    """bench_sign's demoCA (P-256 key, index.txt with ``size`` entries); for RSA-4096 its key
+    and self-signed certificate are replaced."""
+    conf = openssl_democa(folder, size, rng)
+    if key_type == "rsa4096":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+        (folder / "private" / "cakey.pem").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        subprocess.run(["openssl", "req", "-new", "-x509", "-key", "private/cakey.pem", "-out",
+                        "cacert.pem", "-days", "3650", "-subj",
+                        "/C=GB/O=Example Ltd/CN=openssl ca benchmark RSA-4096 CA", "-addext",
+                        "basicConstraints=critical,CA:TRUE", "-addext",
+                        "keyUsage=critical,keyCertSign,cRLSign"],
+                       cwd=folder, check=True, capture_output=True)
+    return conf
+
+
+def openssl_ca_loop(key_type: str, sizes: list[int], csrs: list[bytes], workdir: Path, *,
+                    rounds: int, seed: int) -> dict:
+    """``openssl ca -batch`` once per CSR, sequentially, against each index size in
+    alternating blocks: the certs/s of a script looping over openssl ca."""
+    log(f"openssl ca loop, {KEY_LABEL[key_type]} key: index sizes {sizes}, {len(csrs)} calls "
+        "each ...")
+    rng = random.Random(seed)
+    base = workdir / f"openssl-ca-{key_type}"
+    req_dir = base / "requests"
+    req_dir.mkdir(parents=True)
+    paths = []
+    for i, csr in enumerate(csrs):
+        path = req_dir / f"req{i:05d}.pem"
+        path.write_bytes(csr)
+        paths.append(path)
+    confs = {size: democa(base / f"democa-{size}", size, rng, key_type) for size in sizes}
+    out_file = base / "out.pem"
+    latencies: dict[int, list[float]] = {size: [] for size in sizes}
+    cursor = dict.fromkeys(sizes, 0)
+    per_block = -(-len(paths) // rounds)
+    machine_cpu = MachineCpu()
+    load_start = loadavg()
+    for label in alternate([str(s) for s in sizes], rounds):
+        size = int(label)
+        for path in paths[cursor[size]:cursor[size] + per_block]:
+            t0 = time.perf_counter()
+            subprocess.run(["openssl", "ca", "-batch", "-config", str(confs[size]),
+                            "-in", str(path), "-out", str(out_file), "-notext"],
+                           check=True, capture_output=True)
+            latencies[size].append(time.perf_counter() - t0)
+        cursor[size] += per_block
+    results = {}
+    for size, lat in latencies.items():
+        entries_end = len((confs[size].parent / "index.txt").read_bytes().splitlines())
+        results[str(size)] = {
+            "entries_at_start": size, "entries_at_end": entries_end, "calls": len(lat),
+            "seconds": round(sum(lat), 3), "ms_per_call": round(sum(lat) / len(lat) * 1e3, 3),
+            "certs_per_s": round(len(lat) / sum(lat), 3), "latency": latency_summary(lat)}
+        log(f"  {size} entries: {results[str(size)]['ms_per_call']:.1f} ms/call, "
+            f"{results[str(size)]['certs_per_s']:.2f} certs/s")
+    return {"key_type": key_type, "sizes": results,
+            "command": "openssl ca -batch -config ca.cnf -in REQ -out out.pem -notext",
+            "machine_cpu_busy_percent": machine_cpu.busy_percent(),
+            "loadavg_start": load_start, "loadavg_end": loadavg()}
+
+
+# ---------------------------------------------------------------- goals
+
+def evaluate(report: dict) -> dict:
+    sizes = report["config"]["openssl_ca_sizes"]
+    small, large = str(min(sizes)), str(max(sizes))
+    goals: dict = {"raw_2core": [], "openssl_ca_loop": []}
+    for run in report["queue"]:
+        kt, w = run["key_type"], run["workers"]
+        rate = run["throughput"]["certs_per_s"]
+        raw = report["raw"][kt]
+        one = max(raw["before"]["single"]["sign_per_s"], raw["after"]["single"]["sign_per_s"])
+        two = max(raw["before"]["multi2"]["sign_per_s"], raw["after"]["multi2"]["sign_per_s"])
+        run["ratio_vs_openssl_1proc"] = round(rate / one, 4)
+        run["ratio_vs_openssl_multi2"] = round(rate / two, 4)
+        if kt == "rsa4096" and w == 2:
+            goals["raw_2core"].append({
+                "key_type": kt, "workers": w, "certs_per_s": rate, "multi2_sign_per_s": two,
+                "ratio": run["ratio_vs_openssl_multi2"], "goal": RAW_GOAL,
+                "met": run["ratio_vs_openssl_multi2"] >= RAW_GOAL})
+        loop = report["openssl_ca"].get(kt)
+        if not loop:
+            continue
+        for which, size in (("small", small), ("large", large)):
+            if size not in loop["sizes"]:
+                continue
+            ratio = rate / loop["sizes"][size]["certs_per_s"]
+            run[f"ratio_vs_openssl_ca_{size}"] = round(ratio, 2)
+            goals["openssl_ca_loop"].append({
+                "key_type": kt, "workers": w, "index_entries": int(size),
+                "certs_per_s": rate, "openssl_ca_certs_per_s": loop["sizes"][size]["certs_per_s"],
+                "ratio": round(ratio, 2), "goal": LOOP_GOALS[which],
+                "met": ratio >= LOOP_GOALS[which]})
+    return goals
+
+
+# ---------------------------------------------------------------- report
+
+def render_table(report: dict) -> str:
+    cfg, m = report["config"], report["machine"]
+    sizes = cfg["openssl_ca_sizes"]
+    small, large = str(min(sizes)), str(max(sizes))
+    lines = [
+        f"pkiq signing-queue benchmark - {report['started_at']} "
+        f"({'quick' if cfg['quick'] else 'full'} run, {report['elapsed_seconds']:.0f}s)",
+        f"machine: nproc {m['nproc']}, {m['cpu_model']}; load avg at start "
+        f"{report['loadavg_start']}, at end {report['loadavg_end']}",
+        f"openssl {m['openssl_binary']}; PostgreSQL {report['postgresql']['server_version']} "
+        f"(synchronous_commit {report['postgresql']['synchronous_commit']}); Redis "
+        f"{report['redis']['redis_version']}",
+        "",
+        "Raw sign rates (openssl speed -mr, sign/s per CPU-second of user time; before / after):",
+    ]
+    for kt, raw in report["raw"].items():
+        lines.append(
+            f"  {KEY_LABEL[kt]:<8} one process {raw['before']['single']['sign_per_s']:>9.1f} / "
+            f"{raw['after']['single']['sign_per_s']:<9.1f}  -multi 2 "
+            f"{raw['before']['multi2']['sign_per_s']:>9.1f} / "
+            f"{raw['after']['multi2']['sign_per_s']:.1f}")
+    lines += ["", f"End to end, submit to issued (Redis + PostgreSQL; {cfg['request_keys']} cached "
+              "P-256 request keys; one transaction per submit):"]
+    head = (f"{'CA key':<8} {'wk':>2} {'jobs':>6} {'s':>7} {'certs/s':>8} {'submit/s':>8} "
+            f"{'vs 1proc':>8} {'vs -multi2':>10} {f'vs ca@{small}':>10} "
+            f"{f'vs ca@{large}':>12} {'task ms':>7} {'box%':>5}  cpu s: wk/sub/pg/redis")
+    lines += [head, "-" * len(head)]
+    for run in report["queue"]:
+        t = run["throughput"]
+        cpu = t["process_cpu_seconds"]
+        lines.append(
+            f"{KEY_LABEL[run['key_type']]:<8} {run['workers']:>2} {t['jobs']:>6} "
+            f"{t['seconds']:>7.1f} {t['certs_per_s']:>8.1f} {t['submit_per_s']:>8.1f} "
+            f"{run['ratio_vs_openssl_1proc']:>8.1%} {run['ratio_vs_openssl_multi2']:>10.1%} "
+            f"{run.get(f'ratio_vs_openssl_ca_{small}', float('nan')):>9.1f}x "
+            f"{run.get(f'ratio_vs_openssl_ca_{large}', float('nan')):>11.1f}x "
+            f"{t['task_seconds']['mean_ms']:>7.2f} {t['machine_cpu_busy_percent'] or 0:>5.0f}  "
+            f"{cpu['workers']:.0f}/{cpu['submitter']:.0f}/{cpu['postgresql']:.0f}/"
+            f"{cpu['redis']:.0f}")
+    lines.append("  vs 1proc / vs -multi2: certs/s over the faster openssl speed rate (one "
+                 "process / -multi 2); vs ca@N: over the openssl ca loop's certs/s;")
+    lines.append("  task ms: Celery's 'succeeded in' per task (pool child, incl. commit); "
+                 "box%: whole-machine CPU busy; cpu s: CPU seconds by group.")
+    if report["openssl_ca"]:
+        lines += ["", f"openssl ca -batch loop (one process per certificate, sequential; "
+                  f"{cfg['openssl_ca_calls']} calls per size):"]
+        for kt, loop in report["openssl_ca"].items():
+            cells = ", ".join(
+                f"{int(s):,} entries: {r['ms_per_call']:.1f} ms/call = {r['certs_per_s']:.2f} "
+                "certs/s" for s, r in loop["sizes"].items())
+            lines.append(f"  {KEY_LABEL[kt]:<8} {cells}")
+    lat = [r for r in report["queue"] if "latency" in r]
+    if lat:
+        lines += ["", "Light load, 1 worker, one job at a time (rows: finished_at - "
+                  "submitted_at; observed: until this process saw it issued):"]
+        for run in lat:
+            r = run["latency"]
+            rows, seen = r["rows_finished_minus_submitted"], r["observed_submit_to_issued"]
+            lines.append(
+                f"  {KEY_LABEL[run['key_type']]:<8} {r['jobs']} jobs at "
+                f"{r['achieved_rate_per_s']:.1f}/s: rows p50 {rows['p50_ms']:.1f} ms, p99 "
+                f"{rows['p99_ms']:.1f} ms; observed p50 {seen['p50_ms']:.1f} ms, p99 "
+                f"{seen['p99_ms']:.1f} ms (poll {r['poll_seconds'] * 1e3:.0f} ms)")
+    goals = report["goals"]
+    lines += ["", "Goals:"]
+    for g in goals["raw_2core"]:
+        lines.append(f"  RSA-4096, 2 workers >= {g['goal']:.0%} of openssl speed -multi 2: "
+                     f"{g['certs_per_s']:.1f} / {g['multi2_sign_per_s']:.1f} = {g['ratio']:.1%}"
+                     f"  {'MET' if g['met'] else 'NOT MET'}")
+    for g in goals["openssl_ca_loop"]:
+        lines.append(f"  {KEY_LABEL[g['key_type']]:<8} {g['workers']} worker(s) >= "
+                     f"{g['goal']:g}x the openssl ca loop at {g['index_entries']:,}: "
+                     f"{g['ratio']:.1f}x  {'MET' if g['met'] else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int,
+                        help="jobs per configuration (default 10000; --quick: 200)")
+    parser.add_argument("--rsa-count", type=int,
+                        help="jobs per RSA-4096 configuration (default: --count)")
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser.add_argument("--postgres", action="store_true",
+                        help="accepted for bench/run; this benchmark always uses PostgreSQL")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
+                        help="server URL (a schema per configuration is created and dropped)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
+                        help="broker (default $PKIQ_BENCH_REDIS_URL, $PKIQ_TEST_REDIS_URL or "
+                        "redis://127.0.0.1:6379/0); a fresh queue name per configuration")
+    parser.add_argument("--key-types", default=",".join(CA_KEY_TYPES),
+                        help="CA key types (default ec-p256,rsa4096)")
+    parser.add_argument("--workers", default="1,2", help="worker process counts (default 1,2)")
+    parser.add_argument("--speed-seconds", type=int,
+                        help="seconds per openssl speed run (default 5; --quick: 1)")
+    parser.add_argument("--openssl-ca-sizes", default=None,
+                        help="index.txt entries (default 100,200000; --quick: 100,20000)")
+    parser.add_argument("--openssl-ca-calls", type=int,
+                        help="openssl ca calls per size and key (default 100; --quick: 10)")
+    parser.add_argument("--no-openssl-ca", action="store_true",
+                        help="skip the openssl ca loop")
+    parser.add_argument("--latency-jobs", type=int,
+                        help="jobs in the light-load latency run (default 200; --quick: 40)")
+    parser.add_argument("--latency-rate", type=float, default=20.0,
+                        help="light-load submit rate, jobs/s (default 20)")
+    parser.add_argument("--latency-poll", type=float, default=0.005,
+                        help="seconds between polls for finished jobs (default 0.005)")
+    parser.add_argument("--latency-key-types", default=",".join(CA_KEY_TYPES),
+                        help="CA key types with a latency run (1 worker; default both)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help=f"do not wait for a running {OTHER_BENCHMARK}")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # bench/run passes every benchmark the same arguments
+        log(f"bench_queue: ignoring options meant for other benchmarks: {' '.join(unknown)}")
+    quick = args.quick
+    args.count = args.count or (200 if quick else 10000)
+    args.rsa_count = args.rsa_count or args.count
+    args.speed_seconds = args.speed_seconds or (1 if quick else 5)
+    args.openssl_ca_sizes = sorted(int(s) for s in (
+        args.openssl_ca_sizes or ("100,20000" if quick else "100,200000")).split(","))
+    args.openssl_ca_calls = args.openssl_ca_calls or (10 if quick else 100)
+    args.latency_jobs = args.latency_jobs if args.latency_jobs is not None else (
+        40 if quick else 200)
+    args.key_types = [k.strip() for k in args.key_types.split(",") if k.strip()]
+    args.latency_key_types = [k.strip() for k in args.latency_key_types.split(",") if k.strip()]
+    args.workers = [int(w) for w in args.workers.split(",")]
+    for k in args.key_types + args.latency_key_types:
+        if k not in CA_KEY_TYPES:
+            parser.error(f"{k!r} is not one of {', '.join(CA_KEY_TYPES)}")
+    if len(args.openssl_ca_sizes) != 2:
+        parser.error("--openssl-ca-sizes takes two sizes")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("openssl", "pgrep"):
+        if not shutil.which(tool):
+            print(f"bench_queue: the {tool} binary is required", file=sys.stderr)
+            return 2
+    waited = ({"skipped": True} if args.no_wait else
+              wait_for_other_benchmarks(poll_seconds=20, limit_seconds=1800))
+    started = dt.datetime.now(dt.UTC)
+    t_start = time.monotonic()
+    redis_info = redis.Redis.from_url(args.redis_url).info("server")
+    report: dict = {
+        "benchmark": "queue",
+        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": " ".join([f"{Path(sys.executable).name} -m bench.bench_queue",
+                             *(argv if argv is not None else sys.argv[1:])]),
+        "config": {"count": args.count, "rsa_count": args.rsa_count, "quick": args.quick,
+                   "key_types": args.key_types, "workers": args.workers,
+                   "speed_seconds": args.speed_seconds,
+                   "openssl_ca_sizes": args.openssl_ca_sizes,
+                   "openssl_ca_calls": 0 if args.no_openssl_ca else args.openssl_ca_calls,
+                   "latency_jobs": args.latency_jobs, "latency_rate": args.latency_rate,
+                   "latency_poll": args.latency_poll,
+                   "latency_key_types": args.latency_key_types,
+                   "request_keys": REQUEST_KEYS, "request_key_type": "ec-p256",
+                   "profile": DEFAULT_PROFILE, "announce_every": ANNOUNCE_EVERY,
+                   "redis_url": args.redis_url, "submit_path": (
+                       "in-process: ca.jobs.submit per job in its own transaction, "
+                       "pkiq.cli_jobs._announce every ANNOUNCE_EVERY jobs")},
+        "waited_for_other_benchmark": waited,
+        "machine": machine_facts(),
+        "loadavg_start": loadavg(),
+        "postgresql": postgres_facts(args.postgres_url),
+        "redis": {k: redis_info.get(k) for k in ("redis_version", "redis_mode")},
+        "raw": {}, "queue": [], "openssl_ca": {},
+    }
+    log(f"machine: nproc {report['machine']['nproc']}, load avg {report['loadavg_start']}")
+    count = max(args.count, args.rsa_count)
+    log(f"generating {count} CSRs + {WARMUP_JOBS} warm-up + {args.latency_jobs} latency "
+        f"(P-256 request keys, untimed) ...")
+    keys = make_request_keys("ec-p256", REQUEST_KEYS)
+    csrs = make_csrs(count, keys)
+    warmup_csrs = make_csrs(WARMUP_JOBS, keys, prefix="warm")
+    latency_csrs = make_csrs(args.latency_jobs, keys, prefix="lat")
+
+    with tempfile.TemporaryDirectory(prefix="pkiq-bench-queue-") as tmp:
+        workdir = Path(tmp)
+        for key_type in args.key_types:
+            n = args.rsa_count if key_type == "rsa4096" else args.count
+            before = raw_rates(key_type, args.speed_seconds)
+            for worker_count in args.workers:
+                latency = (latency_csrs if worker_count == 1 and args.latency_jobs
+                           and key_type in args.latency_key_types else None)
+                report["queue"].append(run_config(args, key_type, worker_count, csrs[:n],
+                                                  warmup_csrs, latency, workdir))
+            after = raw_rates(key_type, args.speed_seconds)
+            report["raw"][key_type] = {"before": before, "after": after}
+            if not args.no_openssl_ca:
+                report["openssl_ca"][key_type] = openssl_ca_loop(
+                    key_type, args.openssl_ca_sizes, csrs[:args.openssl_ca_calls], workdir,
+                    rounds=10, seed=4321)
+
+    report["goals"] = evaluate(report)
+    report["loadavg_end"] = loadavg()
+    report["finished_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    report["elapsed_seconds"] = round(time.monotonic() - t_start, 1)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    path = args.results_dir / f"queue-{started:%Y%m%dT%H%M%SZ}{suffix}.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    shutil.copyfile(path, args.results_dir / f"queue-latest{suffix}.json")
+    print(render_table(report))
+    print(f"\nJSON: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
