@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -253,6 +253,35 @@ def create_ca(
     return ca, warnings
 
 
+def configure(session: Session, ca: CertificateAuthority, options: CaOptions) -> None:
+    """Change a CA's settings. Turning unique_subject on indexes the valid certificates'
+    subjects, and is refused (as ``openssl ca`` would refuse the index) when two valid
+    certificates already share one."""
+    turning_on = options.unique_subject and not ca.unique_subject
+    options.apply_to(ca)
+    if not options.unique_subject:
+        session.execute(update(Certificate).where(Certificate.ca_id == ca.id)
+                        .values(active_subject=None))
+    elif turning_on:
+        rows = session.execute(select(Certificate.id, Certificate.serial, Certificate.subject)
+                               .where(Certificate.ca_id == ca.id, Certificate.status == "V"))
+        seen: dict[str, str] = {}
+        updates = []
+        for row_id, serial, subject in rows:
+            if subject in seen:
+                raise Conflict(f"cannot turn unique_subject on: {subject} has two valid "
+                               f"certificates (serials {seen[subject]} and {serial}); revoke "
+                               "one first")
+            seen[subject] = serial
+            updates.append({"row": row_id, "key": subject_key(subject)})
+        if updates:
+            session.connection().execute(
+                update(Certificate.__table__)
+                .where(Certificate.__table__.c.id == bindparam("row"))
+                .values(active_subject=bindparam("key")), updates)
+    session.flush()
+
+
 # ---------------------------------------------------------------- signing
 
 def resolve_days(ca: CertificateAuthority, profile: Profile, days: int | None) -> int:
@@ -355,6 +384,8 @@ _INSERT_CERTIFICATE = {  # built once: Core, not the ORM unit of work, on the ho
 
 
 def _check_unique_subject(session, ca, subject_text, now):
+    """Both lookups go through the (ca_id, active_subject) unique index: constant time
+    however large the index grows (``configure`` fills it when unique_subject is turned on)."""
     key = subject_key(subject_text)
     # A valid entry past its notAfter is expired (as -updatedb would mark it): free it first.
     session.execute(
@@ -363,8 +394,7 @@ def _check_unique_subject(session, ca, subject_text, now):
                Certificate.not_after <= now)
         .values(status="E", active_subject=None))
     existing = session.scalar(select(Certificate).where(
-        Certificate.ca_id == ca.id, Certificate.status == "V",
-        Certificate.subject == subject_text, Certificate.not_after > now))
+        Certificate.ca_id == ca.id, Certificate.active_subject == key))
     if existing is not None:
         raise Conflict(f"CA {ca.name!r} has unique_subject = yes and already holds a valid "
                        f"certificate for {subject_text} (serial {existing.serial}); revoke it "

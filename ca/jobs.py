@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from .authority import get_ca, sign_csr
 from .csr import load_csr
@@ -132,7 +132,8 @@ def run_job(session: Session, job_id: int, signer_for: Callable[[CertificateAuth
     cannot be unlocked) end the job as ``failed`` with the reason; anything else (the
     database or the broker went away) propagates, the transaction rolls back, and the job
     stays as it was for a retry or the reconciler."""
-    job = session.scalar(select(SigningJob).where(SigningJob.id == job_id).with_for_update())
+    job = session.scalar(select(SigningJob).where(SigningJob.id == job_id)
+                         .options(joinedload(SigningJob.ca)).with_for_update(of=SigningJob))
     if job is None or job.state not in ACTIVE:
         return job  # finished already (a redelivery), or not approved yet
     job.state, job.updated_at = "signing", now

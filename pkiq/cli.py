@@ -314,8 +314,7 @@ def ca_set(app: App, name, as_json, **kw):
     """Change a CA's settings (policy, copy_extensions, validity, URLs...)."""
     with app.transaction() as session:
         ca = authority.get_ca(session, name)
-        _options(authority.CaOptions.from_ca(ca), kw).apply_to(ca)
-        session.flush()
+        authority.configure(session, ca, _options(authority.CaOptions.from_ca(ca), kw))
         info = _ca_info(ca)
     _emit(info, as_json, lambda: _ca_text(info))
 

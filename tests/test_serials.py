@@ -1,5 +1,7 @@
 """Serial numbers: CSPRNG by default, sequential on demand, never reused; unique_subject."""
 
+import dataclasses
+
 import pytest
 from sqlalchemy import func, select
 
@@ -82,3 +84,25 @@ def test_unique_subject_under_concurrent_signers(sessions, clock):
     new_ca(sessions, clock, unique_subject=True)
     outcomes = in_threads(sign, [(sessions, clock, "Root", make_csr("race.example.com"))] * 4)
     assert sorted(type(o).__name__ for o in outcomes) == ["Conflict"] * 3 + ["SignResult"]
+
+
+def test_turning_unique_subject_on_later_indexes_existing_certificates(sessions, clock):
+    new_ca(sessions, clock, unique_subject=False)
+    first = sign(sessions, clock, "Root", make_csr("e1.example.com")).record
+    with transaction(sessions) as session:
+        ca = authority.get_ca(session, "Root")
+        authority.configure(session, ca, dataclasses.replace(
+            authority.CaOptions.from_ca(ca), unique_subject=True))
+    with pytest.raises(Conflict, match=first.serial):
+        sign(sessions, clock, "Root", make_csr("e1.example.com"))
+
+
+def test_unique_subject_cannot_be_turned_on_over_duplicates(sessions, clock):
+    new_ca(sessions, clock, unique_subject=False)
+    sign(sessions, clock, "Root", make_csr("e1.example.com"))
+    sign(sessions, clock, "Root", make_csr("e1.example.com"))
+    with pytest.raises(Conflict, match="two valid certificates"), \
+            transaction(sessions) as session:
+        ca = authority.get_ca(session, "Root")
+        authority.configure(session, ca, dataclasses.replace(
+            authority.CaOptions.from_ca(ca), unique_subject=True))
