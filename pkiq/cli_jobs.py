@@ -28,7 +28,9 @@ def _announce(app: App, job_ids: list[int]) -> str | None:
         return None
     from worker.app import make_app
 
-    celery = app.__dict__.setdefault("celery", make_app(app.settings))
+    celery = app.__dict__.get("celery")
+    if celery is None:  # one Celery app (and its connection pool) per command
+        celery = app.__dict__["celery"] = make_app(app.settings)
     try:
         with celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=5)

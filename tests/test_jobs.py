@@ -24,7 +24,7 @@ def submit(sessions, clock, csr, profile="webserver", ca_name="Root"):
 def run(sessions, clock, job_id, signer_for=None):
     with transaction(sessions) as session:
         signer_for = signer_for or (lambda ca: authority.load_signer(ca, PASS))
-        job = jobs.run_job(session, job_id, signer_for, clock())
+        job = jobs.run_job(session, job_id, signer_for, clock)
         return jobs.job_info(job) if job else None
 
 

@@ -56,7 +56,7 @@ def now() -> dt.datetime:
 def sign_job(self, job_id: int) -> None:
     """Sign job ``job_id`` if it is still owed; a redelivered message finds it finished."""
     with transaction(_sessions()) as session:
-        job = jobs.run_job(session, job_id, _signer_for, now())
+        job = jobs.run_job(session, job_id, _signer_for, now)
         if job is None:
             log.warning("job %s does not exist; message dropped", job_id)
             return
