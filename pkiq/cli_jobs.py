@@ -26,12 +26,11 @@ def _announce(app: App, job_ids: list[int]) -> str | None:
     """Tell the workers; if the broker is down the jobs stay queued for the reconciler."""
     if not job_ids:
         return None
-    from worker.app import make_app, prepare_folders
+    from worker.app import make_app
 
     celery = app.__dict__.get("celery")
     if celery is None:  # one Celery app (and its connection pool) per command
         celery = app.__dict__["celery"] = make_app(app.settings)
-        prepare_folders(celery)
     try:
         with celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=5)

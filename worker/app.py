@@ -9,15 +9,14 @@ read it; either way the reconciler on beat finds the job still queued and sends 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from celery import Celery, signals
+from celery import Celery
 
 from pkiq.settings import Settings
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # beat keeps its file here
     app = Celery("pkiq", include=["worker.tasks"])
     app.conf.update(
         broker_url=settings.effective_broker_url,
@@ -40,6 +39,8 @@ def make_app(settings: Settings | None = None) -> Celery:
     )
     if app.conf.broker_url.startswith("filesystem"):
         queue = settings.queue_dir
+        for sub in ("messages", "processed", "control"):
+            (queue / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         app.conf.broker_transport_options = {
             "data_folder_in": str(queue / "messages"),
             "data_folder_out": str(queue / "messages"),
@@ -55,21 +56,4 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-def prepare_folders(app: Celery) -> None:
-    """The data dir (beat's schedule file) and the embedded broker's folders, made when a
-    process is about to use them rather than when this module is imported."""
-    settings = app.conf.pkiq_settings
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    options = app.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "processed_folder", "control_folder"):
-        if key in options:
-            Path(options[key]).mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
 app = make_app()
-
-
-@signals.worker_init.connect
-@signals.beat_init.connect
-def _prepare(sender=None, **_kwargs) -> None:
-    prepare_folders(app)
