@@ -54,7 +54,6 @@ from bench.bench_sign import (
     SPEED_ALGORITHM,
     Backend,
     MachineCpu,
-    alternate,
     latency_summary,
     loadavg,
     log,
@@ -64,6 +63,8 @@ from bench.bench_sign import (
     openssl_democa,
     openssl_speed,
     postgres_facts,
+    time_openssl_ca,
+    write_requests,
 )
 from ca import jobs
 from ca.authority import get_ca
@@ -630,29 +631,11 @@ def openssl_ca_loop(key_type: str, sizes: list[int], csrs: list[bytes], workdir:
         "each ...")
     rng = random.Random(seed)
     base = workdir / f"openssl-ca-{key_type}"
-    req_dir = base / "requests"
-    req_dir.mkdir(parents=True)
-    paths = []
-    for i, csr in enumerate(csrs):
-        path = req_dir / f"req{i:05d}.pem"
-        path.write_bytes(csr)
-        paths.append(path)
+    paths = write_requests(base / "requests", csrs)
     confs = {size: democa(base / f"democa-{size}", size, rng, key_type) for size in sizes}
-    out_file = base / "out.pem"
-    latencies: dict[int, list[float]] = {size: [] for size in sizes}
-    cursor = dict.fromkeys(sizes, 0)
-    per_block = -(-len(paths) // rounds)
     machine_cpu = MachineCpu()
     load_start = loadavg()
-    for label in alternate([str(s) for s in sizes], rounds):
-        size = int(label)
-        for path in paths[cursor[size]:cursor[size] + per_block]:
-            t0 = time.perf_counter()
-            subprocess.run(["openssl", "ca", "-batch", "-config", str(confs[size]),
-                            "-in", str(path), "-out", str(out_file), "-notext"],
-                           check=True, capture_output=True)
-            latencies[size].append(time.perf_counter() - t0)
-        cursor[size] += per_block
+    latencies = time_openssl_ca(confs, paths, base / "out.pem", rounds=rounds)
     results = {}
     for size, lat in latencies.items():
         entries_end = len((confs[size].parent / "index.txt").read_bytes().splitlines())

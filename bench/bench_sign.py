@@ -636,26 +636,24 @@ def openssl_democa(folder: Path, size: int, rng: random.Random) -> Path:
     return conf
 
 
-def bench_openssl_ca(sizes: list[int], csrs: list[bytes], workdir: Path, *, rounds: int,
-                     seed: int) -> dict:
-    log(f"openssl ca: sizes {sizes}, {len(csrs)} calls each")
-    rng = random.Random(seed)
-    base = workdir / "openssl-ca"
-    req_dir = base / "requests"
-    req_dir.mkdir(parents=True)
+def write_requests(folder: Path, csrs: list[bytes]) -> list[Path]:
+    folder.mkdir(parents=True)
     paths = []
     for i, csr in enumerate(csrs):
-        path = req_dir / f"req{i:05d}.pem"
+        path = folder / f"req{i:05d}.pem"
         path.write_bytes(csr)
         paths.append(path)
-    confs = {size: openssl_democa(base / f"democa-{size}", size, rng) for size in sizes}
-    out_file = base / "out.pem"
-    latencies: dict[int, list[float]] = {size: [] for size in sizes}
-    cursor = dict.fromkeys(sizes, 0)
-    per_block = -(-len(csrs) // rounds)
-    load_start = loadavg()
-    machine_cpu = MachineCpu()
-    for label in alternate([str(s) for s in sizes], rounds):
+    return paths
+
+
+def time_openssl_ca(confs: dict[int, Path], paths: list[Path], out_file: Path, *,
+                    rounds: int) -> dict[int, list[float]]:
+    """``openssl ca -batch`` once per request against each demoCA (keyed by index size), in
+    alternating blocks so that drifting machine load hits every size alike: seconds per call."""
+    latencies: dict[int, list[float]] = {size: [] for size in confs}
+    cursor = dict.fromkeys(confs, 0)
+    per_block = -(-len(paths) // rounds)
+    for label in alternate([str(s) for s in confs], rounds):
         size = int(label)
         for path in paths[cursor[size]:cursor[size] + per_block]:
             t0 = time.perf_counter()
@@ -664,6 +662,19 @@ def bench_openssl_ca(sizes: list[int], csrs: list[bytes], workdir: Path, *, roun
                            check=True, capture_output=True)
             latencies[size].append(time.perf_counter() - t0)
         cursor[size] += per_block
+    return latencies
+
+
+def bench_openssl_ca(sizes: list[int], csrs: list[bytes], workdir: Path, *, rounds: int,
+                     seed: int) -> dict:
+    log(f"openssl ca: sizes {sizes}, {len(csrs)} calls each")
+    rng = random.Random(seed)
+    base = workdir / "openssl-ca"
+    paths = write_requests(base / "requests", csrs)
+    confs = {size: openssl_democa(base / f"democa-{size}", size, rng) for size in sizes}
+    load_start = loadavg()
+    machine_cpu = MachineCpu()
+    latencies = time_openssl_ca(confs, paths, base / "out.pem", rounds=rounds)
     load_end = loadavg()
     results = {str(size): {"existing_at_start": size, "calls": len(lat),
                            "ms_per_call": round(sum(lat) / len(lat) * 1e3, 3),
