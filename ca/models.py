@@ -170,3 +170,136 @@ class SigningJob(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     ca: Mapped[CertificateAuthority] = relationship()
+
+
+# ---------------------------------------------------------------- the CRL updater
+
+class TrustedCa(Base):
+    """One entry of the trusted CA list: the anchors fetched CRLs are validated against (and
+    what the stores publish as the Expressway's trusted CA list)."""
+
+    __tablename__ = "trusted_cas"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)  # fingerprint of the DER
+    subject: Mapped[str] = mapped_column(Text)  # OpenSSL one-line form
+    issuer: Mapped[str] = mapped_column(Text)
+    # SHA-256 of the subject's DER: how a CRL's issuer finds its anchor.
+    subject_key: Mapped[str] = mapped_column(String(64), index=True)
+    not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    origin: Mapped[str] = mapped_column(String(12))  # default (a pkiq CA) | uploaded
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class CrlSettings(Base):
+    """The guide's CRL management page, one row (id 1). Beat reads it on every tick, so a
+    change takes effect without a restart."""
+
+    __tablename__ = "crl_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    update_time: Mapped[str] = mapped_column(String(5))  # HH:MM, UTC
+    spread_seconds: Mapped[int] = mapped_column(Integer)  # random delay after update_time
+    use_cdp: Mapped[bool] = mapped_column(Boolean)  # also fetch the trusted CAs' CDP URLs
+    timeout_seconds: Mapped[int] = mapped_column(Integer)  # per fetch, whole download
+    max_bytes: Mapped[int] = mapped_column(BigInteger)
+    parallelism: Mapped[int] = mapped_column(Integer)
+    skew_seconds: Mapped[int] = mapped_column(Integer)  # thisUpdate may be this far ahead
+    warn_hours: Mapped[int] = mapped_column(Integer)  # alert this close to nextUpdate
+    overlap_hours: Mapped[int] = mapped_column(Integer)  # own CRLs renewed this close
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class DistributionPoint(Base):
+    """A configured HTTP(S) URL, and what its last fetches said."""
+
+    __tablename__ = "crl_distribution_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    origin: Mapped[str] = mapped_column(String(12))  # configured | cdp (from a trusted CA)
+    etag: Mapped[str | None] = mapped_column(String(512))
+    last_modified: Mapped[str | None] = mapped_column(String(64))
+    last_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    bytes_received: Mapped[int | None] = mapped_column(BigInteger)
+    crls_found: Mapped[int | None] = mapped_column(Integer)
+    issuers: Mapped[list] = mapped_column(JSON, default=list)  # issuer keys it last served
+    error: Mapped[str | None] = mapped_column(Text)
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class InstalledCrl(Base):
+    """A CRL from outside, fetched or uploaded. Per issuer and origin one row is current;
+    the rest is history. A fetched CRL overrides the manual one once it is newer."""
+
+    __tablename__ = "installed_crls"
+    __table_args__ = (Index("ix_installed_crls_issuer_current", "issuer_key", "current"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer_key: Mapped[str] = mapped_column(String(64))  # SHA-256 of the issuer name's DER
+    issuer: Mapped[str] = mapped_column(Text)  # OpenSSL one-line form
+    origin: Mapped[str] = mapped_column(String(8))  # fetched | manual
+    source: Mapped[str | None] = mapped_column(String(2048))  # URL or file name
+    number: Mapped[str | None] = mapped_column(String(50))  # decimal: numbers reach 2^159
+    this_update: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    next_update: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    entries: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    current: Mapped[bool] = mapped_column(Boolean)
+    installed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    replaced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class CrlIssuerStatus(Base):
+    """Per issuer: the last attempt to install a CRL and why it failed, if it did."""
+
+    __tablename__ = "crl_issuer_status"
+
+    issuer_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    issuer: Mapped[str] = mapped_column(Text)
+    last_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(2048))
+
+
+class Lease(Base):
+    """A named lock with an expiry, for work that must never run twice at once across
+    processes and hosts (the CRL refresh); a holder that dies loses it when it expires."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(255))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class RefreshRun(Base):
+    __tablename__ = "crl_refresh_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(12))  # schedule | missed | manual
+    scheduled_for: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    holder: Mapped[str] = mapped_column(String(255))
+    summary: Mapped[dict | None] = mapped_column(JSON)
+
+
+class AlertState(Base):
+    """One row per open problem, so an alert goes out once per problem, not once a tick."""
+
+    __tablename__ = "alert_states"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    severity: Mapped[str] = mapped_column(String(10))
+    summary: Mapped[str] = mapped_column(Text)
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    notified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    delivery_error: Mapped[str | None] = mapped_column(Text)
