@@ -1,20 +1,22 @@
 """Signing jobs: requests queued for a CA, approved where its policy says so, signed once.
 
-The job row is the truth; a broker message only says "look at job N". ``run_job`` takes the
-row lock, so however often a message is delivered, one delivery signs and the others find
-the job finished. Certificate, serial and job state commit in the caller's one transaction.
+The job row is the truth; a broker message only says "look at jobs N, M, ...". ``run_jobs``
+and ``run_job`` take the rows' locks, so however often a message is delivered, one delivery
+signs and the others find the jobs finished. Certificates, serials and job states commit in
+the caller's one transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
 
 from .authority import get_ca, sign_csr
@@ -47,30 +49,67 @@ def submit(session: Session, ca: CertificateAuthority, csr_data: bytes, *, profi
            node: str | None = None) -> Submitted:
     """Queue a request (or find it queued already). The request must parse and its signature
     verify now; the CA's policy is applied when it is signed."""
+    [done] = submit_many(session, ca, [csr_data], profile=profile, requester=requester,
+                         now=now, days=days, node=node)
+    if isinstance(done, PkiqError):
+        raise done
+    return done
+
+
+def submit_many(session: Session, ca: CertificateAuthority, requests: Sequence[bytes], *,
+                profile: str, requester: str, now: dt.datetime, days: int | None = None,
+                node: str | None = None) -> list[Submitted | PkiqError]:
+    """Queue many requests in the caller's one transaction, one answer per request in its
+    place: ``Submitted``, or the error that refused it (it does not parse, its signature does
+    not verify). New jobs are written by one ``INSERT ... ON CONFLICT DO NOTHING`` and those
+    already there (submitted before, by a concurrent submit, or twice in ``requests``) are
+    found by one query, so a large submit costs a few statements, not a few per request."""
     get_profile(profile)
-    csr = load_csr(csr_data)
-    der = csr.public_bytes(serialization.Encoding.DER)
-    digest = request_fingerprint(der)
-    existing = _existing(session, ca, profile, digest)
-    if existing is not None:
-        return Submitted(existing, False)
-    job = SigningJob(
-        ca_id=ca.id, profile=profile, days=days, node=node, requester=requester,
-        csr_der=der, csr_sha256=digest, subject=openssl_oneline(csr.subject),
-        state="awaiting_approval" if ca.approval == "manual" else "queued", attempts=0,
-        submitted_at=now, updated_at=now)
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:  # a concurrent submit of the same request won the race
-        return Submitted(_existing(session, ca, profile, digest), False)
-    return Submitted(job, True)
+    state = "awaiting_approval" if ca.approval == "manual" else "queued"
+    out: list[Submitted | PkiqError | None] = [None] * len(requests)
+    values: dict[str, dict] = {}  # fingerprint -> the new row, in request order
+    where: dict[str, list[int]] = {}  # fingerprint -> its places in ``requests``
+    for place, data in enumerate(requests):
+        try:
+            csr = load_csr(data)
+        except PkiqError as exc:
+            out[place] = exc
+            continue
+        der = csr.public_bytes(serialization.Encoding.DER)
+        digest = request_fingerprint(der)
+        where.setdefault(digest, []).append(place)
+        values.setdefault(digest, dict(
+            ca_id=ca.id, profile=profile, days=days, node=node, requester=requester,
+            csr_der=der, csr_sha256=digest, subject=openssl_oneline(csr.subject),
+            state=state, attempts=0, submitted_at=now, updated_at=now))
+    if not values:
+        return out
+    connection = session.connection()
+    inserted = dict(connection.execute(_INSERT_JOB[connection.dialect.name],
+                                       list(values.values())).all())
+    jobs_by_digest: dict[str, SigningJob] = {}
+    for digest, job_id in inserted.items():
+        job = SigningJob(id=job_id, error=None, serial=None, decided_by=None,
+                         finished_at=None, **values[digest])
+        job.ca = ca  # for ``job_info``; the row is written already, this copy is transient
+        jobs_by_digest[digest] = job
+    taken = [d for d in values if d not in inserted]
+    if taken:  # already there: one query for all of them
+        jobs_by_digest.update((job.csr_sha256, job) for job in session.scalars(
+            select(SigningJob).where(SigningJob.ca_id == ca.id, SigningJob.profile == profile,
+                                     SigningJob.csr_sha256.in_(taken))))
+    for digest, places in where.items():
+        job = jobs_by_digest[digest]
+        for place in places:
+            out[place] = Submitted(job, digest in inserted and place == places[0])
+    return out
 
 
-def _existing(session, ca, profile, digest) -> SigningJob | None:
-    return session.scalar(select(SigningJob).where(
-        SigningJob.ca_id == ca.id, SigningJob.profile == profile,
-        SigningJob.csr_sha256 == digest))
+_INSERT_JOB = {  # built once; a request already queued is skipped, then looked up
+    name: insert(SigningJob.__table__).on_conflict_do_nothing().returning(
+        SigningJob.__table__.c.csr_sha256, SigningJob.__table__.c.id)
+    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
 
 
 def get_job(session: Session, job_id: int, *, for_update: bool = False) -> SigningJob:
@@ -128,17 +167,52 @@ def run_job(session: Session, job_id: int, signer_for: Callable[[CertificateAuth
             clock: Callable[[], dt.datetime]) -> SigningJob | None:
     """Sign one job, exactly once. Returns the job (None if it does not exist).
 
-    Errors that retrying cannot mend (the request breaks the policy, the CA expired, the key
-    cannot be unlocked) end the job as ``failed`` with the reason; anything else (the
-    database or the broker went away) propagates, the transaction rolls back, and the job
-    stays as it was for a retry or the reconciler."""
+    Unlike ``run_jobs`` this waits for the row lock when another transaction holds the job,
+    so the job it returns is finished whoever signed it."""
     job = session.scalar(select(SigningJob).where(SigningJob.id == job_id)
                          .options(joinedload(SigningJob.ca)).with_for_update(of=SigningJob))
     if job is None or job.state not in ACTIVE:
         return job  # finished already (a redelivery), or not approved yet
+    _sign(session, job, signer_for, clock)
+    session.flush()
+    return job
+
+
+def run_jobs(session: Session, job_ids: Sequence[int],
+             signer_for: Callable[[CertificateAuthority], Signer],
+             clock: Callable[[], dt.datetime]) -> list[SigningJob]:
+    """Sign those of ``job_ids`` still owed, each exactly once, all in the caller's one
+    transaction (one commit for the lot). Returns the jobs it signed or failed.
+
+    One query finds and locks them (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the
+    transaction holds the writer lock already). Jobs finished, awaiting approval or gone are
+    left out, so a redelivered message costs that one indexed query. A job another
+    transaction holds is left out too, without waiting: that transaction is working through
+    a message that names the job, which is redelivered if its worker dies before the commit.
+
+    Errors that retrying cannot mend (the request breaks the policy, the CA expired, the key
+    cannot be unlocked) end their own job as ``failed`` with the reason, and the others are
+    signed. Anything else (the database or the broker went away) propagates, the transaction
+    rolls back, and every job stays as it was for a retry or the reconciler."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return []
+    claimed = list(session.scalars(
+        select(SigningJob).where(SigningJob.id.in_(ids), SigningJob.state.in_(ACTIVE))
+        .order_by(SigningJob.id).with_for_update(of=SigningJob, skip_locked=True)))
+    for job in claimed:
+        _sign(session, job, signer_for, clock)  # job.ca: one query per CA, then the map
+    session.flush()
+    return claimed
+
+
+def _sign(session: Session, job: SigningJob,
+          signer_for: Callable[[CertificateAuthority], Signer],
+          clock: Callable[[], dt.datetime]) -> None:
     # No "signing" write here: inside this transaction nobody else could see it, and the
-    # row lock already tells a concurrent delivery to wait. A refused request writes nothing
-    # that matters before it raises (at most an expired entry marked E, which is true anyway).
+    # row lock already keeps other deliveries off the job. A refused request writes nothing
+    # that matters before it raises (at most an expired entry marked E, which is true anyway,
+    # or a sequential serial left unused).
     job.attempts += 1
     try:
         result = sign_csr(session, job.ca, signer_for(job.ca), job.csr_der,
@@ -148,8 +222,6 @@ def run_job(session: Session, job_id: int, signer_for: Callable[[CertificateAuth
     else:
         job.state, job.serial, job.error = "issued", result.record.serial, None
     job.finished_at = job.updated_at = clock()  # after signing: what latency should measure
-    session.flush()
-    return job
 
 
 def stale_jobs(session: Session, now: dt.datetime, timeout: dt.timedelta,

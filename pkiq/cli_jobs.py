@@ -19,7 +19,7 @@ from ca.profiles import DEFAULT_PROFILE, PROFILES
 from .cli import App, _emit, _read_input, cli, json_option
 
 PARTIAL = 9  # exit code: some files or jobs did not end as asked
-ANNOUNCE_EVERY = 50  # jobs per broker round trip, so workers start while a batch is read
+SUBMIT_CHUNK = 100  # requests per transaction; announced as it commits, so workers start early
 
 
 def _announce(app: App, job_ids: list[int]) -> str | None:
@@ -27,20 +27,50 @@ def _announce(app: App, job_ids: list[int]) -> str | None:
     if not job_ids:
         return None
     from worker.app import make_app
+    from worker.tasks import announce
 
     celery = app.__dict__.get("celery")
-    if celery is None:  # one Celery app (and its connection pool) per command
+    if celery is None:  # one Celery app (and its producer pool) per command
         celery = app.__dict__["celery"] = make_app(app.settings)
     try:
-        with celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=5)
-            for job_id in job_ids:
-                celery.send_task("worker.tasks.sign_job", args=[job_id],
-                                 queue=app.settings.queue, connection=conn)
+        announce(celery, job_ids, app.settings.queue)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs queued
         return (f"the broker did not take the message ({type(exc).__name__}: {exc}); the "
                 "jobs stay queued and the reconciler sends them when it is back")
     return None
+
+
+def queue_requests(app: App, ca_name: str, requests: list[bytes | PkiqError], *,
+                   profile: str, requester: str, days: int | None = None,
+                   node: str | None = None) -> tuple[list[dict], str | None]:
+    """One chunk of ``pkiq submit``: the requests queued in one transaction, then the new
+    queued jobs announced. Returns one row per request (``job_info`` plus ``new``, or state
+    ``refused`` and the error; an error given in place of a request is reported as is) and
+    the broker's warning, if any."""
+    rows: list[dict] = []
+    new_ids: list[int] = []
+    readable = [r for r in requests if not isinstance(r, PkiqError)]
+    with app.transaction() as session:
+        done = iter(jobs.submit_many(session, get_ca(session, ca_name), readable,
+                                     profile=profile, requester=requester, days=days,
+                                     node=node, now=app.clock()))
+        for request in requests:
+            outcome = request if isinstance(request, PkiqError) else next(done)
+            if isinstance(outcome, PkiqError):
+                rows.append({"id": None, "state": "refused", "error": str(outcome)})
+                continue
+            info = jobs.job_info(outcome.job)
+            if outcome.created and info["state"] == "queued":
+                new_ids.append(info["id"])
+            rows.append({"new": outcome.created, **info})
+    return rows, _announce(app, new_ids)
+
+
+def _read_or_error(path: Path) -> bytes | PkiqError:
+    try:
+        return _read_input(path)
+    except PkiqError as exc:
+        return exc
 
 
 def _row(job_info: dict) -> str:
@@ -65,29 +95,21 @@ def _row(job_info: dict) -> str:
 @click.pass_obj
 def submit(app: App, files, ca_name, profile, days, node, requester, wait, timeout, as_json):
     """Queue signing requests (PEM or DER), many at once."""
-    results, new_ids, warnings = [], [], set()
+    results, warnings = [], set()
     with app.transaction() as session:
         get_ca(session, ca_name)  # an unknown CA fails the whole call, before anything
     show_bar = sys.stdout.isatty() and not as_json and len(files) > 1
-    with click.progressbar(files, label="submitting", file=sys.stderr if show_bar else None,
-                           hidden=not show_bar) as bar:
-        for path in bar:
-            try:
-                with app.transaction() as session:
-                    done = jobs.submit(session, get_ca(session, ca_name), _read_input(path),
-                                       profile=profile, requester=requester, days=days,
-                                       node=node, now=app.clock())
-                    info = jobs.job_info(done.job)
-                if done.created and info["state"] == "queued":
-                    new_ids.append(info["id"])
-                results.append({"file": str(path), "new": done.created, **info})
-            except PkiqError as exc:
-                results.append({"file": str(path), "id": None, "state": "refused",
-                                "error": str(exc)})
-            if len(new_ids) >= ANNOUNCE_EVERY:
-                warnings.add(_announce(app, new_ids))
-                new_ids = []
-    warnings.add(_announce(app, new_ids))
+    chunks = [files[i:i + SUBMIT_CHUNK] for i in range(0, len(files), SUBMIT_CHUNK)]
+    with click.progressbar(length=len(files), label="submitting",
+                           file=sys.stderr if show_bar else None, hidden=not show_bar) as bar:
+        for chunk in chunks:
+            rows, warning = queue_requests(
+                app, ca_name, [_read_or_error(path) for path in chunk], profile=profile,
+                requester=requester, days=days, node=node)
+            results += [{"file": str(path), **row} for path, row in zip(chunk, rows,
+                                                                        strict=True)]
+            warnings.add(warning)
+            bar.update(len(chunk))
     for warning in filter(None, warnings):
         click.echo(f"pkiq: warning: {warning}", err=True)
     if wait:

@@ -1,12 +1,20 @@
-"""Thin tasks: a job id in, one call into ``ca.jobs``, the transaction around it."""
+"""Thin tasks: job ids in, one call into ``ca.jobs``, the transaction around it.
+
+A message names a short list of jobs (at most ``JOBS_PER_MESSAGE``), never their requests:
+the database stays the truth. One message per job cost more than the signature itself (the
+broker round trip, Celery's bookkeeping and a commit per job); a few dozen per message are
+signed in one transaction and acknowledged once, while a list that short still spreads a
+large submit over every worker and keeps a transaction to a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import os
+from collections.abc import Sequence
 
-from celery import shared_task
+from celery import Celery, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ca import jobs
@@ -18,6 +26,9 @@ from .app import app
 
 log = logging.getLogger("pkiq.worker")
 _state: dict = {}
+JOBS_PER_MESSAGE = 25
+SIGN_TASK = "worker.tasks.sign_jobs"
+TRANSIENT = (OperationalError, InterfaceError)  # the database went away: retry later
 
 
 def _sessions():
@@ -51,17 +62,81 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@shared_task(bind=True, acks_late=True, autoretry_for=(OperationalError, InterfaceError),
-             retry_backoff=True, retry_backoff_max=60, max_retries=None)
-def sign_job(self, job_id: int) -> None:
-    """Sign job ``job_id`` if it is still owed; a redelivered message finds it finished."""
+def announce(celery: Celery, job_ids: Sequence[int], queue: str | None = None) -> None:
+    """Send ``job_ids`` to the workers, ``JOBS_PER_MESSAGE`` to a message, over one pooled
+    producer (one broker connection) for the lot. Raises if the broker cannot be reached;
+    the jobs then stay queued for the reconciler."""
+    if not job_ids:
+        return
+    with celery.producer_or_acquire() as producer:
+        producer.connection.ensure_connection(max_retries=1, timeout=5)
+        for start in range(0, len(job_ids), JOBS_PER_MESSAGE):
+            celery.send_task(SIGN_TASK, args=[list(job_ids[start:start + JOBS_PER_MESSAGE])],
+                             queue=queue or celery.conf.task_default_queue, producer=producer)
+
+
+def _run(job_ids: list[int]) -> tuple[int, int]:
+    """One transaction for the lot; (issued, failed)."""
     with transaction(_sessions()) as session:
-        job = jobs.run_job(session, job_id, _signer_for, now)
-        if job is None:
-            log.warning("job %s does not exist; message dropped", job_id)
-            return
-        log.info("job %s: %s%s", job.id, job.state,
-                 f" serial {job.serial}" if job.serial else f" ({job.error})" if job.error else "")
+        done = jobs.run_jobs(session, job_ids, _signer_for, now)
+        issued = sum(job.state == "issued" for job in done)
+        for job in done:
+            if job.state == "failed":
+                log.warning("job %s failed: %s", job.id, job.error)
+    return issued, len(done) - issued
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60,
+             max_retries=None)
+def sign_jobs(job_ids: list[int]) -> None:
+    """Sign the jobs still owed among ``job_ids``; a redelivered message finds them finished.
+
+    Should the batch break in a way no job's own error explains (a bug, a constraint the
+    database refuses), it is rolled back and the jobs are tried one per transaction, so one
+    bad job cannot hold its neighbours back; its error is raised after the others."""
+    try:
+        issued, failed = _run(job_ids)
+    except TRANSIENT:
+        raise
+    except Exception:
+        if len(job_ids) == 1:
+            raise
+        log.exception("a batch of %d jobs failed; signing them one at a time", len(job_ids))
+        issued = failed = -1
+    if issued < 0:
+        issued, failed = _one_at_a_time(job_ids)
+    skipped = len(set(job_ids)) - issued - failed
+    log.info("jobs %s: %d issued, %d failed, %d already done or held elsewhere",
+             _span(job_ids), issued, failed, skipped)
+
+
+def _one_at_a_time(job_ids: list[int]) -> tuple[int, int]:
+    issued = failed = 0
+    first_error = None
+    for job_id in job_ids:
+        try:
+            i, f = _run([job_id])
+        except TRANSIENT:
+            raise  # the message is retried whole: what was committed is a no-op then
+        except Exception as exc:  # noqa: BLE001 - raised below, after the others
+            log.exception("job %s could not be signed", job_id)
+            first_error = first_error or exc
+            continue
+        issued, failed = issued + i, failed + f
+    if first_error is not None:
+        raise first_error
+    return issued, failed
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60,
+             max_retries=None)
+def sign_job(job_id: int) -> None:
+    """One job per message, as earlier versions sent them (messages still in a queue)."""
+    sign_jobs([job_id])
+
+
+def _span(job_ids: Sequence[int]) -> str:
+    return str(job_ids[0]) if len(job_ids) == 1 else f"{min(job_ids)}..{max(job_ids)}"
 
 
 @shared_task(acks_late=True)
@@ -70,8 +145,7 @@ def reconcile() -> list[int]:
     timeout = dt.timedelta(seconds=app.conf.pkiq_settings.job_timeout_seconds)
     with transaction(_sessions()) as session:
         stale = jobs.stale_jobs(session, now(), timeout)
-    for job_id in stale:
-        sign_job.delay(job_id)
+    announce(app, stale)
     if stale:
         log.warning("reconciler re-sent %d stale job(s): %s", len(stale), stale[:20])
     return stale
