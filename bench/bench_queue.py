@@ -5,9 +5,9 @@ Measures, in one run:
 1. Throughput: for a P-256 CA and an RSA-4096 CA, with 1 and with 2 worker processes
    (``python -m pkiq worker -c 1 -n wK@%h`` each, as real separate processes): a fresh
    PostgreSQL schema, a fresh queue name on the machine's Redis, ``pkiq ca create``, then
-   ``--count`` jobs submitted from this process the way ``pkiq submit`` does it
-   (``ca.jobs.submit`` in one transaction per job, announced on the broker by
-   ``pkiq.cli_jobs._announce`` every ``ANNOUNCE_EVERY`` jobs). Throughput is N divided by
+   ``--count`` jobs submitted from this process through ``pkiq submit``'s own function
+   (``pkiq.cli_jobs.queue_requests``: ``SUBMIT_CHUNK`` requests per transaction, then
+   announced, ``JOBS_PER_MESSAGE`` job ids to a message). Throughput is N divided by
    (last ``finished_at`` - first ``submitted_at``), both read from the job rows.
 2. Raw sign rates in the same run, before and after each CA key type's queue runs:
    ``openssl speed -seconds S -mr ALG`` in one process and with ``-multi 2`` (the machine's
@@ -71,8 +71,9 @@ from ca.authority import get_ca
 from ca.models import CertificateAuthority, SigningJob
 from ca.profiles import DEFAULT_PROFILE
 from pkiq.cli import App
-from pkiq.cli_jobs import ANNOUNCE_EVERY, _announce
+from pkiq.cli_jobs import SUBMIT_CHUNK, _announce, queue_requests
 from pkiq.settings import Settings
+from worker.tasks import JOBS_PER_MESSAGE
 
 DEFAULT_REDIS_URL = os.environ.get(
     "PKIQ_BENCH_REDIS_URL", os.environ.get("PKIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -217,6 +218,7 @@ class Workers:
 
     READY = re.compile(r"@\S+ ready\.")
     SUCCEEDED = re.compile(r"succeeded in ([0-9.eE+-]+)s")
+    SIGNED = re.compile(r"jobs \S+: (\d+) issued, (\d+) failed")
 
     def __init__(self, env: dict, folder: Path, count: int):
         self.env, self.folder, self.count = env, folder, count
@@ -261,6 +263,16 @@ class Workers:
             out.append([float(m) for m in self.SUCCEEDED.findall(text_)])
         return out
 
+    def jobs_done(self, since: list[int] | None = None) -> list[int]:
+        """Per worker: jobs it issued or failed after ``since`` (its tasks' summary lines)."""
+        out = []
+        for k, path in enumerate(self.logs):
+            with open(path, "rb") as f:
+                f.seek(since[k] if since else 0)
+                text_ = f.read().decode(errors="replace")
+            out.append(sum(int(a) + int(b) for a, b in self.SIGNED.findall(text_)))
+        return out
+
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
 
@@ -293,10 +305,23 @@ def submit_one(app: App, csr: bytes, requester: str) -> int:
 
 
 def announce(app: App, job_ids: list[int]) -> None:
-    """``pkiq submit``'s own announcement (one broker connection, a message per job)."""
+    """``pkiq submit``'s own announcement (one pooled producer, ``JOBS_PER_MESSAGE`` ids to
+    a message)."""
     warning = _announce(app, job_ids)
     if warning:
         raise RuntimeError(warning)
+
+
+def submit_chunk(app: App, csrs: list[bytes], requester: str) -> list[int]:
+    """One chunk of ``pkiq submit``, through its own function: the requests queued in one
+    transaction, then announced."""
+    rows, warning = queue_requests(app, CA_NAME, csrs, profile=DEFAULT_PROFILE,
+                                   requester=requester)
+    if warning:
+        raise RuntimeError(warning)
+    if any(not r.get("new") or r["state"] != "queued" for r in rows):
+        raise RuntimeError(f"submit did not queue new jobs: {rows[:3]}")
+    return [r["id"] for r in rows]
 
 
 def finished_count(engine, requester: str) -> int:
@@ -335,8 +360,8 @@ def warm_up(app: App, engine, workers: Workers, csrs: list[bytes]) -> int:
     used = 0
     per_round = 2 * workers.count
     while used + per_round <= len(csrs):
-        ids = [submit_one(app, csr, "bench-warmup") for csr in csrs[used:used + per_round]]
-        announce(app, ids)
+        for csr in csrs[used:used + per_round]:  # a message each, to reach every worker
+            submit_chunk(app, [csr], "bench-warmup")
         used += per_round
         wait_finished(engine, "bench-warmup", used, timeout=120, poll=0.1)
         if all(workers.task_seconds()):
@@ -373,6 +398,7 @@ class Phase:
         last_finish = max(r.finished_at for r in rows)
         span = last_finish.timestamp() - t_start
         per_worker = self.workers.task_seconds(self.mark)
+        jobs_per_worker = self.workers.jobs_done(self.mark)
         tasks = sorted(x for per in per_worker for x in per)
         return {
             "jobs": count, "states": states,
@@ -381,9 +407,11 @@ class Phase:
             "last_finished_at": last_finish.isoformat(),
             "seconds": round(span, 3),
             "certs_per_s": round(count / span, 2),
-            "jobs_per_worker": [len(per) for per in per_worker],
-            "task_seconds": latency_summary(tasks) if tasks else None,
+            "jobs_per_worker": jobs_per_worker,
+            "messages_per_worker": [len(per) for per in per_worker],
+            "task_seconds": latency_summary(tasks) if tasks else None,  # per message
             "task_seconds_sum": round(sum(tasks), 3),
+            "task_ms_per_job": round(sum(tasks) / count * 1e3, 3),
             # the share of the phase the pool children spent inside tasks (the rest: waiting
             # for a message, the ack, the hand-over from the Celery main process to its child)
             "pool_child_busy_fraction": round(sum(tasks) / (span * self.workers.count), 3),
@@ -399,16 +427,14 @@ def run_throughput(app: App, engine, workers: Workers, csrs: list[bytes]) -> dic
     """The requirement's measure: workers running, N jobs submitted as ``pkiq submit`` does;
     N / (last finished_at - first submitted_at)."""
     requester = "bench-throughput"
-    log(f"  throughput: submitting {len(csrs)} jobs, announced every {ANNOUNCE_EVERY} ...")
+    log(f"  throughput: submitting {len(csrs)} jobs, {SUBMIT_CHUNK} per transaction, "
+        f"{JOBS_PER_MESSAGE} per message ...")
     phase = Phase(workers)
     t_first = time.time()
-    pending: list[int] = []
-    for csr in csrs:
-        pending.append(submit_one(app, csr, requester))
-        if len(pending) >= ANNOUNCE_EVERY:
-            announce(app, pending)
-            pending = []
-    announce(app, pending)
+    submit_cpu = time.process_time()
+    for start in range(0, len(csrs), SUBMIT_CHUNK):
+        submit_chunk(app, csrs[start:start + SUBMIT_CHUNK], requester)
+    submit_cpu = time.process_time() - submit_cpu
     t_submitted = time.time()
     log(f"  throughput: submitted in {t_submitted - t_first:.1f}s "
         f"({len(csrs) / (t_submitted - t_first):.1f}/s); waiting for the workers ...")
@@ -425,6 +451,7 @@ def run_throughput(app: App, engine, workers: Workers, csrs: list[bytes]) -> dic
                                           3),
         "submit_seconds": round(t_submitted - t_first, 3),
         "submit_per_s": round(len(csrs) / (t_submitted - t_first), 2),
+        "submit_cpu_ms_per_job": round(submit_cpu / len(csrs) * 1e3, 3),
         "drain_seconds_after_submit": round(last_finish.timestamp() - t_submitted, 3),
         "observed_all_finished_seconds": round(t_seen - t_first, 3),
         "observed_certs_per_s": round(len(csrs) / (t_seen - t_first), 2),
@@ -444,7 +471,13 @@ def run_drain(app: App, engine, workers: Workers, csrs: list[bytes]) -> dict:
     first announce). What the workers reach when the submitter is not sharing the cores."""
     requester = "bench-drain"
     log(f"  drain: writing {len(csrs)} jobs unannounced ...")
-    ids = [submit_one(app, csr, requester) for csr in csrs]
+    ids = []
+    for start in range(0, len(csrs), SUBMIT_CHUNK):
+        with app.transaction() as session:
+            done = jobs.submit_many(session, get_ca(session, CA_NAME),
+                                    csrs[start:start + SUBMIT_CHUNK], profile=DEFAULT_PROFILE,
+                                    requester=requester, now=app.clock())
+            ids += [d.job.id for d in done]
     phase = Phase(workers)
     t_first = time.time()
     announce(app, ids)
@@ -716,7 +749,8 @@ def render_table(report: dict) -> str:
             f"{raw['before']['multi2']['sign_per_s']:>9.1f} / "
             f"{raw['after']['multi2']['sign_per_s']:.1f}")
     lines += ["", f"End to end, submit to issued (Redis + PostgreSQL; {cfg['request_keys']} cached "
-              "P-256 request keys; one transaction per submit):"]
+              f"P-256 request keys; {cfg['submit_chunk']} requests per submit transaction, "
+              f"{cfg['jobs_per_message']} job ids per message):"]
     head = (f"{'CA key':<8} {'wk':>2} {'jobs':>6} {'s':>7} {'certs/s':>8} {'submit/s':>8} "
             f"{'vs 1proc':>8} {'vs -multi2':>10} {f'vs ca@{small}':>10} "
             f"{f'vs ca@{large}':>12} {'task ms':>7} {'box%':>5}  CPU ms/job: wk/sub/pg/redis/other")
@@ -730,12 +764,13 @@ def render_table(report: dict) -> str:
             f"{run['ratio_vs_openssl_1proc']:>8.1%} {run['ratio_vs_openssl_multi2']:>10.1%} "
             f"{_times(run.get(f'ratio_vs_openssl_ca_{small}')):>10} "
             f"{_times(run.get(f'ratio_vs_openssl_ca_{large}')):>12} "
-            f"{t['task_seconds']['mean_ms']:>7.2f} {t['machine_cpu_busy_percent'] or 0:>5.0f}  "
+            f"{t['task_ms_per_job']:>7.2f} {t['machine_cpu_busy_percent'] or 0:>5.0f}  "
             f"{cpu['workers']:.1f}/{cpu['submitter']:.1f}/{cpu['postgresql']:.1f}/"
             f"{cpu['redis']:.1f}/{cpu['other']:.1f}")
     lines.append("  vs 1proc / vs -multi2: certs/s over the faster openssl speed rate (one "
                  "process / -multi 2); vs ca@N: over the openssl ca loop's certs/s;")
-    lines.append("  task ms: Celery's 'succeeded in' per task (pool child, incl. commit); "
+    lines.append("  task ms: Celery's 'succeeded in' summed over the tasks, per job (a task "
+                 "signs up to a message's jobs, incl. commit); "
                  "box%: whole-machine CPU busy;")
     lines.append("  CPU ms/job: CPU time per job of the worker processes, this process (the "
                  "submitter), PostgreSQL, Redis and everything else.")
@@ -877,10 +912,11 @@ def main(argv: list[str] | None = None) -> int:
                    "latency_key_types": args.latency_key_types,
                    "drain_jobs": args.drain_jobs,
                    "request_keys": REQUEST_KEYS, "request_key_type": "ec-p256",
-                   "profile": DEFAULT_PROFILE, "announce_every": ANNOUNCE_EVERY,
+                   "profile": DEFAULT_PROFILE, "submit_chunk": SUBMIT_CHUNK,
+                   "jobs_per_message": JOBS_PER_MESSAGE,
                    "redis_url": args.redis_url, "submit_path": (
-                       "in-process: ca.jobs.submit per job in its own transaction, "
-                       "pkiq.cli_jobs._announce every ANNOUNCE_EVERY jobs")},
+                       "in-process: pkiq.cli_jobs.queue_requests per SUBMIT_CHUNK requests "
+                       "(one transaction, then announced, JOBS_PER_MESSAGE ids a message)")},
         "waited_for_other_benchmark": waited,
         "machine": machine_facts(),
         "loadavg_start": loadavg(),

@@ -124,3 +124,78 @@ def test_the_reconciler_resends_stale_jobs_once_per_timeout(sessions, clock):
     run(sessions, clock, job_id)
     clock.advance(minutes=6)
     assert stale() == []  # issued jobs are never re-sent
+
+
+# ---------------------------------------------------------------- batches
+
+def submit_many(sessions, clock, csrs, profile="webserver", ca_name="Root"):
+    with transaction(sessions) as session:
+        done = jobs.submit_many(session, authority.get_ca(session, ca_name), csrs,
+                                profile=profile, requester="alice", now=clock())
+        return [d if isinstance(d, Exception) else (d.job.id, d.created) for d in done]
+
+
+def run_batch(sessions, clock, job_ids):
+    with transaction(sessions) as session:
+        done = jobs.run_jobs(session, job_ids, lambda ca: authority.load_signer(ca, PASS), clock)
+        return {job.id: (job.state, job.serial, job.error) for job in done}
+
+
+def states(sessions, job_ids):
+    with transaction(sessions) as session:
+        return [jobs.get_job(session, i).state for i in job_ids]
+
+
+def test_submit_many_answers_each_request_in_its_place(sessions, clock):
+    new_ca(sessions, clock)
+    first = make_csr("a.example.com")
+    (old_id, _), = submit_many(sessions, clock, [first])
+    out = submit_many(sessions, clock, [make_csr("b.example.com"), b"garbage", first,
+                                        make_csr("b.example.com")])
+    assert out[0][1] is True
+    assert "not a certificate request" in str(out[1])
+    assert out[2] == (old_id, False)  # submitted before
+    assert out[3] == (out[0][0], False)  # the same request twice in one call: one job
+    assert certificates(sessions) == 0 and states(sessions, [out[0][0]]) == ["queued"]
+
+
+def test_a_bad_request_in_a_batch_fails_alone(sessions, clock):
+    new_ca(sessions, clock)
+    names = ["a.example.com", "b.example.com", "*.example.com", "c.example.com"]
+    ids = [job_id for job_id, _ in submit_many(sessions, clock, [make_csr(n) for n in names])]
+    done = run_batch(sessions, clock, ids)
+    assert [done[i][0] for i in ids] == ["issued", "issued", "failed", "issued"]
+    assert "wildcard" in done[ids[2]][2]
+    assert len({done[i][1] for i in ids if done[i][1]}) == 3
+    assert certificates(sessions) == 3
+    assert run_batch(sessions, clock, ids) == {}  # redelivered: nothing left to do
+    assert [run(sessions, clock, i)["attempts"] for i in ids] == [1, 1, 1, 1]
+
+
+def test_workers_claiming_overlapping_batches_sign_each_job_once(sessions, clock):
+    new_ca(sessions, clock)
+    ids = [i for i, _ in submit_many(sessions, clock, [make_csr(f"n{k}.example.com")
+                                                       for k in range(24)])]
+    # four workers, each given every id in another order (reconciler re-sends, redeliveries)
+    orders = [ids, ids[::-1], ids[12:] + ids[:12], ids[::2] + ids[1::2]]
+    outcomes = in_threads(run_batch, [(sessions, clock, order) for order in orders])
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    signed = [job_id for o in outcomes for job_id in o]
+    assert sorted(signed) == ids  # every job claimed by exactly one of them
+    assert states(sessions, ids) == ["issued"] * 24
+    assert certificates(sessions) == 24
+
+
+def test_a_job_held_by_another_transaction_is_skipped_without_waiting(sessions, clock, engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: nothing to skip")
+    new_ca(sessions, clock)
+    held, free = [i for i, _ in submit_many(sessions, clock, [make_csr("a.example.com"),
+                                                              make_csr("b.example.com")])]
+    with transaction(sessions) as other:  # another worker's batch holds the first job
+        jobs.get_job(other, held, for_update=True)
+        done = run_batch(sessions, clock, [held, free])
+        assert list(done) == [free]
+    assert states(sessions, [held, free]) == ["queued", "issued"]
+    assert run_batch(sessions, clock, [held, free]) == {held: (
+        "issued", run(sessions, clock, held)["serial"], None)}

@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from ca import authority, jobs
+from pkiq.db import transaction
+
 from .conftest import PASSPHRASE, make_csr
+from .domain import PASS, new_ca
 
 REDIS_URL = os.environ.get("PKIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -134,3 +138,35 @@ def test_lost_messages_are_resent_by_the_reconciler(service, tmp_path, request):
             break
         time.sleep(1)
     assert [j["state"] for j in listing] == ["issued"] * 5, service.logs()
+
+
+def test_a_batch_that_breaks_is_signed_one_job_at_a_time(sessions, clock, monkeypatch):
+    """A fault no job's own error explains (here a bug for one request) rolls the batch back;
+    the task then signs the jobs one per transaction, so only the faulty one is left queued
+    (for the reconciler), and raises its error at the end."""
+    from worker import tasks
+
+    new_ca(sessions, clock)
+    with transaction(sessions) as session:
+        done = jobs.submit_many(session, authority.get_ca(session, "Root"),
+                                [make_csr(f"{n}.example.com") for n in ("a", "poison", "b")],
+                                profile="webserver", requester="t", now=clock())
+        ids = [d.job.id for d in done]
+    real = jobs.sign_csr
+
+    def buggy(session, ca, signer, csr_der, **kw):
+        if b"poison" in csr_der:
+            raise ValueError("a bug")
+        return real(session, ca, signer, csr_der, **kw)
+
+    monkeypatch.setattr(jobs, "sign_csr", buggy)
+    monkeypatch.setattr(tasks, "_sessions", lambda: sessions)
+    monkeypatch.setattr(tasks, "_signer_for", lambda ca: authority.load_signer(ca, PASS))
+    with pytest.raises(ValueError, match="a bug"):
+        tasks.sign_jobs(ids)
+    with transaction(sessions) as session:
+        assert [jobs.get_job(session, i).state for i in ids] == ["issued", "queued", "issued"]
+    with pytest.raises(ValueError, match="a bug"):  # redelivered: the faulty one alone again
+        tasks.sign_jobs(ids)
+    with transaction(sessions) as session:
+        assert [jobs.get_job(session, i).attempts for i in ids] == [1, 0, 1]
