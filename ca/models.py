@@ -202,6 +202,7 @@ class CrlSettings(Base):
     enabled: Mapped[bool] = mapped_column(Boolean)
     update_time: Mapped[str] = mapped_column(String(5))  # HH:MM, UTC
     spread_seconds: Mapped[int] = mapped_column(Integer)  # random delay after update_time
+    seed: Mapped[str] = mapped_column(String(32))  # picks this installation's delay
     use_cdp: Mapped[bool] = mapped_column(Boolean)  # also fetch the trusted CAs' CDP URLs
     timeout_seconds: Mapped[int] = mapped_column(Integer)  # per fetch, whole download
     max_bytes: Mapped[int] = mapped_column(BigInteger)

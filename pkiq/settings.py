@@ -30,6 +30,23 @@ class Settings(BaseSettings):
     queue: str = "pkiq"
     job_timeout_seconds: int = Field(default=300, ge=10)  # then the reconciler re-sends a job
     reconcile_seconds: int = Field(default=60, ge=1)  # how often beat runs the reconciler
+    crl_tick_seconds: int = Field(default=60, ge=5)  # how often beat checks the CRL schedule
+    # Alerts from the CRL updater (scheduler.alerts.channels_from_config reads these keys).
+    webhook_url: str | None = Field(default=None, repr=False)  # may carry a token
+    webhook_timeout: float | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_from: str | None = None
+    smtp_to: str | None = None  # comma-separated addresses
+    smtp_starttls: bool | None = None
+    smtp_ssl: bool | None = None
+    smtp_username: str | None = None
+    smtp_password: str | None = Field(default=None, repr=False)
+    smtp_timeout: float | None = None
+
+    def alert_config(self) -> dict:
+        return {name: getattr(self, name) for name in type(self).model_fields
+                if name.startswith(("webhook_", "smtp_"))}
 
     @property
     def effective_broker_url(self) -> str:

@@ -65,6 +65,7 @@ def upgrade() -> None:
     sa.Column('enabled', sa.Boolean(), nullable=False),
     sa.Column('update_time', sa.String(length=5), nullable=False),
     sa.Column('spread_seconds', sa.Integer(), nullable=False),
+    sa.Column('seed', sa.String(length=32), nullable=False),
     sa.Column('use_cdp', sa.Boolean(), nullable=False),
     sa.Column('timeout_seconds', sa.Integer(), nullable=False),
     sa.Column('max_bytes', sa.BigInteger(), nullable=False),

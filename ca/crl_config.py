@@ -1,0 +1,177 @@
+"""The CRL management settings (the guide's page): automatic updates on or off, the HTTP(S)
+distribution points, the daily update time in UTC, and the limits every fetch runs under."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .errors import BadInput, NotFound
+from .models import CrlSettings, DistributionPoint
+from .sql import insert_or_ignore
+
+DEFAULTS = dict(enabled=True, update_time="02:00", spread_seconds=0, use_cdp=False,
+                timeout_seconds=60, max_bytes=64 * 2**20, parallelism=16, skew_seconds=300,
+                warn_hours=48, overlap_hours=24)
+# name: (low, high) for the numeric settings
+LIMITS = dict(spread_seconds=(0, 6 * 3600), timeout_seconds=(1, 3600),
+              max_bytes=(1024, 2 * 2**30), parallelism=(1, 128), skew_seconds=(0, 86400),
+              warn_hours=(1, 24 * 30), overlap_hours=(1, 24 * 30))
+MAX_URL = 2048
+
+
+def get_settings(session: Session, now: dt.datetime, *, for_update: bool = False
+                 ) -> CrlSettings:
+    """The one settings row, made with the defaults the first time it is asked for."""
+    query = select(CrlSettings).where(CrlSettings.id == 1)
+    row = session.scalar(query.with_for_update() if for_update else query)
+    if row is None:  # two processes may get here at once: one row either way
+        insert_or_ignore(session, CrlSettings, dict(id=1, updated_at=now,
+                                                    seed=secrets.token_hex(16), **DEFAULTS))
+        row = session.scalar(query.with_for_update() if for_update else query)
+    return row
+
+
+def parse_time(text: str) -> str:
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", text or "")
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise BadInput(f"update time {text!r}: give the time of day in UTC as HH:MM, "
+                       "e.g. 02:30")
+    return f"{int(match[1]):02d}:{match[2]}"
+
+
+def update_settings(session: Session, now: dt.datetime, **changes) -> CrlSettings:
+    """Change some settings; every value is checked before any is written."""
+    row = get_settings(session, now, for_update=True)
+    clean = {}
+    for name, value in changes.items():
+        if value is None:
+            continue
+        if name == "update_time":
+            value = parse_time(value)
+        elif name in LIMITS:
+            low, high = LIMITS[name]
+            if not low <= int(value) <= high:
+                raise BadInput(f"{name.replace('_', ' ')} {value}: must be between {low} "
+                               f"and {high}")
+            value = int(value)
+        elif name in ("enabled", "use_cdp"):
+            value = bool(value)
+        else:
+            raise BadInput(f"unknown CRL setting {name!r}")
+        clean[name] = value
+    for name, value in clean.items():
+        setattr(row, name, value)
+    row.updated_at = now
+    session.flush()
+    return row
+
+
+def check_url(url: str) -> str:
+    """An HTTP(S) distribution point URL, or one clear error (the guide: only HTTP(S)
+    distribution points are supported)."""
+    url = url.strip()
+    if len(url) > MAX_URL:
+        raise BadInput(f"distribution point URL longer than {MAX_URL} characters")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        shown = parts.scheme or "no scheme"
+        raise BadInput(f"{url!r}: only HTTP(S) distribution points are supported ({shown} "
+                       "given); LDAP and file URLs cannot be fetched")
+    if not parts.hostname:
+        raise BadInput(f"{url!r}: the URL names no host")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise BadInput(f"{url!r}: a URL cannot contain spaces or control characters")
+    if parts.username or parts.password:
+        raise BadInput("distribution point URLs with a user name or password are refused: "
+                       "they would be stored and shown in clear")
+    return url
+
+
+def list_points(session: Session, origin: str | None = None) -> list[DistributionPoint]:
+    query = select(DistributionPoint).order_by(DistributionPoint.id)
+    if origin:
+        query = query.where(DistributionPoint.origin == origin)
+    return list(session.scalars(query))
+
+
+def add_points(session: Session, urls: list[str], now: dt.datetime, *,
+               origin: str = "configured") -> list[DistributionPoint]:
+    """Add URLs (all checked first); a URL already there is left as it is. A CDP entry
+    that is now configured by hand becomes a configured one."""
+    clean = list(dict.fromkeys(check_url(url) for url in urls))
+    known = {p.url: p for p in list_points(session)}
+    added = []
+    for url in clean:
+        point = known.get(url)
+        if point is None:
+            point = DistributionPoint(url=url, origin=origin, issuers=[], added_at=now)
+            session.add(point)
+            added.append(point)
+        elif origin == "configured" and point.origin != "configured":
+            point.origin = "configured"
+            added.append(point)
+    session.flush()
+    return added
+
+
+def remove_points(session: Session, urls: list[str]) -> list[DistributionPoint]:
+    known = {p.url: p for p in list_points(session)}
+    missing = [u for u in urls if u.strip() not in known]
+    if missing:
+        raise NotFound(f"not a distribution point: {', '.join(missing)}; nothing removed")
+    rows = [known[u.strip()] for u in dict.fromkeys(urls)]
+    for row in rows:
+        session.delete(row)
+    session.flush()
+    return rows
+
+
+def parse_point_list(text: str) -> list[str]:
+    """The guide's text form: one URL per line; blank lines and # comments ignored."""
+    urls = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            urls.append(check_url(line))
+        except BadInput as exc:
+            raise BadInput(f"line {number}: {exc}") from None
+    return urls
+
+
+def replace_points(session: Session, urls: list[str], now: dt.datetime
+                   ) -> tuple[list[str], list[str]]:
+    """Make the configured list exactly ``urls``, keeping the status of URLs that stay."""
+    clean = list(dict.fromkeys(check_url(u) for u in urls))
+    current = {p.url: p for p in list_points(session, "configured")}
+    removed = [url for url in current if url not in clean]
+    for url in removed:
+        session.delete(current[url])
+    added = [p.url for p in add_points(session, [u for u in clean if u not in current], now)]
+    session.flush()
+    return added, removed
+
+
+def sync_cdp_points(session: Session, urls: list[str], now: dt.datetime) -> None:
+    """Keep the CDP-derived entries equal to the URLs the trusted CAs name today."""
+    wanted = set(urls)
+    for point in list_points(session, "cdp"):
+        if point.url not in wanted:
+            session.delete(point)
+    session.flush()
+    add_points(session, [u for u in urls if _fetchable(u)], now, origin="cdp")
+
+
+def _fetchable(url: str) -> bool:
+    try:
+        check_url(url)
+    except BadInput:
+        return False
+    return True

@@ -1,0 +1,214 @@
+"""One CRL refresh: fetch every distribution point, decode, validate and install, record
+what happened per distribution point and per issuer. Nothing here can make things worse: a
+failed fetch, a bad file or a stale CRL leaves the installed CRL in place with the reason.
+
+Runs under the ``crl-refresh`` lease, so a manual refresh, a scheduled one and a second
+beat never overlap. Each distribution point commits on its own: a crash half-way keeps what
+was already installed, and the database is never left half-written for one CRL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ca import crl_config, crl_install, trust
+from ca.crl_decode import DecodeLimits, decode_crls
+from ca.errors import Conflict, PkiqError
+from ca.models import CrlIssuerStatus, DistributionPoint, RefreshRun
+from pkiq.db import transaction
+
+from . import lease
+from .fetch import FetchLimits, FetchResult, Validator, fetch_all
+
+LEASE = "crl-refresh"
+Clock = Callable[[], dt.datetime]
+
+
+class RefreshBusy(Conflict):
+    """Another refresh holds the lease."""
+
+
+@dataclass
+class PointReport:
+    url: str
+    outcome: str  # installed | unchanged | not_modified | error
+    http_status: int | None = None
+    bytes_received: int = 0
+    crls: list[dict] = field(default_factory=list)  # per CRL: issuer, action, number, error
+    error: str | None = None
+
+    @property
+    def failed_crls(self) -> list[str]:
+        return [c["error"] for c in self.crls if c.get("error")]
+
+    def as_dict(self) -> dict:
+        return dict(url=self.url, outcome=self.outcome, http_status=self.http_status,
+                    bytes=self.bytes_received, crls=self.crls, error=self.error)
+
+
+@dataclass
+class RefreshReport:
+    run_id: int
+    trigger: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    points: list[PointReport] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[PointReport]:
+        return [p for p in self.points if p.outcome == "error" or
+                any(c.get("error") for c in p.crls)]
+
+    def summary(self) -> dict:
+        counts: dict[str, int] = {}
+        for point in self.points:
+            counts[point.outcome] = counts.get(point.outcome, 0) + 1
+        return dict(points=len(self.points), failed=len(self.failed), **counts)
+
+    def as_dict(self) -> dict:
+        return dict(run=self.run_id, trigger=self.trigger,
+                    started_at=self.started_at.isoformat(),
+                    finished_at=self.finished_at.isoformat() if self.finished_at else None,
+                    summary=self.summary(), points=[p.as_dict() for p in self.points])
+
+
+def lease_ttl(settings) -> dt.timedelta:
+    """Long enough for the slowest legal fetch with its retries, so a live refresh never
+    loses its lease; a dead one frees it within this time."""
+    return dt.timedelta(seconds=max(300, settings.timeout_seconds * 4 + 120))
+
+
+def limits_from(settings) -> FetchLimits:
+    return FetchLimits(total_timeout=float(settings.timeout_seconds),
+                       read_timeout=float(min(settings.timeout_seconds, 30)),
+                       connect_timeout=float(min(settings.timeout_seconds, 10)),
+                       max_bytes=settings.max_bytes, parallelism=settings.parallelism)
+
+
+def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
+            scheduled_for: dt.datetime | None = None, holder: str | None = None,
+            sleep: Callable[[float], None] = time.sleep,
+            still_due: Callable[[Session], bool] | None = None) -> RefreshReport | None:
+    """Run one refresh under the lease. ``still_due`` is checked once the lease is held (a
+    second beat's tick that waited finds the run done and returns None)."""
+    holder = holder or lease.holder_id()
+    with transaction(sessions) as session:
+        settings = crl_config.get_settings(session, clock())
+        ttl = lease_ttl(settings)
+        if not lease.acquire(session, LEASE, holder, clock(), ttl):
+            held = lease.current_holder(session, LEASE, clock())
+            by = f" by {held.holder} (lease until {held.expires_at:%H:%M:%S}Z)" if held else ""
+            raise RefreshBusy(f"a CRL refresh is already running{by}; try again later")
+    try:
+        with transaction(sessions) as session:
+            if still_due is not None and not still_due(session):
+                return None
+            run = RefreshRun(trigger=trigger, scheduled_for=scheduled_for,
+                             started_at=clock(), holder=holder)
+            session.add(run)
+            session.flush()
+            report = RefreshReport(run.id, trigger, run.started_at)
+            settings = crl_config.get_settings(session, clock())
+            crl_config.sync_cdp_points(
+                session, trust.cdp_urls(session) if settings.use_cdp else [], clock())
+            points = [(p.url, Validator(p.etag, p.last_modified))
+                      for p in crl_config.list_points(session)]
+            trust_pem = trust.trusted_pem(session)
+            limits = limits_from(settings)
+            skew = dt.timedelta(seconds=settings.skew_seconds)
+        results = fetch_all(points, limits=limits, extra_trust_pem=trust_pem or None,
+                            sleep=sleep) if points else []
+        decode_limits = DecodeLimits(max_total_bytes=max(settings.max_bytes * 8, 2**26))
+        for result in results:
+            with transaction(sessions) as session:
+                report.points.append(_apply(session, result, clock(), skew, decode_limits))
+                lease.renew(session, LEASE, holder, clock(), ttl)
+        with transaction(sessions) as session:
+            report.finished_at = clock()
+            run = session.get(RefreshRun, report.run_id)
+            run.finished_at, run.summary = report.finished_at, report.summary()
+        return report
+    finally:
+        with transaction(sessions) as session:
+            lease.release(session, LEASE, holder)
+
+
+def _apply(session: Session, result: FetchResult, now: dt.datetime, skew: dt.timedelta,
+           decode_limits: DecodeLimits) -> PointReport:
+    """Install what one distribution point served; record its status either way."""
+    point = session.scalar(select(DistributionPoint).where(DistributionPoint.url == result.url))
+    report = PointReport(result.url, result.outcome, result.http_status, result.bytes_received)
+    if result.outcome == "error":
+        report.error = result.error
+    elif result.outcome == "fetched":
+        try:
+            decoded, _notes = decode_crls(result.body, decode_limits)
+        except PkiqError as exc:
+            report.outcome, report.error = "error", f"{exc} (from {result.url})"
+        else:
+            _install_all(session, decoded, result.url, now, skew, report)
+    if point is None:  # removed while we fetched
+        return report
+    point.last_attempt_at, point.http_status = now, result.http_status
+    point.bytes_received = result.bytes_received
+    if report.outcome == "error":
+        point.error = report.error
+        for issuer_key in point.issuers or []:
+            label = _issuer_label(session, issuer_key)
+            crl_install.record_attempt(session, issuer_key, label, now, error=report.error,
+                                       source=result.url)
+    else:
+        point.error = None if not report.failed_crls else "; ".join(report.failed_crls)
+        point.last_success_at = now
+        if result.outcome == "fetched":
+            point.etag, point.last_modified = result.validator.etag, \
+                result.validator.last_modified
+            point.crls_found = len(report.crls)
+            keys = [c["issuer_key"] for c in report.crls if c.get("issuer_key")]
+            point.issuers = list(dict.fromkeys(keys))
+        else:  # 304: what we hold is still what it serves
+            for issuer_key in point.issuers or []:
+                crl_install.record_attempt(session, issuer_key,
+                                           _issuer_label(session, issuer_key), now,
+                                           error=None, source=result.url)
+    return report
+
+
+def _install_all(session, decoded, url, now, skew, report: PointReport) -> None:
+    actions = set()
+    for item in decoded:
+        issuer_key = trust.name_key(item.crl.issuer)
+        label = crl_install.issuer_label(item.crl)
+        entry = dict(issuer=label, issuer_key=issuer_key, source=item.source)
+        try:
+            with session.begin_nested():
+                checked = crl_install.check(session, item.crl, item.der, now, skew=skew)
+                outcome = crl_install.install(session, checked, origin="fetched", source=url,
+                                              now=now)
+        except PkiqError as exc:
+            entry.update(action="rejected", error=str(exc))
+            crl_install.record_attempt(session, issuer_key, label, now, error=str(exc),
+                                       source=url)
+        else:
+            entry.update(action=outcome.action, number=outcome.number,
+                         entries=checked.entries)
+            crl_install.record_attempt(session, issuer_key, label, now, error=None,
+                                       source=url)
+        actions.add(entry["action"])
+        report.crls.append(entry)
+    if actions == {"rejected"}:
+        report.outcome = "error"
+        report.error = "; ".join(c["error"] for c in report.crls)
+    else:
+        report.outcome = "installed" if "installed" in actions else "unchanged"
+
+
+def _issuer_label(session: Session, issuer_key: str) -> str:
+    status = session.get(CrlIssuerStatus, issuer_key)
+    return status.issuer if status else issuer_key

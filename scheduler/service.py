@@ -1,0 +1,93 @@
+"""The beat tick: is the nightly refresh due, do pkiq's CRLs need renewing, who must hear
+about what. Every decision reads the database and an injected clock, so a schedule change
+takes effect on the next tick without restarting beat, and tests drive time by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ca import crl_config
+from ca.models import RefreshRun
+from pkiq.db import transaction
+
+from . import refresh as refresh_mod
+from . import schedule, upkeep
+
+log = logging.getLogger("pkiq.scheduler")
+ON_TIME = dt.timedelta(minutes=10)  # a run later than this after its slot was "missed"
+
+
+@dataclass
+class TickReport:
+    refresh: refresh_mod.RefreshReport | None = None
+    skipped: str | None = None  # why no refresh ran although one was due
+    own_crls: list[tuple[str, str]] = field(default_factory=list)
+    alerted: list[str] = field(default_factory=list)
+
+
+def last_scheduled(session: Session) -> dt.datetime | None:
+    return session.scalar(select(func.max(RefreshRun.scheduled_for)))
+
+
+def last_run(session: Session) -> dict | None:
+    run = session.scalar(select(RefreshRun).order_by(RefreshRun.id.desc()).limit(1))
+    if run is None:
+        return None
+    return {"trigger": run.trigger, "started_at": run.started_at.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "scheduled_for": run.scheduled_for.isoformat() if run.scheduled_for else None,
+            "summary": run.summary}
+
+
+def due_slot(session: Session, now: dt.datetime) -> dt.datetime | None:
+    settings = crl_config.get_settings(session, now)
+    if not settings.enabled:
+        return None
+    offset = schedule.spread_offset(settings.spread_seconds, settings.seed)
+    return schedule.due(settings.update_time, now, last_scheduled(session), offset)
+
+
+def next_run(session: Session, now: dt.datetime) -> dt.datetime | None:
+    settings = crl_config.get_settings(session, now)
+    if not settings.enabled:
+        return None
+    offset = schedule.spread_offset(settings.spread_seconds, settings.seed)
+    return due_slot(session, now) or schedule.next_slot(settings.update_time, now, offset)
+
+
+def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
+         signer_for: Callable | None, send: Callable, sleep=None) -> TickReport:
+    """One beat tick. ``signer_for(ca)`` loads a CA's key (None: own CRLs are not renewed
+    here, and say so as a problem); ``send(problem, severity)`` delivers an alert."""
+    report = TickReport()
+    with transaction(sessions) as session:
+        slot = due_slot(session, clock())
+        settings = crl_config.get_settings(session, clock())
+        overlap = dt.timedelta(hours=settings.overlap_hours)
+        warn = dt.timedelta(hours=settings.warn_hours)
+    if slot is not None:
+        trigger = "schedule" if clock() - slot <= ON_TIME else "missed"
+        kwargs = {"sleep": sleep} if sleep else {}
+        try:
+            report.refresh = refresh_mod.refresh(
+                sessions, clock, trigger=trigger, scheduled_for=slot,
+                still_due=lambda s: due_slot(s, clock()) == slot, **kwargs)
+        except refresh_mod.RefreshBusy as exc:
+            report.skipped = str(exc)
+            log.info("nightly CRL refresh not started: %s", exc)
+        if report.refresh is None and report.skipped is None:
+            report.skipped = "another beat ran this slot's refresh already"
+    if signer_for is not None:
+        with transaction(sessions) as session:
+            report.own_crls = upkeep.renew_own_crls(
+                session, signer_for, clock(), overlap, force=report.refresh is not None)
+    with transaction(sessions) as session:
+        found = upkeep.problems(session, clock(), warn, report.own_crls)
+        report.alerted = upkeep.notify(session, found, clock(), send)
+    return report

@@ -1,0 +1,175 @@
+"""What beat checks every tick, independently of the nightly time: pkiq's own CRLs are
+renewed before they can lapse (and after a revocation), and open problems are turned into
+alerts, once per problem.
+
+A lapsed CRL is the outage users of other CAs report most: every certificate of that CA
+then counts as revoked. Renewing at a fixed time alone cannot prevent it (the host was down,
+the CRL lifetime is shorter than a day); renewing whenever the CRL comes within the overlap
+of its nextUpdate does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ca import crl_install
+from ca.authority import generate_crl, latest_crl
+from ca.errors import PkiqError
+from ca.models import (
+    AlertState,
+    Certificate,
+    CertificateAuthority,
+    CrlIssuerStatus,
+    DistributionPoint,
+)
+
+log = logging.getLogger("pkiq.scheduler")
+RETRY_DELIVERY = dt.timedelta(minutes=15)
+
+
+# ---------------------------------------------------------------- own CRLs
+
+def own_crl_reason(session: Session, ca: CertificateAuthority, now: dt.datetime,
+                   overlap: dt.timedelta) -> str | None:
+    """Why this CA needs a new CRL now, or None."""
+    if ca.not_after <= now:
+        return None  # an expired CA signs nothing, CRLs included
+    crl = latest_crl(session, ca)
+    if crl is None:
+        return "it has no CRL yet"
+    if crl.next_update - overlap <= now:
+        return f"its CRL {crl.number} reaches nextUpdate at {crl.next_update:%Y-%m-%d %H:%M}Z"
+    revoked = select(func.count()).select_from(Certificate).where(
+        Certificate.ca_id == ca.id, Certificate.status == "R")
+    if not ca.crl_include_expired:
+        revoked = revoked.where(Certificate.not_after > now)
+    revoked_since = session.scalar(revoked.where(Certificate.revoked_at >= crl.this_update))
+    if revoked_since:
+        return f"{revoked_since} certificate(s) were revoked after CRL {crl.number}"
+    if session.scalar(revoked) != crl.entries:  # a hold was released (or entries expired)
+        return f"the revoked certificates no longer match CRL {crl.number}"
+    return None
+
+
+def renew_own_crls(session: Session, signer_for: Callable, now: dt.datetime,
+                   overlap: dt.timedelta, *, force: bool = False) -> list[tuple[str, str]]:
+    """Generate a CRL for each pkiq CA that needs one (every CA when ``force``, as on the
+    nightly schedule). Returns (CA name, what happened); a CA whose key cannot be loaded is
+    reported, not fatal. The caller commits."""
+    done = []
+    for ca in session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)):
+        reason = own_crl_reason(session, ca, now, overlap)
+        if force and reason is None and ca.not_after > now:
+            reason = "the nightly schedule"
+        if reason is None:
+            continue
+        try:
+            with session.begin_nested():
+                session.refresh(ca, with_for_update=True)  # a second beat waits here...
+                if not force and own_crl_reason(session, ca, now, overlap) is None:
+                    continue  # ...and finds the CRL renewed
+                crl = generate_crl(session, ca, signer_for(ca), now)
+        except PkiqError as exc:
+            done.append((ca.name, f"error: {exc}"))
+            log.error("cannot renew the CRL of CA %s: %s", ca.name, exc)
+            continue
+        done.append((ca.name, f"CRL {crl.number} issued because {reason}"))
+        log.info("CA %s: CRL %s issued because %s", ca.name, crl.number, reason)
+    return done
+
+
+# ---------------------------------------------------------------- problems and alerts
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    severity: str  # warning | critical
+    summary: str
+    details: dict
+
+
+def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
+             own_errors: list[tuple[str, str]] = ()) -> list[Problem]:
+    """Everything wrong right now: failed distribution points, refused CRLs, CRLs (ours or
+    installed from outside) inside the nextUpdate margin or past it."""
+    found = []
+    for point in session.scalars(select(DistributionPoint).where(
+            DistributionPoint.error.is_not(None))):
+        found.append(Problem(f"dp:{point.url}", "critical",
+                             f"CRL distribution point {point.url} failed: {point.error}",
+                             dict(url=point.url, error=point.error)))
+    for status in session.scalars(select(CrlIssuerStatus).where(
+            CrlIssuerStatus.error.is_not(None))):
+        found.append(Problem(f"issuer:{status.issuer_key}", "critical",
+                             f"CRL for {status.issuer} not refreshed: {status.error}; the "
+                             "installed CRL is kept",
+                             dict(issuer=status.issuer, source=status.source,
+                                  error=status.error)))
+    for row in crl_install.installed(session):
+        found.extend(_expiry_problem(f"expiry:{row.issuer_key}", row.issuer, row.next_update,
+                                     now, warn))
+    for ca in session.scalars(select(CertificateAuthority)):
+        crl = latest_crl(session, ca)
+        if crl is not None and ca.not_after > now:
+            found.extend(_expiry_problem(f"own-expiry:{ca.name}", f"pkiq CA {ca.name}",
+                                         crl.next_update, now, warn))
+    for name, outcome in own_errors:
+        if outcome.startswith("error"):
+            found.append(Problem(f"own-renew:{name}", "critical",
+                                 f"cannot renew the CRL of pkiq CA {name}: {outcome[7:]}",
+                                 dict(ca=name)))
+    return found
+
+
+def _expiry_problem(key, who, next_update, now, warn) -> list[Problem]:
+    if next_update <= now:
+        return [Problem(key, "critical", f"the CRL for {who} expired at "
+                        f"{next_update:%Y-%m-%d %H:%M}Z: every certificate it covers now "
+                        "counts as revoked", dict(issuer=who,
+                                                  next_update=next_update.isoformat()))]
+    if next_update - warn <= now:
+        hours = (next_update - now).total_seconds() / 3600
+        return [Problem(key, "warning", f"the CRL for {who} reaches nextUpdate at "
+                        f"{next_update:%Y-%m-%d %H:%M}Z (in {hours:.1f} h) and no newer one "
+                        "was installed", dict(issuer=who, next_update=next_update.isoformat()))]
+    return []
+
+
+def notify(session: Session, found: list[Problem], now: dt.datetime,
+           send: Callable[[Problem | AlertState, str], list[str]]) -> list[str]:
+    """Raise each problem once (again only when its severity changes), say when it is
+    resolved, and retry an undelivered alert every 15 minutes, not every tick. ``send``
+    delivers and returns the delivery errors. Returns the keys alerted this time."""
+    open_states = {s.key: s for s in session.scalars(select(AlertState))}
+    alerted = []
+    for problem in found:
+        state = open_states.pop(problem.key, None)
+        if state is None:
+            state = AlertState(key=problem.key, severity=problem.severity,
+                               summary=problem.summary, first_seen_at=now, last_seen_at=now)
+            session.add(state)
+            due = True
+        else:
+            due = state.severity != problem.severity or (
+                state.delivery_error is not None and state.notified_at is not None
+                and now - state.notified_at >= RETRY_DELIVERY)
+            state.severity, state.summary, state.last_seen_at = (
+                problem.severity, problem.summary, now)
+        if due:
+            errors = send(problem, problem.severity)
+            state.notified_at = now
+            state.delivery_error = "; ".join(errors)[:2000] if errors else None
+            alerted.append(problem.key)
+    for state in open_states.values():  # gone: say so once, then forget it
+        if state.notified_at is not None and state.delivery_error is None:
+            send(state, "resolved")
+            alerted.append(state.key)
+        session.delete(state)
+    session.flush()
+    return alerted
