@@ -236,11 +236,18 @@ def _celery(argv: list[str]) -> None:
 @click.option("--concurrency", "-c", type=click.IntRange(1), help="Worker processes.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker_cmd(concurrency, celery_args):
-    """Run a signing worker (celery -A worker worker); extra arguments go to Celery."""
-    argv = ["worker", "--loglevel", "INFO"]
+    """Run a signing worker (celery -A worker worker); extra arguments go to Celery.
+
+    Workers skip gossip, mingle and event heartbeats: pkiq's workers coordinate through the
+    database, not through each other. The pool stays prefork even with -c 1: its main
+    process fetches the next message while the child signs, which the solo pool cannot."""
+    argv = ["worker", "--loglevel", "INFO", *WORKER_QUIET]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     _celery(argv + list(celery_args))
+
+
+WORKER_QUIET = ("--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
 @cli.command("beat", context_settings={"ignore_unknown_options": True})
@@ -256,5 +263,5 @@ def beat_cmd(celery_args):
 def serve_cmd(concurrency, celery_args):
     """The whole service on one host: workers and beat, on the configured (by default the
     embedded) broker and database."""
-    _celery(["worker", "--beat", "--loglevel", "INFO", "--concurrency", str(concurrency),
-             *celery_args])
+    _celery(["worker", "--beat", "--loglevel", "INFO", *WORKER_QUIET, "--concurrency",
+             str(concurrency), *celery_args])
