@@ -303,8 +303,14 @@ def sign_csr(
     days: int | None = None,
     digest: str | None = None,
     rng: Random = os.urandom,
+    pending: PendingCertificates | None = None,
 ) -> SignResult:
-    """Check a request against the CA's policy and the Expressway rules, then issue it."""
+    """Check a request against the CA's policy and the Expressway rules, then issue it.
+
+    With ``pending`` (a batch of signings in one transaction) the index row is not written
+    here but collected, for ``pending.write`` to insert with the batch's others in one
+    statement; CAs with unique_subject are written at once whatever, since the next request
+    in the batch must see this one's subject."""
     csr = load_csr(csr_data)
     issuer = ca_certificate(ca)
     prof = get_profile(profile)
@@ -313,7 +319,8 @@ def sign_csr(
     if not prof.is_ca:
         warnings += check_expressway_names(subject, csr)
     result = _issue(session, ca, signer, subject=subject, public_key=csr.public_key(),
-                    profile=prof, days=days, now=now, rng=rng, csr=csr, digest=digest)
+                    profile=prof, days=days, now=now, rng=rng, csr=csr, digest=digest,
+                    pending=pending)
     result.warnings[:0] = warnings
     return result
 
@@ -332,7 +339,7 @@ def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile
 
 
 def _issue(session, ca, signer, *, subject, public_key, profile, days, now, rng, csr=None,
-           digest=None) -> SignResult:
+           digest=None, pending=None) -> SignResult:
     issuer = ca_certificate(ca)
     _check_can_issue(ca, issuer, profile, now)
     subject_text = openssl_oneline(subject)
@@ -355,6 +362,10 @@ def _issue(session, ca, signer, *, subject, public_key, profile, days, now, rng,
             active_subject=active, not_before=not_before, not_after=not_after,
             profile=profile.name, created_at=now,
             der=issued.certificate.public_bytes(serialization.Encoding.DER))
+        if pending is not None and not ca.unique_subject:
+            pending.rows.append(values)
+            return SignResult(Certificate(**values), issued.certificate,
+                              warnings + issued.warnings)
         if _insert_unless_taken(session, values):
             record = Certificate(**values)  # what was stored, for the caller to read
             return SignResult(record, issued.certificate, warnings + issued.warnings)
@@ -365,6 +376,32 @@ def _issue(session, ca, signer, *, subject, public_key, profile, days, now, rng,
                            "its next serial is behind its index")
         # a random serial collided (2^-126 odds, or a hostile rng): draw again
     raise Conflict(f"could not find a free serial for CA {ca.name!r}")
+
+
+class BatchConflict(Exception):
+    """A serial of a batch was taken after all (a colliding random serial, an index behind
+    its sequential counter). Not any one request's fault: roll the batch back and sign its
+    requests one per transaction, where each conflict is handled (or refused) on its own."""
+
+
+@dataclass
+class PendingCertificates:
+    """Index rows signed in one transaction and written together by ``write``."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def write(self, session: Session) -> None:
+        """One ``INSERT ... ON CONFLICT DO NOTHING`` for all of them; ``BatchConflict`` if
+        any was not written."""
+        if not self.rows:
+            return
+        connection = session.connection()
+        written = connection.execute(_INSERT_CERTIFICATE[connection.dialect.name],
+                                     self.rows).all()
+        if len(written) != len(self.rows):
+            raise BatchConflict(f"{len(self.rows) - len(written)} of {len(self.rows)} serials "
+                                "in the batch were taken")
+        self.rows = []
 
 
 def _insert_unless_taken(session: Session, values: dict) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
 
-from .authority import get_ca, sign_csr
+from .authority import PendingCertificates, get_ca, sign_csr
 from .csr import load_csr
 from .errors import BadInput, Conflict, NotFound, PkiqError
 from .keys import Signer
@@ -192,23 +192,26 @@ def run_jobs(session: Session, job_ids: Sequence[int],
 
     Errors that retrying cannot mend (the request breaks the policy, the CA expired, the key
     cannot be unlocked) end their own job as ``failed`` with the reason, and the others are
-    signed. Anything else (the database or the broker went away) propagates, the transaction
-    rolls back, and every job stays as it was for a retry or the reconciler."""
+    signed. Anything else (the database or the broker went away; ``BatchConflict``, a serial
+    of the batch taken after all) propagates, the transaction rolls back, and every job stays
+    as it was for a retry, the reconciler, or the caller to sign them one at a time."""
     ids = sorted(set(job_ids))
     if not ids:
         return []
     claimed = list(session.scalars(
         select(SigningJob).where(SigningJob.id.in_(ids), SigningJob.state.in_(ACTIVE))
         .order_by(SigningJob.id).with_for_update(of=SigningJob, skip_locked=True)))
+    pending = PendingCertificates()  # the index rows, written in one statement at the end
     for job in claimed:
-        _sign(session, job, signer_for, clock)  # job.ca: one query per CA, then the map
+        _sign(session, job, signer_for, clock, pending)  # job.ca: one query per CA
+    pending.write(session)  # BatchConflict (rare): the caller goes one job at a time
     session.flush()
     return claimed
 
 
 def _sign(session: Session, job: SigningJob,
           signer_for: Callable[[CertificateAuthority], Signer],
-          clock: Callable[[], dt.datetime]) -> None:
+          clock: Callable[[], dt.datetime], pending: PendingCertificates | None = None) -> None:
     # No "signing" write here: inside this transaction nobody else could see it, and the
     # row lock already keeps other deliveries off the job. A refused request writes nothing
     # that matters before it raises (at most an expired entry marked E, which is true anyway,
@@ -216,7 +219,7 @@ def _sign(session: Session, job: SigningJob,
     job.attempts += 1
     try:
         result = sign_csr(session, job.ca, signer_for(job.ca), job.csr_der,
-                          profile=job.profile, days=job.days, now=clock())
+                          profile=job.profile, days=job.days, now=clock(), pending=pending)
     except PkiqError as exc:
         job.state, job.error = "failed", str(exc)[:MAX_ERROR]
     else:

@@ -199,3 +199,25 @@ def test_a_job_held_by_another_transaction_is_skipped_without_waiting(sessions, 
     assert states(sessions, [held, free]) == ["queued", "issued"]
     assert run_batch(sessions, clock, [held, free]) == {held: (
         "issued", run(sessions, clock, held)["serial"], None)}
+
+
+def test_a_serial_taken_inside_a_batch_rolls_it_back_for_one_at_a_time(sessions, clock,
+                                                                       monkeypatch):
+    """Index rows of a batch are written in one statement; should a serial be taken after all
+    (here a forced collision), nothing of the batch is kept, and the jobs signed singly."""
+    new_ca(sessions, clock)
+    ids = [i for i, _ in submit_many(sessions, clock, [make_csr(f"n{k}.example.com")
+                                                       for k in range(3)])]
+    real, drawn = authority.random_serial, []
+
+    def colliding(rng):
+        drawn.append(1)
+        return 0x4242 if len(drawn) <= 2 else real(rng)
+
+    monkeypatch.setattr(authority, "random_serial", colliding)
+    with pytest.raises(authority.BatchConflict):
+        run_batch(sessions, clock, ids)
+    assert states(sessions, ids) == ["queued"] * 3 and certificates(sessions) == 0
+    for job_id in ids:
+        run_batch(sessions, clock, [job_id])
+    assert states(sessions, ids) == ["issued"] * 3 and certificates(sessions) == 3
