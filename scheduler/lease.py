@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import socket
 
 from sqlalchemy import or_, update
@@ -16,7 +17,8 @@ from ca.sql import insert_or_ignore
 
 
 def holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Host, process and a token: two threads of one process are two holders too."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def acquire(session: Session, name: str, holder: str, now: dt.datetime,
