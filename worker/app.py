@@ -17,7 +17,7 @@ from pkiq.settings import Settings
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # beat keeps its file here
-    app = Celery("pkiq", include=["worker.tasks"])
+    app = Celery("pkiq", include=["worker.tasks", "scheduler.tasks"])
     app.conf.update(
         broker_url=settings.effective_broker_url,
         broker_connection_retry_on_startup=True,
@@ -33,6 +33,12 @@ def make_app(settings: Settings | None = None) -> Celery:
             "reconcile-signing-jobs": {
                 "task": "worker.tasks.reconcile",
                 "schedule": float(settings.reconcile_seconds),
+            },
+            # The CRL updater decides on each tick from the database (the daily time, the
+            # overlap of pkiq's CRLs, open alerts), so a change needs no beat restart.
+            "crl-tick": {
+                "task": "scheduler.tasks.tick",
+                "schedule": float(settings.crl_tick_seconds),
             },
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
