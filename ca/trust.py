@@ -7,6 +7,7 @@ default (pkiq's own CAs), show all or one, decoded or PEM.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import re
@@ -48,7 +49,9 @@ def load_bundle(data: bytes) -> list[x509.Certificate]:
     if not blocks:
         if data[:1] == b"\x30":
             try:
-                return [x509.load_der_x509_certificate(data)]
+                cert = x509.load_der_x509_certificate(data)
+                cert.extensions  # noqa: B018 - parsed lazily: a malformed one fails here
+                return [cert]
             except ValueError as exc:
                 raise BadInput(f"not a certificate: malformed DER ({exc})") from None
         raise BadInput("no certificate found: expected PEM blocks "
@@ -58,13 +61,26 @@ def load_bundle(data: bytes) -> list[x509.Certificate]:
                        f"{MAX_BUNDLE_CERTS} are accepted at once")
     certs = []
     for number, block in enumerate(blocks, 1):
-        block = re.sub(rb"(X509|TRUSTED) CERTIFICATE", b"CERTIFICATE", block)
         try:
-            certs.append(x509.load_pem_x509_certificate(block))
+            cert = x509.load_der_x509_certificate(_block_der(block))
+            cert.extensions  # noqa: B018 - parsed lazily: a malformed one fails here
         except ValueError as exc:
             raise BadInput(f"certificate #{number} of the bundle is malformed ({exc}); "
                            "nothing was added") from None
+        certs.append(cert)
     return certs
+
+
+def _block_der(block: bytes) -> bytes:
+    """The certificate's DER from a PEM block. OpenSSL's TRUSTED CERTIFICATE (``openssl x509
+    -trustout``) is the certificate followed by its trust settings (X509_AUX): keep the first
+    DER element only."""
+    body = b"".join(line for line in block.splitlines()[1:-1] if b":" not in line)
+    der = base64.b64decode(body)  # binascii.Error is a ValueError
+    if b"TRUSTED" in block[:30] and len(der) > 4 and der[1] & 0x80:
+        size = der[1] & 0x7F
+        der = der[:2 + size + int.from_bytes(der[2:2 + size], "big")]
+    return der
 
 
 def is_ca(cert: x509.Certificate) -> bool:
@@ -90,8 +106,8 @@ def add(session: Session, data: bytes, now: dt.datetime, *, origin: str = "uploa
     for cert in certs:
         if not is_ca(cert):
             raise BadInput(f"{openssl_oneline(cert.subject)} is not a CA certificate "
-                           "(basicConstraints CA:FALSE or missing); the trusted CA list "
-                           "holds CAs only. Nothing was added")
+                           "(basicConstraints CA:FALSE or missing) and the trusted CA list "
+                           "holds CAs only, so nothing was added")
     result = AddResult()
     known = {row.sha256 for row in session.scalars(select(TrustedCa))}
     for cert in certs:
@@ -135,8 +151,8 @@ def find(session: Session, ref: str) -> TrustedCa:
 def remove(session: Session, refs: list[str], now: dt.datetime) -> tuple[list[TrustedCa],
                                                                             list[str]]:
     """Delete chosen entries (all found first, so a typo deletes nothing)."""
-    rows = [find(session, ref) for ref in refs]
-    for row in {r.id: r for r in rows}.values():
+    rows = list({row.id: row for row in (find(session, ref) for ref in refs)}.values())
+    for row in rows:
         session.delete(row)
     session.flush()
     return rows, list_warnings(session, now)
