@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -79,7 +80,7 @@ def check_structure(crl: x509.CertificateRevocationList) -> None:
     """Refuse what we cannot apply correctly: delta CRLs, partitioned or indirect CRLs,
     unknown critical extensions."""
     label = issuer_label(crl)
-    for ext in crl.extensions:
+    for ext in _extensions(crl, label):
         if ext.oid == ExtensionOID.DELTA_CRL_INDICATOR:
             raise CrlRejected(f"CRL from {label} is a delta CRL: pkiq installs complete CRLs "
                               "only (Expressway loads no deltas); point the distribution "
@@ -99,6 +100,16 @@ def check_structure(crl: x509.CertificateRevocationList) -> None:
                               f"{ext.oid.dotted_string}; RFC 5280 says it must not be used")
 
 
+def _extensions(item, label: str) -> x509.Extensions:
+    """pyca parses extensions when they are first read: a malformed one must come out as a
+    refusal of this CRL, not as a ValueError that ends the whole refresh."""
+    try:
+        return item.extensions
+    except ValueError as exc:
+        raise CrlRejected(f"CRL from {label} has a malformed extension ({exc}), so it cannot "
+                          "be checked") from None
+
+
 _CRITICAL_EXTENSION = b"\x01\x01\xff\x04"  # critical BOOLEAN TRUE, then extnValue
 
 
@@ -110,10 +121,11 @@ def _check_entry_extensions(crl, der: bytes) -> None:
     crl_level = sum(1 for ext in crl.extensions if ext.critical)
     if der.count(_CRITICAL_EXTENSION) <= crl_level:
         return
+    label = issuer_label(crl)
     for entry in crl:
-        for ext in entry.extensions:
+        for ext in _extensions(entry, label):
             if ext.critical and ext.oid not in _ENTRY_UNDERSTOOD:
-                raise CrlRejected(f"CRL from {issuer_label(crl)} has an entry with the "
+                raise CrlRejected(f"CRL from {label} has an entry with the "
                                   f"critical extension {ext.oid.dotted_string}, which pkiq "
                                   "does not understand")
 
@@ -276,13 +288,18 @@ def find_current(session: Session, ref: str, *, origin: str | None = None) -> In
         query = query.where(InstalledCrl.id == int(ref))
     elif ref.startswith("/") or "=" in ref:
         query = query.where(InstalledCrl.issuer == ref)
-    else:
+    elif len(ref) >= 8 and re.fullmatch(r"[0-9a-fA-F]+", ref):
+        # hex only: an empty or short prefix, or a LIKE wildcard, would pick any issuer
         query = query.where(InstalledCrl.issuer_key.startswith(ref.lower()))
+    else:
+        raise BadInput(f"{ref!r}: give a CRL id, an issuer key (at least 8 hex digits) or "
+                       "the issuer DN (/C=.../CN=...)")
     rows = list(session.scalars(query))
     if not rows:
         raise NotFound(f"no {origin + ' ' if origin else ''}CRL installed for {ref!r}")
-    if len({r.issuer_key for r in rows}) > 1:
-        raise BadInput(f"{ref!r} matches CRLs of {len(rows)} issuers; be more specific")
+    issuers = {r.issuer_key for r in rows}
+    if len(issuers) > 1:
+        raise BadInput(f"{ref!r} matches CRLs of {len(issuers)} issuers; be more specific")
     return rows[0] if len(rows) == 1 else max(rows, key=lambda r: r.this_update)
 
 
