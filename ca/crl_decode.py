@@ -285,6 +285,7 @@ def _from_tar(plain: bytes, limits: DecodeLimits, notes: list[str]) -> list[Deco
                     continue
                 content = tar.extractfile(member).read()
                 crls.extend(_member(content, where, limits, notes))
+                _check_count(crls, limits, "tar.gz archive")
     except (tarfile.TarError, EOFError, ValueError, OSError) as exc:
         raise CrlFormatError(f"damaged tar archive inside the gzip file: {_why(exc)}") from None
     if not crls:
@@ -313,6 +314,7 @@ def _from_zip(data: bytes, limits: DecodeLimits, notes: list[str]) -> list[Decod
                 content = _read_member(archive, info, min(info.compress_size, len(data)),
                                        budget, where)
                 crls.extend(_member(content, where, limits, notes))
+                _check_count(crls, limits, "zip archive")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError,
             ValueError, OSError, struct.error) as exc:
         raise CrlFormatError(f"damaged zip archive: {_why(exc)}") from None
@@ -363,6 +365,12 @@ def _member(content: bytes, where: str, limits: DecodeLimits,
     except _NotACrl:
         notes.append(f"{where}: skipped, an X.509 certificate, not a CRL")
         return []
+
+
+def _check_count(crls: list[DecodedCrl], limits: DecodeLimits, what: str) -> None:
+    """Members times PEM blocks each could be millions of CRL objects: cap the total."""
+    if len(crls) > limits.max_members:
+        raise CrlFormatError(f"the {what} holds more than {limits.max_members:,} CRLs")
 
 
 def _why(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import certifi
 import requests
@@ -169,6 +169,10 @@ def _fetch(url: str, validator: Validator, limits: FetchLimits, session: request
 
 def _error(url: str, shown: str, message: str, status: int | None, received: int,
            started: float) -> FetchResult:
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    if userinfo:  # in case a library message quoted the URL as given
+        for secret in {userinfo, unquote(userinfo)}:
+            message = message.replace(secret, "***")
     return FetchResult(url, "error", status, None, Validator(), received, message, shown,
                        time.monotonic() - started)
 

@@ -316,6 +316,8 @@ def test_too_many_members():
     assert refused(make_tar_gz(many), limits).endswith("the tar archive has more than 10 "
                                                        "members")
     assert refused(PEM * 11, limits) == "more than 10 PEM CRL blocks"
+    assert refused(make_zip([("a.pem", PEM * 6), ("b.pem", PEM * 6)]), limits) == (
+        "the zip archive holds more than 10 CRLs")
     assert len(decode_crls(PEM * 10, limits)[0]) == 10
 
 
