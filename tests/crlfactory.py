@@ -30,9 +30,14 @@ class Issuer:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
-@cache
 def issuer(name: str = "CRL Test CA") -> Issuer:
-    """A self-signed EC CA, one per name for the whole session (keys are the slow part)."""
+    """A self-signed EC CA, one per name for the whole session (keys are the slow part);
+    ``issuer()`` and ``issuer("CRL Test CA")`` are the same CA."""
+    return _issuer(name)
+
+
+@cache
+def _issuer(name: str) -> Issuer:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
                          x509.NameAttribute(NameOID.COMMON_NAME, name)])

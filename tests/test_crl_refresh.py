@@ -1,0 +1,371 @@
+"""The refresh end to end, against real HTTP(S) servers on 127.0.0.1: every format installs;
+every kind of failure keeps the last good CRL and records a clear reason, per distribution
+point and per issuer; alerts reach a real webhook receiver and a real SMTP relay."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca import crl_config, crl_install, trust
+from ca.models import CrlIssuerStatus, DistributionPoint, InstalledCrl
+from pkiq.db import transaction
+from scheduler import refresh, service
+from scheduler.notifications import sender
+from tests import crlfactory as cf
+
+from . import httpd
+from .httpd import Reply, redirect
+
+http_server = httpd.http_server
+https_server = httpd.https_server
+
+T0 = cf.T0
+NOW = T0 + dt.timedelta(hours=1)
+
+
+def no_sleep(_seconds):
+    pass
+
+
+def run(sessions, clock):
+    return refresh.refresh(sessions, clock, trigger="manual", sleep=no_sleep)
+
+
+def setup_world(sessions, clock, urls, *, issuers=("CRL Test CA",)):
+    with transaction(sessions) as s:
+        for name in issuers:
+            trust.add(s, cf.issuer(name).cert_pem, clock())
+        crl_config.update_settings(s, clock(), timeout_seconds=2)
+        crl_config.add_points(s, urls, clock())
+
+
+def installed_numbers(sessions) -> dict[str, str]:
+    with transaction(sessions) as s:
+        return {row.issuer: row.number for row in crl_install.installed(s)}
+
+
+def point(sessions, url) -> DistributionPoint:
+    with transaction(sessions) as s:
+        return s.query(DistributionPoint).filter_by(url=url).one()
+
+
+@pytest.fixture
+def clock():
+    from tests.conftest import FakeClock
+
+    return FakeClock(NOW)
+
+
+# ---------------------------------------------------------------- formats
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_every_format_installs(sessions, clock, http_server):
+    a, b, c = cf.issuer("CRL Test CA"), cf.issuer("Second CA"), cf.issuer("Third CA")
+    bodies = {
+        "/pem.crl": cf.crl_pem(3, number=1, ca=a),
+        "/b.der": cf.crl_der(4, number=7, ca=b),
+        "/bundle.zip": _zip({"readme.txt": b"not a CRL",
+                             "../../x.crl": cf.crl_der(2, number=9, ca=c)}),
+        "/one.gz": gzip.compress(cf.crl_der(5, number=2, ca=a)),
+        "/many.tar.gz": _tar_gz({"b.crl": cf.crl_pem(6, number=8, ca=b)}),
+    }
+    for path, body in bodies.items():
+        http_server.route(path, Reply(body=body, headers={"Content-Type": "text/html"}))
+    urls = [http_server.url(p) for p in bodies]
+    setup_world(sessions, clock, urls, issuers=("CRL Test CA", "Second CA", "Third CA"))
+    report = run(sessions, clock)
+    assert not report.failed, report.as_dict()
+    assert installed_numbers(sessions) == {
+        "/O=Example/CN=CRL Test CA": "2", "/O=Example/CN=Second CA": "8",
+        "/O=Example/CN=Third CA": "9"}
+    # The zip member's name was never used as a path: nothing but the database changed.
+    assert report.points[2].crls[0]["action"] == "installed"
+
+
+def test_unchanged_crl_costs_one_304_and_changes_nothing(sessions, clock, http_server):
+    http_server.route("/a.crl", Reply(body=cf.crl_der(3, number=4), etag='"v4"',
+                                      last_modified="Fri, 27 Nov 2026 09:00:00 GMT"))
+    url = http_server.url("/a.crl")
+    setup_world(sessions, clock, [url])
+    run(sessions, clock)
+    clock.advance(hours=1)
+    report = run(sessions, clock)
+    assert report.points[0].outcome == "not_modified", report.points[0].error
+    last = http_server.requests[-1].headers
+    assert last["If-None-Match"] == '"v4"'
+    assert last["If-Modified-Since"] == "Fri, 27 Nov 2026 09:00:00 GMT"
+    with transaction(sessions) as s:
+        assert s.query(InstalledCrl).count() == 1
+        status = s.get(CrlIssuerStatus, trust.name_key(cf.issuer().cert.subject))
+        assert status.last_success_at == clock() and status.error is None
+
+
+def test_a_newer_crl_replaces_the_installed_one_and_history_is_kept(sessions, clock,
+                                                                     http_server):
+    http_server.route("/a.crl", cf.crl_der(3, number=4))
+    url = http_server.url("/a.crl")
+    setup_world(sessions, clock, [url])
+    run(sessions, clock)
+    http_server.route("/a.crl", cf.crl_der(5, number=5, this_update=T0 + dt.timedelta(
+        minutes=30)))
+    run(sessions, clock)
+    assert installed_numbers(sessions) == {"/O=Example/CN=CRL Test CA": "5"}
+    with transaction(sessions) as s:
+        rows = crl_install.history(s, trust.name_key(cf.issuer().cert.subject))
+        assert [(r.number, r.current) for r in rows] == [("5", True), ("4", False)]
+
+
+# ---------------------------------------------------------------- failures keep the last good
+
+def _gzip_bomb() -> bytes:
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as stream:
+        block = bytes(1 << 20)
+        for _ in range(2048):  # 2 GiB of zeros, about 2 MB compressed
+            stream.write(block)
+    return out.getvalue()
+
+
+def _zip_bomb() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("huge.crl", "w", force_zip64=True) as member:
+        block = bytes(1 << 20)
+        for _ in range(1024):
+            member.write(block)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bombs():
+    return {"gzip": _gzip_bomb(), "zip": _zip_bomb()}
+
+
+def _other_key_crl():
+    impostor = cf.Issuer(cf.issuer("Impostor").key, cf.issuer().cert)
+    return cf.crl_der(1, number=99, ca=impostor)
+
+
+FAILURES = {
+    "http-500": (lambda srv, b: Reply(status=500, body=b"oops"), "HTTP 500"),
+    "http-404": (lambda srv, b: Reply(status=404), "HTTP 404"),
+    "hang": (lambda srv, b: Reply(body=b"x", delay=5), "time"),
+    "truncated": (lambda srv, b: Reply(body=cf.crl_der(50, number=6), truncate_at=300),
+                  ""),
+    "html-200": (lambda srv, b: Reply(body=b"<!DOCTYPE html><html><body>Maintenance"
+                                      b"</body></html>"), "HTML"),
+    "wrong-key": (lambda srv, b: Reply(body=_other_key_crl()), "signature"),
+    "expired": (lambda srv, b: Reply(body=cf.crl_der(
+        1, number=8, this_update=T0 - dt.timedelta(days=9),
+        next_update=T0 - dt.timedelta(days=2))), "expired"),
+    "future": (lambda srv, b: Reply(body=cf.crl_der(
+        1, number=8, this_update=NOW + dt.timedelta(hours=2))), "future"),
+    "lower-number": (lambda srv, b: Reply(body=cf.crl_der(1, number=3)), "lower"),
+    "gzip-bomb": (lambda srv, b: Reply(body=b["gzip"]), ""),
+    "zip-bomb": (lambda srv, b: Reply(body=b["zip"]), ""),
+    "redirect-loop": (lambda srv, b: redirect(srv.url("/a.crl")), "redirect"),
+    "redirect-file": (lambda srv, b: redirect("file:///etc/passwd"), "file"),
+    "oversize": (lambda srv, b: Reply(body=bytes(3 << 20)), "bytes"),
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_a_failure_keeps_the_last_good_crl_and_says_why(sessions, clock, http_server, bombs,
+                                                        failure):
+    http_server.route("/a.crl", cf.crl_der(3, number=5))
+    url = http_server.url("/a.crl")
+    setup_world(sessions, clock, [url])
+    with transaction(sessions) as s:
+        crl_config.update_settings(s, clock(), max_bytes=2 << 20)
+    assert not run(sessions, clock).failed
+    make, words = FAILURES[failure]
+    http_server.route("/a.crl", make(http_server, bombs))
+    clock.advance(hours=1)
+    report = run(sessions, clock)
+    assert report.failed
+    assert installed_numbers(sessions) == {"/O=Example/CN=CRL Test CA": "5"}
+    dp = point(sessions, url)
+    assert dp.error and words.lower() in dp.error.lower(), dp.error
+    assert "Traceback" not in dp.error and len(dp.error) < 600
+    assert dp.last_success_at == NOW  # the earlier success is still on record
+    with transaction(sessions) as s:
+        status = s.get(CrlIssuerStatus, trust.name_key(cf.issuer().cert.subject))
+        assert status.error and status.last_attempt_at == clock()
+        problems = [p.key for p in service.upkeep.problems(s, clock(), dt.timedelta(hours=1))]
+    assert f"dp:{url}" in problems
+
+
+def test_https_distribution_point_must_present_a_trusted_certificate(sessions, clock,
+                                                                    https_server):
+    https_server.route("/a.crl", cf.crl_der(2, number=1))
+    url = https_server.url("/a.crl")
+    setup_world(sessions, clock, [url])
+    report = run(sessions, clock)
+    assert report.points[0].outcome == "error"
+    assert "not trusted" in report.points[0].error
+    with transaction(sessions) as s:  # the guide: its certificate must be valid, i.e. trusted
+        trust.add(s, https_server.ca_pem, clock())
+    assert run(sessions, clock).points[0].outcome == "installed"
+
+
+def test_crl_of_an_issuer_not_in_the_trusted_list_is_refused(sessions, clock, http_server):
+    http_server.route("/a.crl", cf.crl_der(2, number=1, ca=cf.issuer("Stranger CA")))
+    url = http_server.url("/a.crl")
+    setup_world(sessions, clock, [url])
+    report = run(sessions, clock)
+    assert "not in the trusted CA list" in report.points[0].error
+    assert installed_numbers(sessions) == {}
+
+
+def test_one_bad_distribution_point_does_not_stop_the_others(sessions, clock, http_server):
+    http_server.route("/good.crl", cf.crl_der(2, number=1))
+    http_server.route("/bad.crl", Reply(status=503))
+    urls = [http_server.url("/bad.crl"), http_server.url("/good.crl")]
+    setup_world(sessions, clock, urls)
+    report = run(sessions, clock)
+    assert [p.outcome for p in report.points] == ["error", "installed"]
+    assert installed_numbers(sessions) == {"/O=Example/CN=CRL Test CA": "1"}
+
+
+def test_manual_refresh_during_another_is_refused(sessions, clock, http_server):
+    from scheduler import lease
+
+    setup_world(sessions, clock, [])
+    with transaction(sessions) as s:
+        lease.acquire(s, refresh.LEASE, "beat-host:1:abcd", clock(), dt.timedelta(minutes=5))
+    with pytest.raises(refresh.RefreshBusy, match="already running by beat-host"):
+        run(sessions, clock)
+
+
+# ---------------------------------------------------------------- manual CRLs
+
+def test_a_fetched_crl_overrides_the_manual_one_once_newer(sessions, clock, http_server):
+    setup_world(sessions, clock, [])
+    manual = cf.crl_der(1, number=10, this_update=T0)
+    with transaction(sessions) as s:
+        crl_install.upload(s, x509.load_der_x509_crl(manual), manual, clock(),
+                           skew=dt.timedelta(minutes=5), source="upload.crl")
+    http_server.route("/a.crl", cf.crl_der(1, number=2, this_update=T0 - dt.timedelta(
+        hours=1)))
+    with transaction(sessions) as s:
+        crl_config.add_points(s, [http_server.url("/a.crl")], clock())
+    run(sessions, clock)
+    with transaction(sessions) as s:
+        key = trust.name_key(cf.issuer().cert.subject)
+        assert crl_install.effective(s, key).origin == "manual"  # the fetched one is older
+    http_server.route("/a.crl", cf.crl_der(1, number=3, this_update=T0 + dt.timedelta(
+        minutes=30)))
+    run(sessions, clock)
+    with transaction(sessions) as s:
+        assert crl_install.effective(s, key).origin == "fetched"
+
+
+# ---------------------------------------------------------------- alerts, for real
+
+class _Hook(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class _Mailbox:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.messages.append(envelope.content.decode())
+        return "250 OK"
+
+
+def test_failed_refresh_alerts_webhook_and_mail_once(sessions, clock, http_server):
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    hook.posts = []
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    mailbox = _Mailbox()
+    smtp_port = httpd.unused_port()
+    relay = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
+    relay.start()
+    try:
+        http_server.route("/a.crl", Reply(status=500))
+        url = http_server.url("/a.crl")
+        setup_world(sessions, clock, [url])
+        send = sender({"webhook_url": f"http://127.0.0.1:{hook.server_port}/alerts",
+                       "smtp_host": "127.0.0.1", "smtp_port": smtp_port, "smtp_from": "pkiq@example.com",
+                       "smtp_to": "pki-team@example.com"}, clock)
+        with transaction(sessions) as s:
+            crl_config.update_settings(s, clock(), update_time="11:00")
+        for _ in range(3):  # the run, then two more ticks with the problem still open
+            service.tick(sessions, clock, signer_for=None, send=send, sleep=no_sleep)
+            clock.advance(minutes=1)
+        keys = [p["key"] for p in hook.posts]
+        assert keys == [f"dp:{url}"], hook.posts
+        assert hook.posts[0]["severity"] == "critical"
+        assert "HTTP 500" in hook.posts[0]["summary"]
+        assert len(mailbox.messages) == 1
+        assert "Subject: [pkiq] CRITICAL: CRL distribution point" in mailbox.messages[0]
+        # Fixed: the next run installs, and "resolved" goes out once.
+        http_server.route("/a.crl", cf.crl_der(1, number=1))
+        with transaction(sessions) as s:
+            crl_config.update_settings(s, clock(), update_time=f"{clock():%H:%M}")
+        service.tick(sessions, clock, signer_for=None, send=send, sleep=no_sleep)
+        assert [p["severity"] for p in hook.posts] == ["critical", "resolved"]
+    finally:
+        relay.stop()
+        hook.shutdown()
+        hook.server_close()
+
+
+def test_crl_near_next_update_is_a_problem(sessions, clock, http_server):
+    http_server.route("/a.crl", cf.crl_der(1, number=1, next_update=NOW + dt.timedelta(
+        hours=5)))
+    setup_world(sessions, clock, [http_server.url("/a.crl")])
+    run(sessions, clock)
+    with transaction(sessions) as s:
+        found = service.upkeep.problems(s, clock(), dt.timedelta(hours=48))
+    assert [(p.key.split(":")[0], p.severity) for p in found] == [("expiry", "warning")]
+    assert "reaches nextUpdate" in found[0].summary
+
+
+def test_pem_of_installed_crl_reads_back_identical(sessions, clock, http_server):
+    der = cf.crl_der(2, number=1)
+    http_server.route("/a.crl", der)
+    setup_world(sessions, clock, [http_server.url("/a.crl")])
+    run(sessions, clock)
+    with transaction(sessions) as s:
+        row = crl_install.installed(s)[0]
+        assert row.der == der
+        assert x509.load_der_x509_crl(row.der).public_bytes(serialization.Encoding.DER) == der
