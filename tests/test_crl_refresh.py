@@ -324,7 +324,8 @@ def test_failed_refresh_alerts_webhook_and_mail_once(sessions, clock, http_serve
         url = http_server.url("/a.crl")
         setup_world(sessions, clock, [url])
         send = sender({"webhook_url": f"http://127.0.0.1:{hook.server_port}/alerts",
-                       "smtp_host": "127.0.0.1", "smtp_port": smtp_port, "smtp_from": "pkiq@example.com",
+                       "smtp_host": "127.0.0.1", "smtp_port": smtp_port,
+                       "smtp_from": "pkiq@example.com",
                        "smtp_to": "pki-team@example.com"}, clock)
         with transaction(sessions) as s:
             crl_config.update_settings(s, clock(), update_time="11:00")
