@@ -675,7 +675,8 @@ def x509_convert(infile, outfile, target):
                err=True)
 
 
-from . import cli_jobs  # noqa: E402,F401  (registers submit, jobs, worker, beat, serve)
+# Register the other command groups: submit, jobs, worker, beat, serve; trust and crl.
+from . import cli_crl, cli_jobs  # noqa: E402,F401
 
 
 def main() -> None:

@@ -332,8 +332,11 @@ def crl_status(app: App, as_json):
     def text() -> str:
         lines = [_settings_text(settings)]
         if run:
-            lines.append(f"last refresh: {run['trigger']} at {run['started_at']}, "
-                         f"{run['summary']}")
+            summary = run["summary"] or {}
+            outcome = (f"{summary.get('points', 0)} distribution point(s), "
+                       f"{summary.get('failed', 0)} failed" if run["finished_at"]
+                       else "still running, or interrupted")
+            lines.append(f"last refresh: {run['trigger']} at {run['started_at']}: {outcome}")
         lines.append("\ndistribution points:")
         for p in points:
             state = f"error: {p['error']}" if p["error"] else (

@@ -58,7 +58,9 @@ def next_run(session: Session, now: dt.datetime) -> dt.datetime | None:
     if not settings.enabled:
         return None
     offset = schedule.spread_offset(settings.spread_seconds, settings.seed)
-    return due_slot(session, now) or schedule.next_slot(settings.update_time, now, offset)
+    if due_slot(session, now) is not None:
+        return now  # owed: beat starts it on its next tick
+    return schedule.next_slot(settings.update_time, now, offset)
 
 
 def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
