@@ -370,3 +370,42 @@ def test_pem_of_installed_crl_reads_back_identical(sessions, clock, http_server)
         row = crl_install.installed(s)[0]
         assert row.der == der
         assert x509.load_der_x509_crl(row.der).public_bytes(serialization.Encoding.DER) == der
+
+
+def test_schedule_changed_and_clock_stepped_while_a_refresh_runs(sessions, clock, http_server):
+    """The refresh is slow; meanwhile a manual refresh is refused, the daily time is moved
+    to later today, and afterwards the clock steps back (NTP): one run per slot, at the
+    times the settings say when each tick reads them."""
+    http_server.route("/slow.crl", Reply(body=cf.crl_der(1, number=1), delay=1.5))
+    setup_world(sessions, clock, [http_server.url("/slow.crl")])
+    with transaction(sessions) as s:
+        crl_config.update_settings(s, clock(), update_time=f"{clock():%H:%M}")
+    reports = []
+    ticking = threading.Thread(target=lambda: reports.append(service.tick(
+        sessions, clock, signer_for=None, send=lambda *a: [], sleep=no_sleep)))
+    ticking.start()
+    try:
+        deadline = dt.datetime.now() + dt.timedelta(seconds=5)
+        while not http_server.requests and dt.datetime.now() < deadline:
+            threading.Event().wait(0.05)
+        with pytest.raises(refresh.RefreshBusy, match="already running"):
+            run(sessions, clock)
+        later = clock() + dt.timedelta(hours=2)
+        with transaction(sessions) as s:
+            crl_config.update_settings(s, clock(), update_time=f"{later:%H:%M}")
+    finally:
+        ticking.join()
+    assert reports[0].refresh is not None and not reports[0].refresh.failed
+
+    def tick():
+        return service.tick(sessions, clock, signer_for=None, send=lambda *a: [],
+                            sleep=no_sleep).refresh
+
+    assert tick() is None  # the new time is not reached yet
+    clock.advance(hours=2)
+    assert tick() is not None  # the new time, once
+    assert tick() is None
+    clock.advance(hours=-1)  # the clock steps back an hour: that slot is not run again
+    assert tick() is None
+    clock.advance(days=1, hours=1)  # tomorrow at the new time
+    assert tick() is not None
