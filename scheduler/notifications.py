@@ -26,3 +26,14 @@ def sender(config: dict, clock: Callable[[], dt.datetime]) -> Callable[[object, 
         return deliver(alert, channels) if channels else []
 
     return send
+
+
+def undeliverable(reason: str) -> Callable[[object, str], list[str]]:
+    """A ``send`` for when the channels cannot be built: every alert is logged and recorded
+    as undelivered with ``reason``, so ``pkiq crl status`` and the log still show it."""
+
+    def send(problem, severity: str) -> list[str]:
+        log.warning("alert %s (not delivered: %s): %s", severity, reason, problem.summary)
+        return [reason]
+
+    return send

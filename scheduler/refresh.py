@@ -10,22 +10,27 @@ was already installed, and the database is never left half-written for one CRL.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ca import crl_config, crl_install, trust
 from ca.crl_decode import DecodeLimits, decode_crls
 from ca.errors import Conflict, PkiqError
-from ca.models import CrlIssuerStatus, DistributionPoint, RefreshRun
+from ca.models import CertificateAuthority, CrlIssuerStatus, DistributionPoint, RefreshRun
 from pkiq.db import transaction
 
 from . import lease
 from .fetch import FetchLimits, FetchResult, Validator, fetch_all
 
+log = logging.getLogger("pkiq.scheduler")
 LEASE = "crl-refresh"
 Clock = Callable[[], dt.datetime]
 
@@ -119,15 +124,16 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
                 session, trust.cdp_urls(session) if settings.use_cdp else [], clock())
             points = [(p.url, Validator(p.etag, p.last_modified))
                       for p in crl_config.list_points(session)]
-            trust_pem = trust.trusted_pem(session)
+            trust_pem = _https_anchors(session)
             limits = limits_from(settings)
             skew = dt.timedelta(seconds=settings.skew_seconds)
         results = fetch_all(points, limits=limits, extra_trust_pem=trust_pem or None,
                             sleep=sleep) if points else []
         decode_limits = DecodeLimits(max_total_bytes=max(settings.max_bytes * 8, 2**26))
         for result in results:
+            report.points.append(_apply_safely(sessions, result, clock(), skew,
+                                               decode_limits))
             with transaction(sessions) as session:
-                report.points.append(_apply(session, result, clock(), skew, decode_limits))
                 lease.renew(session, LEASE, holder, clock(), ttl)
         with transaction(sessions) as session:
             report.finished_at = clock()
@@ -137,6 +143,36 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
     finally:
         with transaction(sessions) as session:
             lease.release(session, LEASE, holder)
+
+
+def _https_anchors(session: Session) -> bytes:
+    """The trusted CA list plus pkiq's own CAs (always trusted, listed or not): an HTTPS
+    distribution point may present a certificate from either."""
+    own = b"".join(x509.load_der_x509_certificate(der).public_bytes(
+        serialization.Encoding.PEM) for der in session.scalars(
+        select(CertificateAuthority.cert_der)))
+    return trust.trusted_pem(session) + own
+
+
+def _apply_safely(sessions: sessionmaker, result: FetchResult, now: dt.datetime,
+                  skew: dt.timedelta, decode_limits: DecodeLimits) -> PointReport:
+    """One distribution point in its own transaction. A bug met on one point's content is
+    logged with its traceback and recorded on that point; the others still run."""
+    try:
+        with transaction(sessions) as session:
+            return _apply(session, result, now, skew, decode_limits)
+    except (SQLAlchemyError, PkiqError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug must not end the nightly run
+        log.exception("CRL refresh: internal error on %s", result.final_url)
+        error = f"internal error ({type(exc).__name__}) on this distribution point; see the log"
+        with transaction(sessions) as session:
+            point = session.scalar(select(DistributionPoint).where(
+                DistributionPoint.url == result.url))
+            if point is not None:
+                point.last_attempt_at, point.error = now, error
+        return PointReport(result.url, "error", result.http_status, result.bytes_received,
+                           error=error)
 
 
 def _apply(session: Session, result: FetchResult, now: dt.datetime, skew: dt.timedelta,
