@@ -9,7 +9,7 @@ from celery import shared_task
 
 from ca.errors import PkiqError
 from worker.app import app
-from worker.tasks import _sessions, _signer_for
+from worker.tasks import process_sessions, signer_for
 
 from . import service
 from .notifications import sender, undeliverable
@@ -25,13 +25,13 @@ def utc_now() -> dt.datetime:
 def tick() -> dict:
     """Nightly refresh when due, own CRLs before they lapse, alerts once per problem."""
     settings = app.conf.pkiq_settings
-    sign = _signer_for if settings.passphrase() else None
+    sign = signer_for if settings.passphrase() else None
     try:
         send = sender(settings.alert_config(), utc_now)
     except PkiqError as exc:  # a channel typo must not stop the CRL refresh itself
         log.error("alert channels are misconfigured, alerts are not delivered: %s", exc)
         send = undeliverable(f"alert channels are misconfigured: {exc}")
-    report = service.tick(_sessions(), utc_now, signer_for=sign, send=send)
+    report = service.tick(process_sessions(), utc_now, signer_for=sign, send=send)
     if report.refresh is not None:
         log.info("CRL refresh %s: %s", report.refresh.trigger, report.refresh.summary())
     return {"refresh": report.refresh.summary() if report.refresh else None,

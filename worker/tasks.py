@@ -31,7 +31,7 @@ SIGN_TASK = "worker.tasks.sign_jobs"
 TRANSIENT = (OperationalError, InterfaceError)  # the database went away: retry later
 
 
-def _sessions():
+def process_sessions():
     """One engine per worker process, made after the fork (a pooled connection must never be
     shared between parent and child)."""
     if _state.get("pid") != os.getpid():
@@ -43,7 +43,7 @@ def _sessions():
     return _state["factory"]
 
 
-def _signer_for(ca):
+def signer_for(ca):
     """CA keys are decrypted once per process and kept in memory only."""
     cache = _state["signers"]
     key = (ca.id, ca.key_pem)
@@ -77,8 +77,8 @@ def announce(celery: Celery, job_ids: Sequence[int], queue: str | None = None) -
 
 def _run(job_ids: list[int]) -> tuple[int, int]:
     """One transaction for the lot; (issued, failed)."""
-    with transaction(_sessions()) as session:
-        done = jobs.run_jobs(session, job_ids, _signer_for, now)
+    with transaction(process_sessions()) as session:
+        done = jobs.run_jobs(session, job_ids, signer_for, now)
         issued = sum(job.state == "issued" for job in done)
         for job in done:
             if job.state == "failed":
@@ -143,7 +143,7 @@ def _span(job_ids: Sequence[int]) -> str:
 def reconcile() -> list[int]:
     """Re-send jobs left queued or signing past the timeout (lost message, dead worker)."""
     timeout = dt.timedelta(seconds=app.conf.pkiq_settings.job_timeout_seconds)
-    with transaction(_sessions()) as session:
+    with transaction(process_sessions()) as session:
         stale = jobs.stale_jobs(session, now(), timeout)
     announce(app, stale)
     if stale:
