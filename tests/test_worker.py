@@ -160,8 +160,8 @@ def test_a_batch_that_breaks_is_signed_one_job_at_a_time(sessions, clock, monkey
         return real(session, ca, signer, csr_der, **kw)
 
     monkeypatch.setattr(jobs, "sign_csr", buggy)
-    monkeypatch.setattr(tasks, "_sessions", lambda: sessions)
-    monkeypatch.setattr(tasks, "_signer_for", lambda ca: authority.load_signer(ca, PASS))
+    monkeypatch.setattr(tasks, "process_sessions", lambda: sessions)
+    monkeypatch.setattr(tasks, "signer_for", lambda ca: authority.load_signer(ca, PASS))
     with pytest.raises(ValueError, match="a bug"):
         tasks.sign_jobs(ids)
     with transaction(sessions) as session:
