@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .crlfactory import Issuer
+
 HOST = "127.0.0.1"
 
 
@@ -268,14 +270,7 @@ def unused_port() -> int:
 # ---------------------------------------------------------------- a CA for HTTPS
 
 
-@dataclass(frozen=True)
-class LocalCa:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
+LocalCa = Issuer  # a key and its self-signed CA certificate
 
 
 def make_ca(name: str = "pkiq test TLS CA") -> LocalCa:
