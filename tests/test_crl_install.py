@@ -5,6 +5,7 @@ history, and how a fetched CRL overrides a manual upload."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 
 import pytest
@@ -524,3 +525,60 @@ def test_find_current_refuses_a_prefix_shared_by_two_issuers(sessions, clock):
     with transaction(sessions) as session, pytest.raises(BadInput) as caught:
         crl_install.find_current(session, "abcdef01")
     assert one_sentence(caught.value) == "'abcdef01' matches CRLs of 2 issuers; be more specific"
+
+
+# ---------------------------------------------------------------- CLI
+
+def crl_file(tmp_path, der: bytes, name: str):
+    path = tmp_path / name
+    path.write_bytes(x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_cli_crl_upload_show_remove(pkiq, tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(CA.cert_pem)
+    assert pkiq("trust", "add", ca_file).exit_code == 0
+    der = build_crl(number=4, entries=[(1000, REASONS)])
+    uploaded = pkiq("crl", "upload", crl_file(tmp_path, der, "issuing.crl"))
+    assert uploaded.exit_code == 0, uploaded.stderr
+    assert uploaded.stdout == f"installed manual CRL for {LABEL} (CRL 4)\n"
+    again = pkiq("crl", "upload", crl_file(tmp_path, der, "copy.crl"), "--json")
+    assert json.loads(again.stdout)["action"] == "unchanged"
+
+    shown = pkiq("crl", "show", LABEL)
+    assert shown.exit_code == 0, shown.stderr
+    assert x509.load_pem_x509_crl(shown.stdout_bytes).public_bytes(DER) == der
+    info = json.loads(pkiq("crl", "show", KEY[:12], "--json").stdout)
+    assert (info["origin"], info["crl_number"], info["entries"]) == ("manual", "4", 1)
+
+    removed = pkiq("crl", "remove", KEY[:8])
+    assert removed.stdout == f"removed the manual CRL of {LABEL}\n"
+    gone = pkiq("crl", "show", LABEL)
+    assert (gone.exit_code, gone.stderr) == (5, f"pkiq: error: no CRL installed for '{LABEL}'\n")
+
+
+def test_cli_crl_refusals_are_one_line_and_change_nothing(pkiq, tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(CA.cert_pem)
+    assert pkiq("trust", "add", ca_file).exit_code == 0
+    good = build_crl(number=1)
+    assert pkiq("crl", "upload", crl_file(tmp_path, good, "good.crl")).exit_code == 0
+    cases = [
+        (build_crl(number=2, next_update=T0 - dt.timedelta(minutes=1),
+                   this_update=T0 - WEEK), 4, "(nextUpdate passed)"),
+        (build_crl(number=2, key=ec.generate_private_key(ec.SECP256R1())), 3,
+         "the signature does not verify"),
+        (build_crl(number=2, extensions=[(x509.DeltaCRLIndicator(1), True)]), 4,
+         "is a delta CRL"),
+    ]
+    for number, (der, code, fragment) in enumerate(cases):
+        result = pkiq("crl", "upload", crl_file(tmp_path, der, f"bad{number}.crl"))
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("pkiq: error: ")
+        assert fragment in result.stderr and "Traceback" not in result.stderr
+        shown = pkiq("crl", "show", LABEL, "--der", "--out", tmp_path / "now.crl")
+        assert shown.exit_code == 0 and (tmp_path / "now.crl").read_bytes() == good
+    removed = pkiq("crl", "remove", "")
+    assert (removed.exit_code, removed.stdout) == (3, "")
+    assert "at least 8 hex digits" in removed.stderr

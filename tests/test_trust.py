@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import re
 
 import pytest
@@ -314,3 +315,57 @@ def test_trusted_pem_is_the_whole_list_as_one_bundle(sessions, clock):
         bundle = trust.trusted_pem(session)
     assert x509.load_pem_x509_certificates(bundle) == [ROOT, OTHER]  # by subject
     assert bundle == pem(ROOT, OTHER)
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_trust_add_list_show_remove_reset(pkiq, tmp_path):
+    sub_file, bundle = tmp_path / "sub.pem", tmp_path / "bundle.pem"
+    sub_file.write_bytes(pem(SUB))
+    bundle.write_bytes(pem(ROOT, SUB))
+    first = pkiq("trust", "add", sub_file)
+    assert first.exit_code == 0, first.stderr
+    assert first.stderr == ("pkiq: warning: /O=Example/CN=Trust Issuing CA is issued by "
+                            "/O=Example/CN=Trust Root, which is not in the list: no full chain "
+                            "of trust; add the issuing CA\n")
+    second = pkiq("trust", "add", bundle, "--json")
+    assert second.exit_code == 0 and second.stderr == ""
+    info = json.loads(second.stdout)
+    assert [a["sha256"] for a in info["added"]] == [fp(ROOT)]
+    assert (info["duplicates"], info["warnings"]) == ([fp(SUB)], [])
+
+    listing = pkiq("trust", "list")
+    assert listing.exit_code == 0 and listing.stderr == ""
+    lines = listing.stdout.splitlines()
+    assert [line.split()[1] for line in lines] == [fp(SUB)[:16], fp(ROOT)[:16]]
+    assert lines[1].endswith("uploaded  /O=Example/CN=Trust Root")
+    root_id = lines[1].split()[0]
+
+    assert pkiq("trust", "show", root_id, "--pem").stdout == pem(ROOT).decode()
+    decoded = pkiq("trust", "show", fp(ROOT)[:10]).stdout
+    assert "CN=Trust Root" in decoded and "CA:TRUE" in decoded
+
+    removed = pkiq("trust", "remove", root_id)
+    assert removed.stdout == "removed /O=Example/CN=Trust Root\n"
+    assert "which is not in the list" in removed.stderr
+    reset = pkiq("trust", "reset")
+    assert reset.stdout == "the trusted CA list now holds pkiq's 0 CA(s)\n"
+    assert pkiq("trust", "list").stdout == "the trusted CA list is empty\n"
+
+
+def test_cli_trust_errors_are_one_line_and_change_nothing(pkiq, tmp_path):
+    leaf, _ = make_cert("expe1.example.com", parent=(ROOT, ROOT_KEY), ca=False)
+    good, bad = tmp_path / "root.pem", tmp_path / "leaf.pem"
+    good.write_bytes(pem(ROOT))
+    bad.write_bytes(pem(OTHER, leaf))
+    assert pkiq("trust", "add", good).exit_code == 0
+    before = pkiq("trust", "list", "--json").stdout
+    for args, code, fragment in (
+            (("trust", "add", bad), 3, "is not a CA certificate"),
+            (("trust", "remove", fp(ROOT), "deadbeef00"), 5, "no trusted CA deadbeef00"),
+            (("trust", "show", "xyz"), 3, "give a list id or a SHA-256 fingerprint")):
+        result = pkiq(*args)
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("pkiq: error: ")
+        assert fragment in result.stderr and "Traceback" not in result.stderr
+        assert pkiq("trust", "list", "--json").stdout == before
