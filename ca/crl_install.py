@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import trust
-from .errors import BadInput, BadSignature, NotFound, PolicyViolation
+from .errors import BadInput, BadSignature, Conflict, NotFound, PolicyViolation
 from .models import CrlIssuerStatus, InstalledCrl
 from .names import openssl_oneline
 
@@ -231,7 +232,11 @@ def install(session: Session, checked: CheckedCrl, *, origin: str, source: str |
                        next_update=checked.next_update, entries=checked.entries,
                        sha256=checked.sha256, der=checked.der, current=True, installed_at=now)
     session.add(row)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # another process installed one for this issuer in between
+        raise Conflict(f"another CRL for {checked.issuer} was installed at the same moment; "
+                       "nothing was changed, try again") from None
     return InstallOutcome(checked.issuer, "installed", checked.number, row)
 
 
@@ -271,7 +276,15 @@ def upload(session: Session, crl: x509.CertificateRevocationList, der: bytes,
 
 def remove_manual(session: Session, issuer_ref: str, now: dt.datetime) -> InstalledCrl:
     """Remove the manually uploaded CRL of an issuer (by list id or issuer key prefix)."""
-    row = find_current(session, issuer_ref, origin="manual")
+    return remove_current(session, issuer_ref, now, origin="manual")
+
+
+def remove_current(session: Session, issuer_ref: str, now: dt.datetime, *, origin: str
+                   ) -> InstalledCrl:
+    """Stop using the current CRL of ``origin`` (kept in the history). For a fetched CRL this
+    is the way out when a CA was rebuilt and restarted its CRL numbers: the next refresh
+    then installs what the distribution point serves, whatever its number."""
+    row = find_current(session, issuer_ref, origin=origin)
     row.current, row.replaced_at = False, now
     session.flush()
     return row

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -238,7 +239,12 @@ class InstalledCrl(Base):
     the rest is history. A fetched CRL overrides the manual one once it is newer."""
 
     __tablename__ = "installed_crls"
-    __table_args__ = (Index("ix_installed_crls_issuer_current", "issuer_key", "current"),)
+    __table_args__ = (
+        Index("ix_installed_crls_issuer_current", "issuer_key", "current"),
+        # One current CRL per issuer and origin, even when two uploads race.
+        Index("uq_installed_crls_one_current", "issuer_key", "origin", unique=True,
+              sqlite_where=text("current"), postgresql_where=text("current")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     issuer_key: Mapped[str] = mapped_column(String(64))  # SHA-256 of the issuer name's DER

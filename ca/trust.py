@@ -39,8 +39,17 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def name_key(name: x509.Name) -> str:
-    """How a CRL's issuer finds its CA: the SHA-256 of the name's DER encoding."""
-    return hashlib.sha256(name.public_bytes()).hexdigest()
+    """How a CRL's issuer finds its CA. RFC 5280 7.1 compares names after normalising case
+    and white space and whatever the string type (a CRL may encode its issuer as UTF8String
+    where the certificate has PrintableString); so the key hashes each RDN's attributes,
+    value case-folded and spaces collapsed, not the DER. The signature decides among CAs
+    that share a name."""
+    rdns = []
+    for rdn in name.rdns:
+        parts = sorted(f"{a.oid.dotted_string}={' '.join(str(a.value).split()).casefold()}"
+                       for a in rdn)
+        rdns.append("+".join(parts))
+    return hashlib.sha256("\n".join(rdns).encode()).hexdigest()
 
 
 def load_bundle(data: bytes) -> list[x509.Certificate]:
@@ -200,7 +209,7 @@ def anchors_for(session: Session, issuer: x509.Name) -> list[x509.Certificate]:
     certs = [x509.load_der_x509_certificate(der) for der in ders]
     for ca in session.scalars(select(CertificateAuthority)):
         cert = x509.load_der_x509_certificate(ca.cert_der)
-        if cert.subject == issuer and all(cert != known for known in certs):
+        if name_key(cert.subject) == key and all(cert != known for known in certs):
             certs.append(cert)
     return certs
 

@@ -382,14 +382,18 @@ def crl_upload(app: App, file, as_json):
 
 @crl_group.command("remove")
 @click.argument("issuer")
+@click.option("--fetched", is_flag=True,
+              help="Forget the fetched CRL instead (a CA rebuilt with CRL numbers restarted: "
+                   "the next refresh then installs what its distribution point serves).")
 @json_option
 @click.pass_obj
-def crl_remove(app: App, issuer, as_json):
+def crl_remove(app: App, issuer, fetched, as_json):
     """Remove the manually uploaded CRL of an issuer (by id, issuer key or issuer DN)."""
+    origin = "fetched" if fetched else "manual"
     with app.transaction() as session:
-        row = crl_install.remove_manual(session, issuer, app.clock())
-        info = {"removed": row.issuer, "crl_number": row.number}
-    _emit(info, as_json, f"removed the manual CRL of {row.issuer}")
+        row = crl_install.remove_current(session, issuer, app.clock(), origin=origin)
+        info = {"removed": row.issuer, "origin": origin, "crl_number": row.number}
+    _emit(info, as_json, f"removed the {origin} CRL of {row.issuer}")
 
 
 @crl_group.command("show")

@@ -22,7 +22,7 @@ from ca.models import CrlIssuerStatus, InstalledCrl
 from pkiq.db import transaction
 
 from .conftest import T0
-from .crlfactory import Issuer, issuer
+from .crlfactory import Issuer, _elements, _tlv, issuer
 from .domain import PASS, new_ca
 
 DER = serialization.Encoding.DER
@@ -67,33 +67,6 @@ def without_next_update(der: bytes, ca: Issuer = CA) -> bytes:
     tbs = _tlv(0x30, b"".join(fields[:4] + fields[5:]))
     signature = ca.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
     return _tlv(0x30, tbs + _elements(der)[1] + _tlv(0x03, b"\x00" + signature))
-
-
-def _elements(der: bytes) -> list[bytes]:
-    """The TLVs inside the SEQUENCE at the start of ``der``."""
-    start, end = _span(der, 0)
-    out = []
-    while start < end:
-        after = _span(der, start)[1]
-        out.append(der[start:after])
-        start = after
-    return out
-
-
-def _span(der: bytes, at: int) -> tuple[int, int]:
-    length, start = der[at + 1], at + 2
-    if length & 0x80:
-        size = length & 0x7F
-        length, start = int.from_bytes(der[start:start + size], "big"), start + size
-    return start, start + length
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(octets)]) + octets + content
 
 
 def self_signed(subject: x509.Name, *, key_usage: x509.KeyUsage | None = None) -> Issuer:
@@ -582,3 +555,49 @@ def test_cli_crl_refusals_are_one_line_and_change_nothing(pkiq, tmp_path):
     removed = pkiq("crl", "remove", "")
     assert (removed.exit_code, removed.stdout) == (3, "")
     assert "at least 8 hex digits" in removed.stderr
+
+
+# ---------------------------------------------------------------- names, races, a rebuilt CA
+
+def test_a_crl_issuer_matches_its_ca_whatever_the_string_type_and_case(sessions, clock):
+    """RFC 5280 7.1: the CRL says UTF8String "example ltd", the certificate PrintableString
+    "Example  Ltd"; still the same name."""
+    printable = x509.Name([
+        x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "Example  Ltd",
+                           x509.name._ASN1Type.PrintableString),
+        x509.NameAttribute(x509.NameOID.COMMON_NAME, "Names CA",
+                           x509.name._ASN1Type.PrintableString)])
+    ca = self_signed(printable)
+    trust_ca(sessions, clock, ca)
+    utf8 = x509.Name([x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "example ltd"),
+                      x509.NameAttribute(x509.NameOID.COMMON_NAME, "names ca")])
+    assert utf8.public_bytes() != printable.public_bytes()
+    der = (x509.CertificateRevocationListBuilder().issuer_name(utf8)
+           .last_update(T0 - HOUR).next_update(T0 + WEEK)
+           .add_extension(x509.CRLNumber(1), critical=False)
+           .sign(ca.key, hashes.SHA256()).public_bytes(DER))
+    assert fetch(sessions, clock, der).action == "installed"
+
+
+def test_the_database_holds_one_current_crl_per_issuer_and_origin(sessions, clock, installed):
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError), transaction(sessions) as session:
+        row = crl_install.current(session, KEY, "fetched")
+        session.add(InstalledCrl(
+            issuer_key=row.issuer_key, issuer=row.issuer, origin="fetched", source=URL,
+            number="2", this_update=row.this_update, next_update=row.next_update, entries=0,
+            sha256="0" * 64, der=b"x", current=True, installed_at=clock()))
+        session.flush()
+
+
+def test_forgetting_the_fetched_crl_lets_a_rebuilt_ca_restart_its_numbers(sessions, clock,
+                                                                          installed):
+    clock.advance(hours=1)
+    fetch(sessions, clock, build_crl(number=40, this_update=T0))
+    restarted = build_crl(number=1, this_update=T0 + HOUR)
+    refused(sessions, clock, restarted, match="lower than the installed 40")
+    with transaction(sessions) as session:
+        crl_install.remove_current(session, LABEL, clock(), origin="fetched")
+    assert fetch(sessions, clock, restarted).action == "installed"
+    assert current_der(sessions) == restarted

@@ -96,6 +96,9 @@ def upgrade() -> None:
     with op.batch_alter_table('installed_crls', schema=None) as batch_op:
         batch_op.create_index('ix_installed_crls_issuer_current', ['issuer_key', 'current'],
                               unique=False)
+        batch_op.create_index('uq_installed_crls_one_current', ['issuer_key', 'origin'],
+                              unique=True, sqlite_where=sa.text('current'),
+                              postgresql_where=sa.text('current'))
 
     op.create_table('leases',
     sa.Column('name', sa.String(length=64), nullable=False),
@@ -129,6 +132,7 @@ def downgrade() -> None:
     op.drop_table('trusted_cas')
     op.drop_table('leases')
     with op.batch_alter_table('installed_crls', schema=None) as batch_op:
+        batch_op.drop_index('uq_installed_crls_one_current')
         batch_op.drop_index('ix_installed_crls_issuer_current')
 
     op.drop_table('installed_crls')
