@@ -25,13 +25,14 @@ def utc_now() -> dt.datetime:
 def tick() -> dict:
     """Nightly refresh when due, own CRLs before they lapse, alerts once per problem."""
     settings = app.conf.pkiq_settings
-    sign = signer_for if settings.passphrase() else None
     try:
         send = sender(settings.alert_config(), utc_now)
     except PkiqError as exc:  # a channel typo must not stop the CRL refresh itself
         log.error("alert channels are misconfigured, alerts are not delivered: %s", exc)
         send = undeliverable(f"alert channels are misconfigured: {exc}")
-    report = service.tick(process_sessions(), utc_now, signer_for=sign, send=send)
+    # Without a passphrase signer_for raises WrongPassphrase for the CA that needs a CRL:
+    # that becomes an alert ("cannot renew the CRL of pkiq CA ..."), not a failed tick.
+    report = service.tick(process_sessions(), utc_now, signer_for=signer_for, send=send)
     if report.refresh is not None:
         log.info("CRL refresh %s: %s", report.refresh.trigger, report.refresh.summary())
     return {"refresh": report.refresh.summary() if report.refresh else None,
