@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from ca import crl_config, crl_install, trust
+from ca import authority, crl_config, crl_install, trust
 from ca.crl_decode import decode_crls
 from ca.errors import BadInput
 from ca.models import CrlIssuerStatus
@@ -299,6 +299,16 @@ def _issuer_rows(session, now: dt.datetime, warn: dt.timedelta) -> list[dict]:
             "installed_at": _iso(crl.installed_at),
             "expired": crl.next_update <= now,
             "near_next_update": now < crl.next_update <= now + warn}
+    for ca in authority.list_cas(session):  # pkiq's own, renewed by beat
+        crl = authority.latest_crl(session, ca)
+        if crl is None:
+            continue
+        rows.setdefault(f"pkiq:{ca.name}", {
+            "issuer": ca.subject, "issuer_key": None, "origin": f"pkiq CA {ca.name}",
+            "source": None, "crl_number": str(crl.number), "entries": crl.entries,
+            "this_update": _iso(crl.this_update), "next_update": _iso(crl.next_update),
+            "installed_at": None, "expired": crl.next_update <= now,
+            "near_next_update": now < crl.next_update <= now + warn})
     for status in session.scalars(select(CrlIssuerStatus)):
         row = rows.setdefault(status.issuer_key, {"issuer": status.issuer,
                                                   "issuer_key": status.issuer_key,

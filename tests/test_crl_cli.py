@@ -100,6 +100,11 @@ def test_refresh_status_and_a_failure_that_keeps_the_crl(pkiq, http_server, tmp_
     issuer = status["issuers"][0]
     assert issuer["crl_number"] == "12" and issuer["entries"] == 4
     assert "HTTP 500" in issuer["error"]
+    ok(pkiq("ca", "create", "Own", "--subject", "/CN=Own Root", "--key-type", "ec-p256"))
+    ok(pkiq("ca", "gencrl", "Own"))
+    status = json.loads(ok(pkiq("crl", "status", "--json")).stdout)
+    assert [(i["origin"], i["crl_number"]) for i in status["issuers"]] == [
+        ("pkiq CA Own", "1"), ("fetched", "12")]
     shown = ok(pkiq("crl", "show", "/O=Example/CN=CRL Test CA")).stdout.encode()
     assert x509.load_pem_x509_crl(shown).extensions.get_extension_for_class(
         x509.CRLNumber).value.crl_number == 12
