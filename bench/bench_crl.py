@@ -69,7 +69,7 @@ from bench.bench_sign import (
 GOAL_SPEEDUP = 5.0  # (a) pkiq >= 5x faster than fetch-crl on the same world
 GOAL_304_SECONDS = 3.0  # (a) an all-304 refresh under 3 s
 GOAL_BIG_TIME = 2.0  # (b) <= 2x openssl's time
-GOAL_RSS_FACTOR, GOAL_RSS_EXTRA = 3, 100 * 2**20  # (b) peak RSS <= 3x DER size + 100 MB
+GOAL_RSS_FACTOR, GOAL_RSS_EXTRA = 3, 100 * 10**6  # (b) peak RSS <= 3x DER size + 100 MB (10**6)
 PARALLELISM = 16  # pkiq's default (ca.crl_config.DEFAULTS)
 SERVER_HOST = "127.0.0.1"
 FETCH_CRL_INSTALL = "apt-get update && apt-get install -y fetch-crl"
@@ -763,7 +763,7 @@ def bench_big(world: World, server: ServerProcess, backends: list[Backend], work
         log(f"  big CRL round {round_number + 1}: openssl "
             f"{runs['openssl'][-1]['seconds']:.2f} s; " + ", ".join(
                 f"{k} {runs[k][-1]['refresh_seconds']:.2f} s / "
-                f"{runs[k][-1]['process_max_rss_bytes'] / 2**20:.0f} MB"
+                f"{runs[k][-1]['process_max_rss_bytes'] / 2**20:.0f} MiB"
                 for k, _b, _u in variants))
     out = {"entries": world.big_entries, "der_bytes": der_size, "gzip_bytes": gz_size,
            "rounds": rounds, "loadavg_start": load0, "loadavg_end": loadavg(),
@@ -836,8 +836,11 @@ def summarise(report: dict) -> dict:
         goals["speedup_goal_met"] = all(v >= GOAL_SPEEDUP for v in
                                         goals["speedup_vs_fastest_fetch_crl"].values())
     if command:
+        runs = command["unchanged"]["all"]
         goals["all_304_command_seconds"] = command["unchanged"]["median"]
-        goals["all_304_goal_met"] = command["unchanged"]["max"] < GOAL_304_SECONDS
+        goals["all_304_runs_under_goal"] = sum(1 for v in runs if v < GOAL_304_SECONDS)
+        goals["all_304_runs"] = len(runs)
+        goals["all_304_goal_met"] = goals["all_304_runs_under_goal"] == len(runs)
     return {"rows": rows, "requests": requests, "goals": goals}
 
 
@@ -885,8 +888,9 @@ def render_table(report: dict) -> str:
                      f"{sp['unchanged']}x, changed {sp['changed']}x -> goal >= {GOAL_SPEEDUP:g}x: "
                      f"{'MET' if goals['speedup_goal_met'] else 'NOT MET'}")
     if "all_304_command_seconds" in goals:
-        lines.append(f"  all-304 `pkiq crl refresh` (start-up included): "
-                     f"{goals['all_304_command_seconds']:.2f} s -> goal < {GOAL_304_SECONDS:g} s: "
+        lines.append(f"  all-304 `pkiq crl refresh` (start-up included): median "
+                     f"{goals['all_304_command_seconds']:.2f} s; under {GOAL_304_SECONDS:g} s in "
+                     f"{goals['all_304_runs_under_goal']} of {goals['all_304_runs']} runs -> goal: "
                      f"{'MET' if goals['all_304_goal_met'] else 'NOT MET'}")
     if report.get("startup"):
         lines.append(f"  pkiq start-up (`{report['startup']['command']}`): "
@@ -895,8 +899,8 @@ def render_table(report: dict) -> str:
     if big:
         lines += ["", f"(b) one CRL with {big['entries']:,} entries: DER {big['der_bytes']:,} "
                   f"bytes, gzip {big['gzip_bytes']:,} bytes; median of {big['rounds']} rounds; "
-                  f"RSS limit {big['rss_limit_bytes'] / 2**20:.0f} MB"]
-        head = (f"{'what':<26} {'wall s':>8} {'process s':>10} {'peak RSS MB':>12} "
+                  f"RSS limit {big['rss_limit_bytes'] / 2**20:.1f} MiB"]
+        head = (f"{'what':<26} {'wall s':>8} {'process s':>10} {'peak RSS MiB':>12} "
                 f"{'vs openssl':>11} {'time goal':>10} {'RSS goal':>9}")
         lines += [head, "-" * len(head)]
         o = big["openssl"]
@@ -918,7 +922,7 @@ def render_table(report: dict) -> str:
                          f"check {ph['check']:.2f} (signature {ph['verify_signature']:.2f}, "
                          f"entry extensions {ph['check_entry_extensions']:.2f}), install "
                          f"{ph['install']:.2f} s; RSS before refresh "
-                         f"{r['rss_before_refresh_mb']['median']:.0f} MB")
+                         f"{r['rss_before_refresh_mb']['median']:.0f} MiB")
     return "\n".join(lines)
 
 
@@ -1007,6 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
     started = now_utc()
     report: dict = {
         "benchmark": "crl",
+        "units": "seconds; *_mb fields are MiB (2**20 bytes); *_bytes fields are bytes",
         "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join(["bench/run crl", *(argv if argv is not None else sys.argv[1:])]),
         "config": {"quick": args.quick, "points": args.points,
