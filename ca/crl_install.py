@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -131,9 +133,11 @@ def _check_entry_extensions(crl, der: bytes) -> None:
                                   "does not understand")
 
 
-def verify_signature(session: Session, crl: x509.CertificateRevocationList) -> x509.Certificate:
+def verify_signature(session: Session, crl: x509.CertificateRevocationList,
+                     der: bytes | None = None) -> x509.Certificate:
     """The issuer must be in the trusted CA list or be a pkiq CA, and its key must have
-    signed this CRL. Returns the issuing CA's certificate."""
+    signed this CRL. Returns the issuing CA's certificate. ``der``: the CRL as received,
+    whose signed part is then verified as is (see ``_signature_valid``)."""
     label = issuer_label(crl)
     anchors = trust.anchors_for(session, crl.issuer)
     if not anchors:
@@ -141,7 +145,7 @@ def verify_signature(session: Session, crl: x509.CertificateRevocationList) -> x
                           "add the CA with 'pkiq trust add' first")
     for cert in anchors:
         try:
-            valid = crl.is_signature_valid(cert.public_key())
+            valid = _signature_valid(crl, der, cert.public_key())
         except (TypeError, ValueError):
             valid = False  # a key type that cannot have signed it
         if valid:
@@ -150,6 +154,38 @@ def verify_signature(session: Session, crl: x509.CertificateRevocationList) -> x
     raise BadSignature(f"CRL from {label}: the signature does not verify with the key of "
                        f"{'the' if len(anchors) == 1 else 'any'} trusted CA of that name "
                        "(signed by another key, or altered)")
+
+
+def _signature_valid(crl: x509.CertificateRevocationList, der: bytes | None, key) -> bool:
+    """``is_signature_valid`` re-encodes the whole TBSCertList before hashing it: for a
+    million entries that is most of the time and tens of MB. The signed bytes are the first
+    element of the DER as received, so hash those; other key types take the slow path."""
+    if der is None or not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        return crl.is_signature_valid(key)
+    tbs = _first_element(der)
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(crl.signature, tbs, crl.signature_algorithm_parameters,
+                       crl.signature_hash_algorithm)
+        else:
+            key.verify(crl.signature, tbs, crl.signature_algorithm_parameters)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _first_element(der: bytes) -> memoryview:
+    """The first TLV inside the outer SEQUENCE (DER lengths; the CRL parsed already)."""
+    def header(at: int) -> tuple[int, int]:
+        length, start = der[at + 1], at + 2
+        if length & 0x80:
+            size = length & 0x7F
+            length, start = int.from_bytes(der[start:start + size], "big"), start + size
+        return start, start + length
+
+    inner, _ = header(0)
+    _, end = header(inner)
+    return memoryview(der)[inner:end]
 
 
 def _check_crl_sign(cert: x509.Certificate, label: str) -> None:
@@ -167,7 +203,7 @@ def check(session: Session, crl: x509.CertificateRevocationList, der: bytes, now
     comparison with it (``install`` does that under the row lock)."""
     label = issuer_label(crl)
     check_structure(crl)
-    verify_signature(session, crl)
+    verify_signature(session, crl, der)
     this_update = crl.last_update_utc
     next_update = crl.next_update_utc
     if this_update > now + skew:
@@ -247,11 +283,12 @@ def record_attempt(session: Session, issuer_key: str, issuer: str, now: dt.datet
     if status is None:
         status = CrlIssuerStatus(issuer_key=issuer_key, issuer=issuer, last_attempt_at=now)
         session.add(status)
+        session.flush()  # a second point serving this issuer must find it (get() does not
+        # see pending rows); known issuers are written at commit, not one UPDATE per call
     status.issuer, status.last_attempt_at, status.source = issuer, now, source
     status.error = error[:MAX_ERROR] if error else None
     if error is None:
         status.last_success_at = now
-    session.flush()
 
 
 def effective(session: Session, issuer_key: str) -> InstalledCrl | None:

@@ -71,3 +71,14 @@ def test_signers_in_separate_processes_never_share_a_serial(db_url, tmp_path):
 def test_postgres_schema_is_isolated_per_test(engine):
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from certificate_authorities")).scalar() == 0
+
+
+def test_schema_head_names_the_newest_migration(engine):
+    """migrate() compares against SCHEMA_HEAD without importing Alembic: keep them equal."""
+    from alembic.script import ScriptDirectory
+
+    from pkiq.db import SCHEMA_HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == SCHEMA_HEAD
+    with engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == SCHEMA_HEAD
