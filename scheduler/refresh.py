@@ -181,10 +181,14 @@ def _apply_chunk(sessions: sessionmaker, chunk: list[FetchResult], now: dt.datet
             points = {p.url: p for p in session.scalars(select(DistributionPoint).where(
                 DistributionPoint.url.in_([r.url for r in chunk])))}
             keys = {key for p in points.values() for key in p.issuers or []}
-            list(session.scalars(select(CrlIssuerStatus).where(  # into the identity map
+            # Held here, so session.get() finds them in the (weak) identity map; no
+            # autoflush, so a group is one batch of UPDATEs at commit, not two per point.
+            statuses = list(session.scalars(select(CrlIssuerStatus).where(
                 CrlIssuerStatus.issuer_key.in_(keys))))
-            reports = [_apply(session, r, points.get(r.url), now, skew, decode_limits)
-                       for r in chunk]
+            with session.no_autoflush:
+                reports = [_apply(session, r, points.get(r.url), now, skew, decode_limits)
+                           for r in chunk]
+            del statuses
             renew(session)
             return reports
     except (SQLAlchemyError, PkiqError):
