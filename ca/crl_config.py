@@ -8,7 +8,7 @@ import re
 import secrets
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .errors import BadInput, NotFound
@@ -175,3 +175,9 @@ def _fetchable(url: str) -> bool:
     except BadInput:
         return False
     return True
+
+
+def forget_validators(session: Session) -> None:
+    """Make the next refresh a plain GET everywhere: after the trusted list changed, or a
+    fetched CRL was forgotten, a 304 would keep out a CRL that may now be installed."""
+    session.execute(update(DistributionPoint).values(etag=None, last_modified=None))

@@ -303,7 +303,7 @@ class AlertState(Base):
 
     __tablename__ = "alert_states"
 
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(2100), primary_key=True)  # "dp:" + a URL
     severity: Mapped[str] = mapped_column(String(10))
     summary: Mapped[str] = mapped_column(Text)
     first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -55,6 +55,7 @@ def trust_add(app: App, file, as_json):
     data = _read_input(file)
     with app.transaction() as session:
         result = trust.add(session, data, app.clock())
+        crl_config.forget_validators(session)
         info = {"added": [_trust_info(r) for r in result.added],
                 "duplicates": result.duplicates, "warnings": result.warnings}
     _warn(result.warnings)
@@ -106,6 +107,7 @@ def trust_remove(app: App, refs, as_json):
     """Delete entries by id or fingerprint (nothing is deleted if one is not found)."""
     with app.transaction() as session:
         rows, warnings = trust.remove(session, list(refs), app.clock())
+        crl_config.forget_validators(session)
         info = {"removed": [_trust_info(r) for r in rows], "warnings": warnings}
     _warn(warnings)
     _emit(info, as_json, "\n".join(f"removed {r['subject']}" for r in info["removed"]))
@@ -118,6 +120,7 @@ def trust_reset(app: App, as_json):
     """Reset the list to the default: pkiq's own CAs only."""
     with app.transaction() as session:
         rows = trust.reset(session, app.clock())
+        crl_config.forget_validators(session)
         info = {"entries": [_trust_info(r) for r in rows]}
     _emit(info, as_json, f"the trusted CA list now holds pkiq's {len(rows)} CA(s)")
 
@@ -343,7 +346,8 @@ def crl_status(app: App, as_json):
         lines = [_settings_text(settings)]
         if run:
             summary = run["summary"] or {}
-            outcome = (f"{summary.get('points', 0)} distribution point(s), "
+            outcome = (f"aborted: {summary['aborted']}" if summary.get("aborted") else
+                       f"{summary.get('points', 0)} distribution point(s), "
                        f"{summary.get('failed', 0)} failed" if run["finished_at"]
                        else "still running, or interrupted")
             lines.append(f"last refresh: {run['trigger']} at {run['started_at']}: {outcome}")
@@ -402,6 +406,8 @@ def crl_remove(app: App, issuer, fetched, as_json):
     origin = "fetched" if fetched else "manual"
     with app.transaction() as session:
         row = crl_install.remove_current(session, issuer, app.clock(), origin=origin)
+        if fetched:
+            crl_config.forget_validators(session)
         info = {"removed": row.issuer, "origin": origin, "crl_number": row.number}
     _emit(info, as_json, f"removed the {origin} CRL of {row.issuer}")
 

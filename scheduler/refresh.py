@@ -83,10 +83,12 @@ class RefreshReport:
                     summary=self.summary(), points=[p.as_dict() for p in self.points])
 
 
-def lease_ttl(settings) -> dt.timedelta:
-    """Long enough for the slowest legal fetch with its retries, so a live refresh never
-    loses its lease; a dead one frees it within this time."""
-    return dt.timedelta(seconds=max(300, settings.timeout_seconds * 4 + 120))
+def lease_ttl(settings, points: int = 0) -> dt.timedelta:
+    """Long enough for the slowest legal fetch of every point (each URL has one deadline,
+    retries included, and ``parallelism`` run at once), so a live refresh never loses its
+    lease; a dead one frees it within this time."""
+    rounds = -(-points // settings.parallelism) if points else 1
+    return dt.timedelta(seconds=max(300, rounds * settings.timeout_seconds + 180))
 
 
 def limits_from(settings) -> FetchLimits:
@@ -119,29 +121,65 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
             session.add(run)
             session.flush()
             report = RefreshReport(run.id, trigger, run.started_at)
-            settings = crl_config.get_settings(session, clock())
-            crl_config.sync_cdp_points(
-                session, trust.cdp_urls(session) if settings.use_cdp else [], clock())
-            points = [(p.url, Validator(p.etag, p.last_modified))
-                      for p in crl_config.list_points(session)]
-            trust_pem = _https_anchors(session)
-            limits = limits_from(settings)
-            skew = dt.timedelta(seconds=settings.skew_seconds)
-        results = fetch_all(points, limits=limits, extra_trust_pem=trust_pem or None,
-                            sleep=sleep) if points else []
-        decode_limits = DecodeLimits(max_total_bytes=max(settings.max_bytes * 8, 2**26))
-        for chunk in _chunks(results):
-            report.points.extend(_apply_chunk(
-                sessions, chunk, clock(), skew, decode_limits,
-                renew=lambda s: lease.renew(s, LEASE, holder, clock(), ttl)))
-        with transaction(sessions) as session:
-            report.finished_at = clock()
-            run = session.get(RefreshRun, report.run_id)
-            run.finished_at, run.summary = report.finished_at, report.summary()
-        return report
+        try:  # from here on, whatever stops the run is recorded on it
+            with transaction(sessions) as session:
+                settings = crl_config.get_settings(session, clock())
+                crl_config.sync_cdp_points(
+                    session, trust.cdp_urls(session) if settings.use_cdp else [], clock())
+                points = [(p.url, Validator(p.etag, p.last_modified))
+                          for p in crl_config.list_points(session)]
+                trust_pem = _https_anchors(session)
+                limits = limits_from(settings)
+                skew = dt.timedelta(seconds=settings.skew_seconds)
+                ttl = lease_ttl(settings, len(points))
+                _keep_lease(session, holder, clock(), ttl)
+            return _fetch_and_apply(sessions, clock, report, points, limits, trust_pem,
+                                    settings, skew, holder, ttl, sleep)
+        except Exception as exc:
+            _record_failure(sessions, report.run_id, clock(), exc)
+            raise
     finally:
         with transaction(sessions) as session:
             lease.release(session, LEASE, holder)
+
+
+def _fetch_and_apply(sessions, clock, report, points, limits, trust_pem, settings, skew,
+                     holder, ttl, sleep) -> RefreshReport:
+    results = fetch_all(points, limits=limits, extra_trust_pem=trust_pem or None,
+                        sleep=sleep) if points else []
+    decode_limits = DecodeLimits(max_total_bytes=max(settings.max_bytes * 8, 2**26))
+    for chunk in _chunks(results):
+        report.points.extend(_apply_chunk(
+            sessions, chunk, clock(), skew, decode_limits,
+            renew=lambda s: _keep_lease(s, holder, clock(), ttl)))
+    with transaction(sessions) as session:
+        report.finished_at = clock()
+        run = session.get(RefreshRun, report.run_id)
+        run.finished_at, run.summary = report.finished_at, report.summary()
+    return report
+
+
+def _record_failure(sessions: sessionmaker, run_id: int, now: dt.datetime,
+                    exc: BaseException) -> None:
+    """Say on the run why it stopped (``upkeep.problems`` turns that into an alert until a
+    later run succeeds); never hide the original error behind a second one."""
+    try:
+        with transaction(sessions) as session:
+            run = session.get(RefreshRun, run_id)
+            run.finished_at = now
+            run.summary = {"aborted": f"{type(exc).__name__}: {exc}"[:500]}
+    except Exception:  # noqa: BLE001 - the database may be what failed
+        log.exception("cannot record the failed CRL refresh %s", run_id)
+
+
+class LeaseLost(RefreshBusy):
+    """The lease expired under a live refresh (a far too slow fetch) and another took it."""
+
+
+def _keep_lease(session: Session, holder: str, now: dt.datetime, ttl: dt.timedelta) -> None:
+    if not lease.renew(session, LEASE, holder, now, ttl):
+        raise LeaseLost("the CRL refresh lost its lease to another refresh; stopping this one "
+                        "before it installs anything more")
 
 
 def _https_anchors(session: Session) -> bytes:
@@ -247,16 +285,22 @@ def _apply(session: Session, result: FetchResult, point: DistributionPoint | Non
         point.error = None if not report.failed_crls else "; ".join(report.failed_crls)
         point.last_success_at = now
         if result.outcome == "fetched":
-            point.etag, point.last_modified = result.validator.etag, \
-                result.validator.last_modified
+            # Remember the validators only when every CRL was taken: a refused one must be
+            # fetched (not answered 304) again next time, e.g. once its CA is trusted.
+            accepted = not report.failed_crls
+            point.etag = _fits(result.validator.etag, 512) if accepted else None
+            point.last_modified = _fits(result.validator.last_modified, 64) \
+                if accepted else None
             point.crls_found = len(report.crls)
             keys = [c["issuer_key"] for c in report.crls if c.get("issuer_key")]
             point.issuers = list(dict.fromkeys(keys))
-        else:  # 304: what we hold is still what it serves
+        else:  # 304: what we hold is still what it serves; earlier errors stand
             for issuer_key in point.issuers or []:
-                crl_install.record_attempt(session, issuer_key,
-                                           _issuer_label(session, issuer_key), now,
-                                           error=None, source=result.url)
+                status = session.get(CrlIssuerStatus, issuer_key)
+                if status is None or status.error is None or status.source == result.url:
+                    crl_install.record_attempt(session, issuer_key,
+                                               _issuer_label(session, issuer_key), now,
+                                               error=None, source=result.url)
     return report
 
 
@@ -287,6 +331,14 @@ def _install_all(session, decoded, url, now, skew, report: PointReport) -> None:
         report.error = "; ".join(c["error"] for c in report.crls)
     else:
         report.outcome = "installed" if "installed" in actions else "unchanged"
+
+
+def _fits(value: str | None, size: int) -> str | None:
+    """A validator header longer than its column (or not ASCII) is not kept: the next fetch
+    is then a plain GET, never a failed commit."""
+    if value is None or len(value) > size or not value.isascii():
+        return None
+    return value
 
 
 def _issuer_label(session: Session, issuer_key: str) -> str:

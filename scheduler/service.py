@@ -83,6 +83,9 @@ def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
         except refresh_mod.RefreshBusy as exc:
             report.skipped = str(exc)
             log.info("nightly CRL refresh not started: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - own CRLs and alerts must still run
+            report.skipped = f"the refresh failed: {type(exc).__name__}: {exc}"
+            log.exception("nightly CRL refresh failed")
         if report.refresh is None and report.skipped is None:
             report.skipped = "another beat ran this slot's refresh already"
     if signer_for is not None:

@@ -27,6 +27,7 @@ from ca.models import (
     CertificateAuthority,
     CrlIssuerStatus,
     DistributionPoint,
+    RefreshRun,
 )
 
 log = logging.getLogger("pkiq.scheduler")
@@ -43,6 +44,8 @@ def own_crl_reason(session: Session, ca: CertificateAuthority, now: dt.datetime,
     crl = latest_crl(session, ca)
     if crl is None:
         return "it has no CRL yet"
+    # A CRL living no longer than the overlap would otherwise be renewed on every tick.
+    overlap = min(overlap, (crl.next_update - crl.this_update) / 2)
     if crl.next_update - overlap <= now:
         return f"its CRL {crl.number} reaches nextUpdate at {crl.next_update:%Y-%m-%d %H:%M}Z"
     revoked = select(func.count()).select_from(Certificate).where(
@@ -65,6 +68,7 @@ def renew_own_crls(session: Session, signer_for: Callable, now: dt.datetime,
     done = []
     for ca in session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)):
         reason = own_crl_reason(session, ca, now, overlap)
+        needed = reason is not None
         if force and reason is None and ca.not_after > now:
             reason = "the nightly schedule"
         if reason is None:
@@ -76,8 +80,9 @@ def renew_own_crls(session: Session, signer_for: Callable, now: dt.datetime,
                     continue  # ...and finds the CRL renewed
                 crl = generate_crl(session, ca, signer_for(ca), now)
         except PkiqError as exc:
-            done.append((ca.name, f"error: {exc}"))
             log.error("cannot renew the CRL of CA %s: %s", ca.name, exc)
+            if needed:  # an open problem until it works; a skipped nightly extra is not
+                done.append((ca.name, f"error: {exc}"))
             continue
         done.append((ca.name, f"CRL {crl.number} issued because {reason}"))
         log.info("CA %s: CRL %s issued because %s", ca.name, crl.number, reason)
@@ -111,6 +116,13 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
                              "installed CRL is kept",
                              dict(issuer=status.issuer, source=status.source,
                                   error=status.error)))
+    last = session.scalar(select(RefreshRun).where(RefreshRun.finished_at.is_not(None))
+                          .order_by(RefreshRun.id.desc()).limit(1))
+    if last is not None and last.summary and last.summary.get("aborted"):
+        found.append(Problem("refresh-failed", "critical",
+                             f"the CRL refresh started {last.started_at:%Y-%m-%d %H:%M}Z "
+                             f"failed: {last.summary['aborted']}; installed CRLs are kept",
+                             dict(run=last.id, error=last.summary["aborted"])))
     for row in crl_install.installed(session):
         found.extend(_expiry_problem(f"expiry:{row.issuer_key}", row.issuer, row.next_update,
                                      now, warn))

@@ -409,3 +409,50 @@ def test_schedule_changed_and_clock_stepped_while_a_refresh_runs(sessions, clock
     assert tick() is None
     clock.advance(days=1, hours=1)  # tomorrow at the new time
     assert tick() is not None
+
+
+# ---------------------------------------------------------------- found in review
+
+def test_overlong_validators_are_not_kept_and_break_nothing(sessions, clock, http_server):
+    """PostgreSQL enforces column lengths: a server's 100-character Last-Modified and 600-byte
+    ETag must not fail the commit (and with it the whole refresh)."""
+    http_server.route("/a.crl", Reply(body=cf.crl_der(1, number=1), etag='"' + "e" * 600 + '"',
+                                      last_modified="Fri, 27 Nov 2026 09:00:00 GMT" + " " * 80))
+    url = http_server.url("/a.crl")
+    setup_world(sessions, clock, [url])
+    assert not run(sessions, clock).failed
+    dp = point(sessions, url)
+    assert dp.etag is None and dp.last_modified is None
+
+
+def test_a_refused_crl_is_fetched_again_not_answered_304(sessions, clock, http_server):
+    """A bundle with one CRL refused (its CA not trusted yet) keeps no validators: once the CA
+    is trusted, the next refresh fetches the file again and installs it."""
+    stranger = cf.issuer("Late Trusted CA")
+    http_server.route("/bundle.pem", Reply(body=cf.crl_pem(1, number=1) + cf.crl_pem(
+        1, number=1, ca=stranger), etag='"b1"'))
+    url = http_server.url("/bundle.pem")
+    setup_world(sessions, clock, [url])
+    assert run(sessions, clock).failed
+    with transaction(sessions) as s:
+        trust.add(s, stranger.cert_pem, clock())
+    report = run(sessions, clock)
+    assert report.points[0].outcome == "installed" and not report.failed
+    assert len(installed_numbers(sessions)) == 2
+
+
+def test_a_refresh_that_crashes_is_recorded_and_alerted(sessions, clock, http_server):
+    http_server.route("/a.crl", cf.crl_der(1, number=1))
+    setup_world(sessions, clock, [http_server.url("/a.crl")])
+    with transaction(sessions) as s:  # an unusable trust anchor bundle for HTTPS
+        s.add(trust.TrustedCa(sha256="f" * 64, subject="/CN=Broken", issuer="/CN=Broken",
+                              subject_key="0" * 64, not_after=NOW + dt.timedelta(days=9),
+                              der=b"\x30\x03\x02\x01\x00", origin="uploaded", added_at=NOW))
+        crl_config.update_settings(s, clock(), update_time=f"{clock():%H:%M}")
+    sent = []
+    report = service.tick(sessions, clock, signer_for=None, sleep=no_sleep,
+                          send=lambda p, sev: sent.append((p.key, sev)) or [])
+    assert report.refresh is None and "refresh failed" in report.skipped
+    assert ("refresh-failed", "critical") in sent
+    with transaction(sessions) as s:
+        assert service.last_run(s)["summary"]["aborted"]

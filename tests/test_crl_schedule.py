@@ -317,3 +317,15 @@ def test_an_undelivered_alert_is_retried_every_15_minutes_not_every_tick(session
     assert len(attempts) == 2  # at 0 and 15 minutes
     with transaction(sessions) as s:
         assert "unreachable" in s.get(AlertState, "own-expiry:Root").delivery_error
+
+
+def test_a_crl_shorter_lived_than_the_overlap_is_renewed_at_half_life_not_every_tick(
+        sessions, clock):
+    new_ca(sessions, clock, crl_hours=12)
+    with transaction(sessions) as s:
+        crl_config.update_settings(s, clock(), enabled=False, overlap_hours=24)
+    renewed = []
+    for _ in range(13 * 6):  # 13 hours of ticks, ten minutes apart
+        renewed += _tick(sessions, clock, signer_for=_signer).own_crls
+        clock.advance(minutes=10)
+    assert len(renewed) == 3, renewed  # no CRL yet, then every 6 h (half of 12)

@@ -15,7 +15,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table('alert_states',
-    sa.Column('key', sa.String(length=255), nullable=False),
+    sa.Column('key', sa.String(length=2100), nullable=False),
     sa.Column('severity', sa.String(length=10), nullable=False),
     sa.Column('summary', sa.Text(), nullable=False),
     sa.Column('first_seen_at', sa.DateTime(timezone=True), nullable=False),
