@@ -13,6 +13,10 @@ def insert_or_ignore(session: Session, model, values: dict) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING: a row two processes may create at once is created
     once, and the loser's transaction stays usable (a failed INSERT aborts it on PostgreSQL).
     True when this call inserted it."""
-    insert = _INSERTS[session.connection().dialect.name]
-    return session.execute(insert(model).values(**values).on_conflict_do_nothing()
-                           ).rowcount == 1
+    connection = session.connection()
+    insert = _INSERTS[connection.dialect.name]
+    # RETURNING, not rowcount: psycopg reports -1 for this statement through SQLAlchemy.
+    table = model.__table__
+    statement = (insert(table).values(**values).on_conflict_do_nothing()
+                 .returning(*table.primary_key.columns))
+    return connection.execute(statement).first() is not None

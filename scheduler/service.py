@@ -94,5 +94,10 @@ def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
                 session, signer_for, clock(), overlap, force=report.refresh is not None)
     with transaction(sessions) as session:
         found = upkeep.problems(session, clock(), warn, report.own_crls)
-        report.alerted = upkeep.notify(session, found, clock(), send)
+        outgoing = upkeep.plan_alerts(session, found, clock())
+    if outgoing:
+        results = upkeep.deliver_alerts(outgoing, send)
+        with transaction(sessions) as session:
+            upkeep.record_deliveries(session, results)
+    report.alerted = [alert.key for alert in outgoing]
     return report

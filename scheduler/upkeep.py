@@ -29,6 +29,7 @@ from ca.models import (
     DistributionPoint,
     RefreshRun,
 )
+from ca.sql import insert_or_ignore
 
 log = logging.getLogger("pkiq.scheduler")
 RETRY_DELIVERY = dt.timedelta(minutes=15)
@@ -153,35 +154,60 @@ def _expiry_problem(key, who, next_update, now, warn) -> list[Problem]:
     return []
 
 
-def notify(session: Session, found: list[Problem], now: dt.datetime,
-           send: Callable[[Problem | AlertState, str], list[str]]) -> list[str]:
-    """Raise each problem once (again only when its severity changes), say when it is
-    resolved, and retry an undelivered alert every 15 minutes, not every tick. ``send``
-    delivers and returns the delivery errors. Returns the keys alerted this time."""
-    open_states = {s.key: s for s in session.scalars(select(AlertState))}
-    alerted = []
+@dataclass(frozen=True)
+class Outgoing:
+    """An alert decided in the database, to be delivered after its transaction commits."""
+
+    key: str
+    severity: str
+    summary: str
+    details: dict
+
+
+def plan_alerts(session: Session, found: list[Problem], now: dt.datetime) -> list[Outgoing]:
+    """Decide what to send, and record it as sent, in the caller's (short) transaction: each
+    problem once (again only when its severity changes), "resolved" once when it clears, an
+    undelivered alert again after 15 minutes, not every tick. Open states are row-locked, so
+    a second tick running at the same moment waits here and then finds nothing to send."""
+    open_states = {s.key: s for s in session.scalars(
+        select(AlertState).order_by(AlertState.key).with_for_update())}
+    outgoing = []
     for problem in found:
         state = open_states.pop(problem.key, None)
         if state is None:
-            state = AlertState(key=problem.key, severity=problem.severity,
-                               summary=problem.summary, first_seen_at=now, last_seen_at=now)
-            session.add(state)
-            due = True
+            due = insert_or_ignore(session, AlertState, dict(
+                key=problem.key, severity=problem.severity, summary=problem.summary,
+                first_seen_at=now, last_seen_at=now, notified_at=now))
         else:
             due = state.severity != problem.severity or (
                 state.delivery_error is not None and state.notified_at is not None
                 and now - state.notified_at >= RETRY_DELIVERY)
             state.severity, state.summary, state.last_seen_at = (
                 problem.severity, problem.summary, now)
+            if due:
+                state.notified_at, state.delivery_error = now, None
         if due:
-            errors = send(problem, problem.severity)
-            state.notified_at = now
-            state.delivery_error = "; ".join(errors)[:2000] if errors else None
-            alerted.append(problem.key)
+            outgoing.append(Outgoing(problem.key, problem.severity, problem.summary,
+                                     problem.details))
     for state in open_states.values():  # gone: say so once, then forget it
         if state.notified_at is not None and state.delivery_error is None:
-            send(state, "resolved")
-            alerted.append(state.key)
+            outgoing.append(Outgoing(state.key, "resolved", state.summary, {}))
         session.delete(state)
     session.flush()
-    return alerted
+    return outgoing
+
+
+def deliver_alerts(outgoing: list[Outgoing], send: Callable[[Outgoing, str], list[str]]
+                   ) -> dict[str, str | None]:
+    """Send, outside any transaction (a dead webhook must not hold the database's write
+    lock for its timeout). Returns each key's delivery error, or None."""
+    return {alert.key: ("; ".join(errors)[:2000] or None)
+            if (errors := send(alert, alert.severity)) else None for alert in outgoing}
+
+
+def record_deliveries(session: Session, results: dict[str, str | None]) -> None:
+    """An undelivered alert keeps its error, so ``plan_alerts`` retries it later."""
+    for key, error in results.items():
+        state = session.get(AlertState, key)
+        if state is not None:
+            state.delivery_error = error
