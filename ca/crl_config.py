@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .errors import BadInput, NotFound
-from .models import CrlSettings, DistributionPoint
+from .models import CrlIssuerStatus, CrlSettings, DistributionPoint
 from .sql import insert_or_ignore
 
 DEFAULTS = dict(enabled=True, update_time="02:00", spread_seconds=0, use_cdp=False,
@@ -128,8 +128,18 @@ def remove_points(session: Session, urls: list[str]) -> list[DistributionPoint]:
     rows = [known[u.strip()] for u in dict.fromkeys(urls)]
     for row in rows:
         session.delete(row)
+    _forget_failures_from(session, [row.url for row in rows])
     session.flush()
     return rows
+
+
+def _forget_failures_from(session: Session, urls: list[str]) -> None:
+    """A removed point's failures are no one's problem any more: clear the errors it left on
+    issuers (their alerts resolve on the next tick; the installed CRLs stay)."""
+    if urls:
+        session.execute(update(CrlIssuerStatus).where(CrlIssuerStatus.source.in_(urls),
+                                                      CrlIssuerStatus.error.is_not(None))
+                        .values(error=None))
 
 
 def parse_point_list(text: str) -> list[str]:
@@ -154,6 +164,7 @@ def replace_points(session: Session, urls: list[str], now: dt.datetime
     removed = [url for url in current if url not in clean]
     for url in removed:
         session.delete(current[url])
+    _forget_failures_from(session, removed)
     added = [p.url for p in add_points(session, [u for u in clean if u not in current], now)]
     session.flush()
     return added, removed

@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from .errors import BadInput, NotFound
-from .models import CertificateAuthority, TrustedCa
+from .models import CertificateAuthority, CrlIssuerStatus, TrustedCa
 from .names import openssl_oneline
 
 MAX_BUNDLE_CERTS = 1000
@@ -163,6 +163,9 @@ def remove(session: Session, refs: list[str], now: dt.datetime) -> tuple[list[Tr
     rows = list({row.id: row for row in (find(session, ref) for ref in refs)}.values())
     for row in rows:
         session.delete(row)
+    # CRLs of an issuer no longer trusted are no longer wanted: drop its status and errors.
+    session.execute(delete(CrlIssuerStatus).where(
+        CrlIssuerStatus.issuer_key.in_([row.subject_key for row in rows])))
     session.flush()
     return rows, list_warnings(session, now)
 

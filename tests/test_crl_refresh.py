@@ -456,3 +456,34 @@ def test_a_refresh_that_crashes_is_recorded_and_alerted(sessions, clock, http_se
     assert ("refresh-failed", "critical") in sent
     with transaction(sessions) as s:
         assert service.last_run(s)["summary"]["aborted"]
+
+
+def test_removing_a_failing_point_or_its_ca_closes_its_problems(sessions, clock, http_server):
+    http_server.route("/a.crl", cf.crl_der(1, number=1))
+    url = http_server.url("/a.crl")
+    setup_world(sessions, clock, [url])
+    run(sessions, clock)
+    http_server.route("/a.crl", Reply(status=500))
+    run(sessions, clock)
+
+    def open_problems():
+        with transaction(sessions) as s:
+            return sorted(p.key.split(":")[0] for p in service.upkeep.problems(
+                s, clock(), dt.timedelta(hours=1)))
+
+    assert open_problems() == ["dp", "issuer"]
+    with transaction(sessions) as s:
+        crl_config.remove_points(s, [url])
+    assert open_problems() == []
+    # The same for a CA taken off the trusted list while its point keeps failing.
+    with transaction(sessions) as s:
+        crl_config.add_points(s, [url], clock())
+    run(sessions, clock)
+    with transaction(sessions) as s:
+        s.query(DistributionPoint).filter_by(url=url).one().issuers = [
+            trust.name_key(cf.issuer().cert.subject)]
+    run(sessions, clock)
+    assert "issuer" in open_problems()
+    with transaction(sessions) as s:
+        trust.remove(s, [trust.fingerprint(cf.issuer().cert)], clock())
+    assert open_problems() == ["dp"]
