@@ -187,8 +187,3 @@ def _fetchable(url: str) -> bool:
         return False
     return True
 
-
-def forget_validators(session: Session) -> None:
-    """Make the next refresh a plain GET everywhere: after the trusted list changed, or a
-    fetched CRL was forgotten, a 304 would keep out a CRL that may now be installed."""
-    session.execute(update(DistributionPoint).values(etag=None, last_modified=None))

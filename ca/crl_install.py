@@ -327,6 +327,8 @@ def remove_current(session: Session, issuer_ref: str, now: dt.datetime, *, origi
     row = find_current(session, issuer_ref, origin=origin)
     row.current, row.replaced_at = False, now
     session.flush()
+    if origin == "fetched":
+        trust.forget_validators(session)
     return row
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from .errors import BadInput, NotFound
-from .models import CertificateAuthority, CrlIssuerStatus, TrustedCa
+from .models import CertificateAuthority, CrlIssuerStatus, DistributionPoint, TrustedCa
 from .names import openssl_oneline
 
 MAX_BUNDLE_CERTS = 1000
@@ -129,6 +129,7 @@ def add(session: Session, data: bytes, now: dt.datetime, *, origin: str = "uploa
         session.add(row)
         result.added.append(row)
     session.flush()
+    forget_validators(session)
     result.warnings = list_warnings(session, now)
     return result
 
@@ -167,6 +168,7 @@ def remove(session: Session, refs: list[str], now: dt.datetime) -> tuple[list[Tr
     session.execute(delete(CrlIssuerStatus).where(
         CrlIssuerStatus.issuer_key.in_([row.subject_key for row in rows])))
     session.flush()
+    forget_validators(session)
     return rows, list_warnings(session, now)
 
 
@@ -179,7 +181,14 @@ def reset(session: Session, now: dt.datetime) -> list[TrustedCa]:
         session.add(row)
         rows.append(row)
     session.flush()
+    forget_validators(session)
     return rows
+
+
+def forget_validators(session: Session) -> None:
+    """Make the next refresh a plain GET everywhere: once the trusted list has changed (or a
+    fetched CRL was forgotten), a 304 could keep out a CRL that may now be installed."""
+    session.execute(update(DistributionPoint).values(etag=None, last_modified=None))
 
 
 def list_warnings(session: Session, now: dt.datetime) -> list[str]:

@@ -55,7 +55,6 @@ def trust_add(app: App, file, as_json):
     data = _read_input(file)
     with app.transaction() as session:
         result = trust.add(session, data, app.clock())
-        crl_config.forget_validators(session)
         info = {"added": [_trust_info(r) for r in result.added],
                 "duplicates": result.duplicates, "warnings": result.warnings}
     _warn(result.warnings)
@@ -107,7 +106,6 @@ def trust_remove(app: App, refs, as_json):
     """Delete entries by id or fingerprint (nothing is deleted if one is not found)."""
     with app.transaction() as session:
         rows, warnings = trust.remove(session, list(refs), app.clock())
-        crl_config.forget_validators(session)
         info = {"removed": [_trust_info(r) for r in rows], "warnings": warnings}
     _warn(warnings)
     _emit(info, as_json, "\n".join(f"removed {r['subject']}" for r in info["removed"]))
@@ -120,7 +118,6 @@ def trust_reset(app: App, as_json):
     """Reset the list to the default: pkiq's own CAs only."""
     with app.transaction() as session:
         rows = trust.reset(session, app.clock())
-        crl_config.forget_validators(session)
         info = {"entries": [_trust_info(r) for r in rows]}
     _emit(info, as_json, f"the trusted CA list now holds pkiq's {len(rows)} CA(s)")
 
@@ -406,8 +403,6 @@ def crl_remove(app: App, issuer, fetched, as_json):
     origin = "fetched" if fetched else "manual"
     with app.transaction() as session:
         row = crl_install.remove_current(session, issuer, app.clock(), origin=origin)
-        if fetched:
-            crl_config.forget_validators(session)
         info = {"removed": row.issuer, "origin": origin, "crl_number": row.number}
     _emit(info, as_json, f"removed the {origin} CRL of {row.issuer}")
 

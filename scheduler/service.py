@@ -46,21 +46,23 @@ def last_run(session: Session) -> dict | None:
 
 
 def due_slot(session: Session, now: dt.datetime) -> dt.datetime | None:
-    settings = crl_config.get_settings(session, now)
-    if not settings.enabled:
-        return None
-    offset = schedule.spread_offset(settings.spread_seconds, settings.seed)
-    return schedule.due(settings.update_time, now, last_scheduled(session), offset)
+    return _slots(session, now)[0]
 
 
 def next_run(session: Session, now: dt.datetime) -> dt.datetime | None:
+    owed, upcoming = _slots(session, now)
+    return now if owed is not None else upcoming  # owed: beat starts it on its next tick
+
+
+def _slots(session: Session, now: dt.datetime) -> tuple[dt.datetime | None,
+                                                       dt.datetime | None]:
+    """(the slot owed now, the next one); both None while automatic updates are off."""
     settings = crl_config.get_settings(session, now)
     if not settings.enabled:
-        return None
+        return None, None
     offset = schedule.spread_offset(settings.spread_seconds, settings.seed)
-    if due_slot(session, now) is not None:
-        return now  # owed: beat starts it on its next tick
-    return schedule.next_slot(settings.update_time, now, offset)
+    return (schedule.due(settings.update_time, now, last_scheduled(session), offset),
+            schedule.next_slot(settings.update_time, now, offset))
 
 
 def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,

@@ -95,7 +95,7 @@ def renew_own_crls(session: Session, signer_for: Callable, now: dt.datetime,
 @dataclass(frozen=True)
 class Problem:
     key: str
-    severity: str  # warning | critical
+    severity: str  # warning | critical (| resolved, when it is sent as gone)
     summary: str
     details: dict
 
@@ -154,17 +154,7 @@ def _expiry_problem(key, who, next_update, now, warn) -> list[Problem]:
     return []
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """An alert decided in the database, to be delivered after its transaction commits."""
-
-    key: str
-    severity: str
-    summary: str
-    details: dict
-
-
-def plan_alerts(session: Session, found: list[Problem], now: dt.datetime) -> list[Outgoing]:
+def plan_alerts(session: Session, found: list[Problem], now: dt.datetime) -> list[Problem]:
     """Decide what to send, and record it as sent, in the caller's (short) transaction: each
     problem once (again only when its severity changes), "resolved" once when it clears, an
     undelivered alert again after 15 minutes, not every tick. Open states are row-locked, so
@@ -187,17 +177,16 @@ def plan_alerts(session: Session, found: list[Problem], now: dt.datetime) -> lis
             if due:
                 state.notified_at, state.delivery_error = now, None
         if due:
-            outgoing.append(Outgoing(problem.key, problem.severity, problem.summary,
-                                     problem.details))
+            outgoing.append(problem)
     for state in open_states.values():  # gone: say so once, then forget it
         if state.notified_at is not None and state.delivery_error is None:
-            outgoing.append(Outgoing(state.key, "resolved", state.summary, {}))
+            outgoing.append(Problem(state.key, "resolved", state.summary, {}))
         session.delete(state)
     session.flush()
     return outgoing
 
 
-def deliver_alerts(outgoing: list[Outgoing], send: Callable[[Outgoing, str], list[str]]
+def deliver_alerts(outgoing: list[Problem], send: Callable[[Problem, str], list[str]]
                    ) -> dict[str, str | None]:
     """Send, outside any transaction (a dead webhook must not hold the database's write
     lock for its timeout). Returns each key's delivery error, or None."""
