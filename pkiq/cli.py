@@ -675,6 +675,25 @@ def x509_convert(infile, outfile, target):
                err=True)
 
 
+# ====================================================================== db
+
+@cli.group("db")
+def db_group():
+    """The database schema (created and migrated on first use by every command)."""
+
+
+@db_group.command("upgrade")
+@json_option
+@click.pass_obj
+def db_upgrade(app: App, as_json):
+    """Create the schema or bring it to the newest revision, then exit (a one-shot
+    migration step for deployments; safe to run from several hosts at once)."""
+    from .db import SCHEMA_HEAD
+
+    app.sessions  # noqa: B018 - making the session factory migrates
+    _emit({"revision": SCHEMA_HEAD}, as_json, f"database schema at revision {SCHEMA_HEAD}")
+
+
 # Register the other command groups: submit, jobs, worker, beat, serve; trust and crl.
 from . import cli_crl, cli_jobs  # noqa: E402,F401
 
