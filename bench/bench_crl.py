@@ -443,7 +443,7 @@ def measured(server: ServerProcess):
 
 def pkiq_setup(sessions, ca_pems: list[bytes], urls: list[str], parallelism: int) -> None:
     from ca import crl_config, trust
-    from pkiq.db import transaction
+    from shell.db import transaction
 
     now = now_utc()
     with transaction(sessions) as session:
@@ -479,8 +479,8 @@ SCENARIOS = (("first", 1, "installed"), ("unchanged", 1, "not_modified"),
 def pkiq_in_process(backend: Backend, world: World, server: ServerProcess, workdir: Path,
                     label: str, parallelism: int, profile: dict | None) -> dict:
     """The three scenarios against a fresh database, with ``refresh()`` called here."""
-    from pkiq.db import session_factory
     from scheduler.refresh import refresh
+    from shell.db import session_factory
 
     urls = [server.url(f"/crl/{name}.crl") for name in world.names]
     out: dict = {}
@@ -520,7 +520,7 @@ def pkiq_cli(world: World, server: ServerProcess, workdir: Path, label: str,
     folder.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKIQ_")}
     env.update(PKIQ_DATA_DIR=str(folder / "data"),
-               PKIQ_DATABASE_URL=f"sqlite:///{folder / 'pkiq.db'}")
+               PKIQ_DATABASE_URL=f"sqlite:///{folder / 'shell.db'}")
     pkiq = pkiq_command()
     urls = folder / "urls.txt"
     urls.write_text("".join(server.url(f"/crl/{name}.crl") + "\n" for name in world.names))
@@ -658,8 +658,8 @@ def big_child(url: str, database_url: str, ca_pem: Path, result: Path,
     """In a fresh process: set up the database (untimed), then one refresh of one
     distribution point, timed; a breakdown by wrapping the stages the refresh calls."""
     from ca import crl_install
-    from pkiq.db import make_engine, migrate, session_factory
     from scheduler import refresh as refresh_module
+    from shell.db import make_engine, migrate, session_factory
 
     engine = make_engine(database_url)
     migrate(engine)

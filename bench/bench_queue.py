@@ -6,7 +6,7 @@ Measures, in one run:
    (``python -m pkiq worker -c 1 -n wK@%h`` each, as real separate processes): a fresh
    PostgreSQL schema, a fresh queue name on the machine's Redis, ``pkiq ca create``, then
    ``--count`` jobs submitted from this process through ``pkiq submit``'s own function
-   (``pkiq.cli_jobs.queue_requests``: ``SUBMIT_CHUNK`` requests per transaction, then
+   (``service.jobs.queue_requests``: ``SUBMIT_CHUNK`` requests per transaction, then
    announced, ``JOBS_PER_MESSAGE`` job ids to a message). Throughput is N divided by
    (last ``finished_at`` - first ``submitted_at``), both read from the job rows.
 2. Raw sign rates in the same run, before and after each CA key type's queue runs:
@@ -72,10 +72,12 @@ from ca import jobs
 from ca.authority import get_ca
 from ca.models import CertificateAuthority, SigningJob
 from ca.profiles import DEFAULT_PROFILE
-from pkiq.cli import App
-from pkiq.cli_jobs import SUBMIT_CHUNK, _announce, queue_requests
-from pkiq.settings import Settings
-from worker.tasks import JOBS_PER_MESSAGE
+from pkiq.cli import make_context
+from service import ServiceContext
+from service.jobs import SUBMIT_CHUNK, queue_requests
+from service.jobs import announce as announce_jobs
+from shell.settings import Settings
+from worker.celery_app import JOBS_PER_MESSAGE
 
 DEFAULT_REDIS_URL = os.environ.get(
     "PKIQ_BENCH_REDIS_URL", os.environ.get("PKIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -316,7 +318,7 @@ class Workers:
 
 # ---------------------------------------------------------------- submitting
 
-def submit_one(app: App, csr: bytes, requester: str) -> int:
+def submit_one(app: ServiceContext, csr: bytes, requester: str) -> int:
     """One request as ``pkiq submit`` handles a file: its own transaction, the CA looked up
     in it, ``ca.jobs.submit``, the job reported (``job_info``)."""
     with app.transaction() as session:
@@ -328,15 +330,15 @@ def submit_one(app: App, csr: bytes, requester: str) -> int:
     return info["id"]
 
 
-def announce(app: App, job_ids: list[int]) -> None:
+def announce(app: ServiceContext, job_ids: list[int]) -> None:
     """``pkiq submit``'s own announcement (one pooled producer, ``JOBS_PER_MESSAGE`` ids to
     a message)."""
-    warning = _announce(app, job_ids)
+    warning = announce_jobs(app, job_ids)
     if warning:
         raise RuntimeError(warning)
 
 
-def submit_chunk(app: App, csrs: list[bytes], requester: str) -> list[int]:
+def submit_chunk(app: ServiceContext, csrs: list[bytes], requester: str) -> list[int]:
     """One chunk of ``pkiq submit``, through its own function: the requests queued in one
     transaction, then announced."""
     rows, warning = queue_requests(app, CA_NAME, csrs, profile=DEFAULT_PROFILE,
@@ -378,7 +380,7 @@ def job_rows(engine, requester: str) -> list:
         ).where(SigningJob.requester == requester).order_by(SigningJob.id)).all()
 
 
-def warm_up(app: App, engine, workers: Workers, csrs: list[bytes]) -> int:
+def warm_up(app: ServiceContext, engine, workers: Workers, csrs: list[bytes]) -> int:
     """Untimed jobs until every worker has signed at least one: connections made, schema
     checked, CA key decrypted and cached, imports done."""
     used = 0
@@ -447,7 +449,7 @@ class Phase:
         }, rows
 
 
-def run_throughput(app: App, engine, workers: Workers, csrs: list[bytes]) -> dict:
+def run_throughput(app: ServiceContext, engine, workers: Workers, csrs: list[bytes]) -> dict:
     """The requirement's measure: workers running, N jobs submitted as ``pkiq submit`` does;
     N / (last finished_at - first submitted_at)."""
     requester = "bench-throughput"
@@ -489,10 +491,11 @@ def run_throughput(app: App, engine, workers: Workers, csrs: list[bytes]) -> dic
     return result
 
 
-def run_drain(app: App, engine, workers: Workers, csrs: list[bytes]) -> dict:
+def run_drain(app: ServiceContext, engine, workers: Workers, csrs: list[bytes]) -> dict:
     """Not the requirement's measure, a diagnosis: the jobs are written first with no message
-    (the workers idle), then announced in one ``_announce`` call; N / (last finished_at -
-    first announce). What the workers reach when the submitter is not sharing the cores."""
+    (the workers idle), then announced in one ``service.jobs.announce`` call;
+    N / (last finished_at - first announce). What the workers reach when the submitter is
+    not sharing the cores."""
     requester = "bench-drain"
     log(f"  drain: writing {len(csrs)} jobs unannounced ...")
     ids = []
@@ -517,7 +520,7 @@ def run_drain(app: App, engine, workers: Workers, csrs: list[bytes]) -> dict:
 
 # ---------------------------------------------------------------- 4. latency
 
-def run_latency(app: App, engine, workers: Workers, csrs: list[bytes], rate: float,
+def run_latency(app: ServiceContext, engine, workers: Workers, csrs: list[bytes], rate: float,
                 poll: float) -> dict:
     """Jobs submitted one at a time every 1/rate s (``pkiq submit one.csr``: submit, then
     announce); between submits this process polls for the jobs still pending."""
@@ -576,7 +579,7 @@ def run_latency(app: App, engine, workers: Workers, csrs: list[bytes], rate: flo
         "rows_finished_minus_submitted": latency_summary(rows_latency),
         "observed_submit_to_issued": latency_summary(observed),
         "submit_call": latency_summary(submit_s),  # ca.jobs.submit and its commit
-        "announce_call": latency_summary(announce_s),  # pkiq.cli_jobs._announce, one job
+        "announce_call": latency_summary(announce_s),  # service.jobs.announce, one job
         "task_seconds": latency_summary(tasks) if tasks else None,
         "machine_cpu_busy_percent": busy,
         "loadavg_start": load_start, "loadavg_end": loadavg(),
@@ -613,7 +616,7 @@ def run_config(args, key_type: str, worker_count: int, csrs: list[bytes],
             raise RuntimeError(f"pkiq ca create failed: {created.stderr}")
         settings = Settings(data_dir=folder / "data", database_url=db_url,
                             broker_url=args.redis_url, queue=queue, ca_passphrase=PASSPHRASE)
-        app = App(settings)
+        app = make_context(settings)
         workers = Workers(env, folder, worker_count)
         try:
             ready = workers.start()
@@ -950,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
                    "profile": DEFAULT_PROFILE, "submit_chunk": SUBMIT_CHUNK,
                    "jobs_per_message": JOBS_PER_MESSAGE,
                    "redis_url": args.redis_url, "submit_path": (
-                       "in-process: pkiq.cli_jobs.queue_requests per SUBMIT_CHUNK requests "
+                       "in-process: service.jobs.queue_requests per SUBMIT_CHUNK requests "
                        "(one transaction, then announced, JOBS_PER_MESSAGE ids a message)")},
         "waited_for_other_benchmark": waited,
         "machine": machine_facts(),
@@ -971,9 +974,6 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="pkiq-bench-queue-") as tmp:
         workdir = Path(tmp)
-        # importing worker.app (pkiq.cli_jobs._announce does) builds a Celery app from the
-        # environment's settings, which creates their data dir: keep that in the temp dir
-        os.environ["PKIQ_DATA_DIR"] = str(workdir / "bench-process")
         for key_type in args.key_types:
             n = args.rsa_count if key_type == "rsa4096" else args.count
             before = raw_rates(key_type, args.speed_seconds)

@@ -53,7 +53,7 @@ from ca import authority
 from ca.authority import CaOptions
 from ca.keys import generate_key
 from ca.models import Certificate
-from pkiq.db import make_engine, migrate, session_factory, transaction
+from shell.db import make_engine, migrate, session_factory, transaction
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"

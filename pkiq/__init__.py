@@ -1,1 +1,2 @@
-"""The application shell: settings from PKIQ_* variables, the database, the CLI."""
+"""The ``pkiq`` command: the front end over ``service`` (the use cases) and ``worker`` (the
+Celery app it starts). Nothing below this package imports it."""

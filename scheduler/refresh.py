@@ -25,7 +25,7 @@ from ca import crl_config, crl_install, trust
 from ca.crl_decode import DecodeLimits, decode_crls
 from ca.errors import Conflict, PkiqError
 from ca.models import CertificateAuthority, CrlIssuerStatus, DistributionPoint, RefreshRun
-from pkiq.db import transaction
+from shell.db import transaction
 
 from . import lease
 from .fetch import FetchLimits, FetchResult, Validator, fetch_all

@@ -42,3 +42,14 @@ def due(update_time: str, now: dt.datetime, last_scheduled_run: dt.datetime | No
     if last_scheduled_run is not None and last_scheduled_run >= slot:
         return None
     return slot
+
+
+# What beat runs for the CRL updater, registered by the Celery app (worker.celery_app). The
+# task is named, not imported: the pipeline knows nothing of Celery. Each tick decides from
+# the database (the daily time, the overlap of pkiq's CRLs, open alerts), so a change of
+# schedule needs no beat restart.
+CRL_TICK_TASK = "pkiq.crl.tick"
+
+
+def beat_entries(tick_seconds: float) -> dict[str, dict]:
+    return {"crl-tick": {"task": CRL_TICK_TASK, "schedule": float(tick_seconds)}}

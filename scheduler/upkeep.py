@@ -140,13 +140,25 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
     return found
 
 
-def _expiry_problem(key, who, next_update, now, warn) -> list[Problem]:
+def crl_expiry(next_update: dt.datetime, now: dt.datetime, warn: dt.timedelta) -> str | None:
+    """The one rule for a CRL's freshness, for alerts and for status views alike:
+    "expired" once nextUpdate has passed (RFC 5280 5.1.2.5: every certificate it covers
+    then counts as revoked on an Expressway), "near" within ``warn`` of it, else None."""
     if next_update <= now:
+        return "expired"
+    if next_update - warn <= now:
+        return "near"
+    return None
+
+
+def _expiry_problem(key, who, next_update, now, warn) -> list[Problem]:
+    state = crl_expiry(next_update, now, warn)
+    if state == "expired":
         return [Problem(key, "critical", f"the CRL for {who} expired at "
                         f"{next_update:%Y-%m-%d %H:%M}Z: every certificate it covers now "
                         "counts as revoked", dict(issuer=who,
                                                   next_update=next_update.isoformat()))]
-    if next_update - warn <= now:
+    if state == "near":
         hours = (next_update - now).total_seconds() / 3600
         return [Problem(key, "warning", f"the CRL for {who} reaches nextUpdate at "
                         f"{next_update:%Y-%m-%d %H:%M}Z (in {hours:.1f} h) and no newer one "

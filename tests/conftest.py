@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, text
 
-from pkiq.cli import App, cli
-from pkiq.db import make_engine, migrate, session_factory
-from pkiq.settings import Settings
+from pkiq.cli import cli, make_context
+from service import ServiceContext
+from shell.db import make_engine, migrate, session_factory
+from shell.settings import Settings
 
 POSTGRES_URL = os.environ.get("PKIQ_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -69,7 +70,7 @@ def _postgres_url(postgres_admin) -> tuple[str, str]:
 def db_url(request, tmp_path):
     """The same test over SQLite (a WAL file) and PostgreSQL (a schema of its own)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'pkiq.db'}"
+        yield f"sqlite:///{tmp_path / 'shell.db'}"
         return
     admin = request.getfixturevalue("postgres_admin")
     url, schema = _postgres_url(admin)
@@ -95,15 +96,15 @@ def sessions(engine):
 def app(db_url, tmp_path, clock):
     settings = Settings(data_dir=tmp_path / "data", database_url=db_url,
                         ca_passphrase=PASSPHRASE)
-    app = App(settings, clock=clock)
+    app = make_context(settings, clock)
     yield app
     app.close()
 
 
 class Cli:
-    """Runs ``pkiq`` in-process with the test's App; returns click's Result."""
+    """Runs ``pkiq`` in-process on the test's service context; returns click's Result."""
 
-    def __init__(self, app: App):
+    def __init__(self, app: ServiceContext):
         self.app = app
         self.runner = CliRunner()
 

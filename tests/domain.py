@@ -7,7 +7,7 @@ import threading
 from ca import authority
 from ca.authority import CaOptions
 from ca.names import parse_name
-from pkiq.db import transaction
+from shell.db import transaction
 
 from .conftest import PASSPHRASE
 

@@ -19,7 +19,7 @@ from ca import authority, crl_install, trust
 from ca.crl_install import CrlRejected
 from ca.errors import BadInput, BadSignature, NotFound, PkiqError
 from ca.models import CrlIssuerStatus, InstalledCrl
-from pkiq.db import transaction
+from shell.db import transaction
 
 from .conftest import T0
 from .crlfactory import Issuer, _elements, _tlv, issuer

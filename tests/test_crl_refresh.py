@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import serialization
 
 from ca import crl_config, crl_install, trust
 from ca.models import CrlIssuerStatus, DistributionPoint, InstalledCrl
-from pkiq.db import transaction
-from scheduler import refresh, service
+from scheduler import refresh, tick, upkeep
 from scheduler.notifications import sender
+from shell.db import transaction
 from tests import crlfactory as cf
 
 from . import httpd
@@ -220,7 +220,7 @@ def test_a_failure_keeps_the_last_good_crl_and_says_why(sessions, clock, http_se
     with transaction(sessions) as s:
         status = s.get(CrlIssuerStatus, trust.name_key(cf.issuer().cert.subject))
         assert status.error and status.last_attempt_at == clock()
-        problems = [p.key for p in service.upkeep.problems(s, clock(), dt.timedelta(hours=1))]
+        problems = [p.key for p in upkeep.problems(s, clock(), dt.timedelta(hours=1))]
     assert f"dp:{url}" in problems
 
 
@@ -330,7 +330,7 @@ def test_failed_refresh_alerts_webhook_and_mail_once(sessions, clock, http_serve
         with transaction(sessions) as s:
             crl_config.update_settings(s, clock(), update_time="11:00")
         for _ in range(3):  # the run, then two more ticks with the problem still open
-            service.tick(sessions, clock, signer_for=None, send=send, sleep=no_sleep)
+            tick.tick(sessions, clock, signer_for=None, send=send, sleep=no_sleep)
             clock.advance(minutes=1)
         keys = [p["key"] for p in hook.posts]
         assert keys == [f"dp:{url}"], hook.posts
@@ -342,7 +342,7 @@ def test_failed_refresh_alerts_webhook_and_mail_once(sessions, clock, http_serve
         http_server.route("/a.crl", cf.crl_der(1, number=1))
         with transaction(sessions) as s:
             crl_config.update_settings(s, clock(), update_time=f"{clock():%H:%M}")
-        service.tick(sessions, clock, signer_for=None, send=send, sleep=no_sleep)
+        tick.tick(sessions, clock, signer_for=None, send=send, sleep=no_sleep)
         assert [p["severity"] for p in hook.posts] == ["critical", "resolved"]
     finally:
         relay.stop()
@@ -356,7 +356,7 @@ def test_crl_near_next_update_is_a_problem(sessions, clock, http_server):
     setup_world(sessions, clock, [http_server.url("/a.crl")])
     run(sessions, clock)
     with transaction(sessions) as s:
-        found = service.upkeep.problems(s, clock(), dt.timedelta(hours=48))
+        found = upkeep.problems(s, clock(), dt.timedelta(hours=48))
     assert [(p.key.split(":")[0], p.severity) for p in found] == [("expiry", "warning")]
     assert "reaches nextUpdate" in found[0].summary
 
@@ -381,7 +381,7 @@ def test_schedule_changed_and_clock_stepped_while_a_refresh_runs(sessions, clock
     with transaction(sessions) as s:
         crl_config.update_settings(s, clock(), update_time=f"{clock():%H:%M}")
     reports = []
-    ticking = threading.Thread(target=lambda: reports.append(service.tick(
+    ticking = threading.Thread(target=lambda: reports.append(tick.tick(
         sessions, clock, signer_for=None, send=lambda *a: [], sleep=no_sleep)))
     ticking.start()
     try:
@@ -397,18 +397,18 @@ def test_schedule_changed_and_clock_stepped_while_a_refresh_runs(sessions, clock
         ticking.join()
     assert reports[0].refresh is not None and not reports[0].refresh.failed
 
-    def tick():
-        return service.tick(sessions, clock, signer_for=None, send=lambda *a: [],
-                            sleep=no_sleep).refresh
+    def run_tick():
+        return tick.tick(sessions, clock, signer_for=None, send=lambda *a: [],
+                         sleep=no_sleep).refresh
 
-    assert tick() is None  # the new time is not reached yet
+    assert run_tick() is None  # the new time is not reached yet
     clock.advance(hours=2)
-    assert tick() is not None  # the new time, once
-    assert tick() is None
+    assert run_tick() is not None  # the new time, once
+    assert run_tick() is None
     clock.advance(hours=-1)  # the clock steps back an hour: that slot is not run again
-    assert tick() is None
+    assert run_tick() is None
     clock.advance(days=1, hours=1)  # tomorrow at the new time
-    assert tick() is not None
+    assert run_tick() is not None
 
 
 # ---------------------------------------------------------------- found in review
@@ -450,12 +450,12 @@ def test_a_refresh_that_crashes_is_recorded_and_alerted(sessions, clock, http_se
                               der=b"\x30\x03\x02\x01\x00", origin="uploaded", added_at=NOW))
         crl_config.update_settings(s, clock(), update_time=f"{clock():%H:%M}")
     sent = []
-    report = service.tick(sessions, clock, signer_for=None, sleep=no_sleep,
+    report = tick.tick(sessions, clock, signer_for=None, sleep=no_sleep,
                           send=lambda p, sev: sent.append((p.key, sev)) or [])
     assert report.refresh is None and "refresh failed" in report.skipped
     assert ("refresh-failed", "critical") in sent
     with transaction(sessions) as s:
-        assert service.last_run(s)["summary"]["aborted"]
+        assert tick.last_run(s)["summary"]["aborted"]
 
 
 def test_removing_a_failing_point_or_its_ca_closes_its_problems(sessions, clock, http_server):
@@ -468,7 +468,7 @@ def test_removing_a_failing_point_or_its_ca_closes_its_problems(sessions, clock,
 
     def open_problems():
         with transaction(sessions) as s:
-            return sorted(p.key.split(":")[0] for p in service.upkeep.problems(
+            return sorted(p.key.split(":")[0] for p in upkeep.problems(
                 s, clock(), dt.timedelta(hours=1)))
 
     assert open_problems() == ["dp", "issuer"]

@@ -11,8 +11,8 @@ import pytest
 
 from ca import authority, crl_config
 from ca.models import AlertState, RefreshRun
-from pkiq.db import transaction
-from scheduler import lease, schedule, service
+from scheduler import lease, schedule, tick
+from shell.db import transaction
 from tests.conftest import make_csr
 from tests.domain import PASS, new_ca, sign
 
@@ -157,7 +157,7 @@ class Recorder:
 def _tick(sessions, clock, **kwargs):
     kwargs.setdefault("signer_for", None)
     kwargs.setdefault("send", Recorder())
-    return service.tick(sessions, clock, **kwargs)
+    return tick.tick(sessions, clock, **kwargs)
 
 
 def _scheduled_runs(sessions):

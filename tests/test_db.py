@@ -23,9 +23,9 @@ def test_migrations_produce_exactly_the_models(engine):
 
 
 def test_sqlite_is_wal_and_private(tmp_path):
-    from pkiq.db import make_engine, migrate
+    from shell.db import make_engine, migrate
 
-    db = tmp_path / "sub" / "pkiq.db"
+    db = tmp_path / "sub" / "shell.db"
     engine = make_engine(f"sqlite:///{db}")
     migrate(engine)
     with engine.connect() as conn:
@@ -77,7 +77,7 @@ def test_schema_head_names_the_newest_migration(engine):
     """migrate() compares against SCHEMA_HEAD without importing Alembic: keep them equal."""
     from alembic.script import ScriptDirectory
 
-    from pkiq.db import SCHEMA_HEAD, alembic_config
+    from shell.db import SCHEMA_HEAD, alembic_config
 
     assert ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == SCHEMA_HEAD
     with engine.connect() as conn:

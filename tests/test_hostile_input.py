@@ -12,7 +12,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from ca import authority
 from ca.errors import Conflict, PolicyViolation
-from pkiq.db import transaction
+from shell.db import transaction
 
 from .conftest import PASSPHRASE, cached_key, make_csr, openssl
 from .domain import in_threads, new_ca, sign

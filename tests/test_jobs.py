@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from ca import authority, jobs
 from ca.errors import Conflict, WrongPassphrase
 from ca.models import Certificate
-from pkiq.db import transaction
+from shell.db import transaction
 
 from .conftest import make_csr
 from .domain import PASS, in_threads, new_ca

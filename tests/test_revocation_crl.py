@@ -9,7 +9,7 @@ from sqlalchemy import select
 from ca import authority
 from ca.errors import BadInput, Conflict, NotFound
 from ca.models import Crl
-from pkiq.db import transaction
+from shell.db import transaction
 
 from .conftest import make_csr
 from .domain import PASS, in_threads, new_ca, sign

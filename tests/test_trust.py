@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from ca import trust
 from ca.errors import BadInput, NotFound, PkiqError
 from ca.models import TrustedCa
-from pkiq.db import transaction
+from shell.db import transaction
 
 from .conftest import T0
 from .domain import new_ca

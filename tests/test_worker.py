@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from ca import authority, jobs
-from pkiq.db import transaction
+from shell.db import transaction
 
 from .conftest import PASSPHRASE, make_csr
 from .domain import PASS, new_ca

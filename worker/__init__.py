@@ -1,8 +1,13 @@
-"""pkiq's Celery app (``celery -A worker worker`` / ``celery -A worker beat``) and its tasks.
+"""pkiq's Celery app and its thin tasks (``celery -A worker worker`` / ``celery -A worker
+beat`` find the app as ``worker.app``, built on first use from PKIQ_* settings).
 
-The tasks are thin: they load a job by id and call ``ca.jobs``; all decisions live there.
-"""
+The tasks load jobs by id and call ``ca.jobs``, or run the CRL updater's tick from
+``scheduler``; all decisions live there."""
 
-from .app import app
 
-__all__ = ["app"]
+def __getattr__(name: str):
+    if name in ("app", "celery"):  # PEP 562: nothing is built when the package is imported
+        from .celery_app import default_app
+
+        return default_app()
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -1,4 +1,6 @@
-"""Thin tasks: job ids in, one call into ``ca.jobs``, the transaction around it.
+"""Thin tasks: ids in, one call into ``ca.jobs`` or ``scheduler.tick``, the transaction
+around it. The app's settings come from the app running the task (``current_app``), so
+nothing here is built at import.
 
 A message names a short list of jobs (at most ``JOBS_PER_MESSAGE``), never their requests:
 the database stays the truth. One message per job cost more than the signature itself (the
@@ -14,41 +16,51 @@ import logging
 import os
 from collections.abc import Sequence
 
-from celery import Celery, shared_task
+from celery import current_app, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ca import jobs
 from ca.authority import load_signer
-from ca.errors import WrongPassphrase
-from pkiq.db import make_engine, migrate, session_factory, transaction
+from ca.errors import PkiqError, WrongPassphrase
+from ca.keys import Signer
+from scheduler import tick
+from scheduler.notifications import sender, undeliverable
+from scheduler.schedule import CRL_TICK_TASK
+from shell.db import make_engine, migrate, session_factory, transaction
+from shell.settings import Settings
 
-from .app import app
+from .celery_app import RECONCILE_TASK, SIGN_TASK, announce
 
 log = logging.getLogger("pkiq.worker")
 _state: dict = {}
-JOBS_PER_MESSAGE = 25
-SIGN_TASK = "worker.tasks.sign_jobs"
 TRANSIENT = (OperationalError, InterfaceError)  # the database went away: retry later
+
+
+def _settings() -> Settings:
+    return current_app.conf.pkiq_settings
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def process_sessions():
     """One engine per worker process, made after the fork (a pooled connection must never be
     shared between parent and child)."""
     if _state.get("pid") != os.getpid():
-        settings = app.conf.pkiq_settings
-        engine = make_engine(settings.effective_database_url)
+        engine = make_engine(_settings().effective_database_url)
         migrate(engine)
         _state.clear()
         _state.update(pid=os.getpid(), factory=session_factory(engine), signers={})
     return _state["factory"]
 
 
-def signer_for(ca):
+def signer_for(ca) -> Signer:
     """CA keys are decrypted once per process and kept in memory only."""
     cache = _state["signers"]
     key = (ca.id, ca.key_pem)
     if key not in cache:
-        passphrase = app.conf.pkiq_settings.passphrase()
+        passphrase = _settings().passphrase()
         if not passphrase:
             raise WrongPassphrase(f"the worker has no passphrase for CA {ca.name!r}: set "
                                   "PKIQ_CA_PASSPHRASE_FILE or PKIQ_CA_PASSPHRASE")
@@ -58,27 +70,10 @@ def signer_for(ca):
     return cache[key]
 
 
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def announce(celery: Celery, job_ids: Sequence[int], queue: str | None = None) -> None:
-    """Send ``job_ids`` to the workers, ``JOBS_PER_MESSAGE`` to a message, over one pooled
-    producer (one broker connection) for the lot. Raises if the broker cannot be reached;
-    the jobs then stay queued for the reconciler."""
-    if not job_ids:
-        return
-    with celery.producer_or_acquire() as producer:
-        producer.connection.ensure_connection(max_retries=1, timeout=5)
-        for start in range(0, len(job_ids), JOBS_PER_MESSAGE):
-            celery.send_task(SIGN_TASK, args=[list(job_ids[start:start + JOBS_PER_MESSAGE])],
-                             queue=queue or celery.conf.task_default_queue, producer=producer)
-
-
 def _run(job_ids: list[int]) -> tuple[int, int]:
     """One transaction for the lot; (issued, failed)."""
     with transaction(process_sessions()) as session:
-        done = jobs.run_jobs(session, job_ids, signer_for, now)
+        done = jobs.run_jobs(session, job_ids, signer_for, utc_now)
         issued = sum(job.state == "issued" for job in done)
         for job in done:
             if job.state == "failed":
@@ -86,8 +81,8 @@ def _run(job_ids: list[int]) -> tuple[int, int]:
     return issued, len(done) - issued
 
 
-@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60,
-             max_retries=None)
+@shared_task(name=SIGN_TASK, acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,
+             retry_backoff_max=60, max_retries=None)
 def sign_jobs(job_ids: list[int]) -> None:
     """Sign the jobs still owed among ``job_ids``; a redelivered message finds them finished.
 
@@ -102,8 +97,6 @@ def sign_jobs(job_ids: list[int]) -> None:
         if len(job_ids) == 1:
             raise
         log.exception("a batch of %d jobs failed; signing them one at a time", len(job_ids))
-        issued = failed = -1
-    if issued < 0:
         issued, failed = _one_at_a_time(job_ids)
     skipped = len(set(job_ids)) - issued - failed
     log.info("jobs %s: %d issued, %d failed, %d already done or held elsewhere",
@@ -128,8 +121,8 @@ def _one_at_a_time(job_ids: list[int]) -> tuple[int, int]:
     return issued, failed
 
 
-@shared_task(acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=60,
-             max_retries=None)
+@shared_task(name="worker.tasks.sign_job", acks_late=True, autoretry_for=TRANSIENT,
+             retry_backoff=True, retry_backoff_max=60, max_retries=None)
 def sign_job(job_id: int) -> None:
     """One job per message, as earlier versions sent them (messages still in a queue)."""
     sign_jobs([job_id])
@@ -139,13 +132,32 @@ def _span(job_ids: Sequence[int]) -> str:
     return str(job_ids[0]) if len(job_ids) == 1 else f"{min(job_ids)}..{max(job_ids)}"
 
 
-@shared_task(acks_late=True)
+@shared_task(name=RECONCILE_TASK, acks_late=True)
 def reconcile() -> list[int]:
     """Re-send jobs left queued or signing past the timeout (lost message, dead worker)."""
-    timeout = dt.timedelta(seconds=app.conf.pkiq_settings.job_timeout_seconds)
+    timeout = dt.timedelta(seconds=_settings().job_timeout_seconds)
     with transaction(process_sessions()) as session:
-        stale = jobs.stale_jobs(session, now(), timeout)
-    announce(app, stale)
+        stale = jobs.stale_jobs(session, utc_now(), timeout)
+    announce(current_app, stale)
     if stale:
         log.warning("reconciler re-sent %d stale job(s): %s", len(stale), stale[:20])
     return stale
+
+
+@shared_task(name=CRL_TICK_TASK, acks_late=True, ignore_result=True)
+def crl_tick() -> dict:
+    """Nightly refresh when due, own CRLs before they lapse, alerts once per problem."""
+    settings = _settings()
+    try:
+        send = sender(settings.alert_config(), utc_now)
+    except PkiqError as exc:  # a channel typo must not stop the CRL refresh itself
+        log.error("alert channels are misconfigured, alerts are not delivered: %s", exc)
+        send = undeliverable(f"alert channels are misconfigured: {exc}")
+    # Without a passphrase signer_for raises WrongPassphrase for the CA that needs a CRL:
+    # that becomes an alert ("cannot renew the CRL of pkiq CA ..."), not a failed tick.
+    report = tick.tick(process_sessions(), utc_now, signer_for=signer_for, send=send)
+    if report.refresh is not None:
+        log.info("CRL refresh %s: %s", report.refresh.trigger, report.refresh.summary())
+    return {"refresh": report.refresh.summary() if report.refresh else None,
+            "skipped": report.skipped, "own_crls": report.own_crls,
+            "alerted": report.alerted}

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ca import crl_config
 from ca.models import RefreshRun
-from pkiq.db import transaction
+from shell.db import transaction
 
 from . import refresh as refresh_mod
 from . import schedule, upkeep

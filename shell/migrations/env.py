@@ -1,4 +1,4 @@
-"""Alembic environment: the engine comes from pkiq.db (never from a URL in an ini file)."""
+"""Alembic environment: the engine comes from shell.db (never from a URL in an ini file)."""
 
 from alembic import context
 

@@ -17,6 +17,18 @@ def _default_data_dir() -> Path:
     return Path(base) / "pkiq"
 
 
+def read_passphrase_file(path: Path, what: str = "passphrase file") -> bytes:
+    """The first line of a file, as ``openssl -passin file:`` reads it (a trailing CR is
+    dropped, so a file saved on Windows works)."""
+    try:
+        first = Path(path).read_bytes()[:4096].split(b"\n", 1)[0].removesuffix(b"\r")
+    except OSError as exc:
+        raise WrongPassphrase(f"cannot read {what} {path}: {exc.strerror}") from None
+    if not first:
+        raise WrongPassphrase(f"{what} {path} is empty: its first line is the passphrase")
+    return first
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PKIQ_", extra="ignore")
 
@@ -57,18 +69,14 @@ class Settings(BaseSettings):
         return self.data_dir / "queue"
 
     def passphrase(self) -> bytes | None:
-        """The CA passphrase for unattended processes (workers): file first, then variable."""
+        """The CA passphrase when no command-line option names one (workers, beat, and the
+        CLI alike): PKIQ_CA_PASSPHRASE_FILE first, then PKIQ_CA_PASSPHRASE."""
         if self.ca_passphrase_file is not None:
-            try:
-                first = self.ca_passphrase_file.read_bytes()[:4096].split(b"\n", 1)[0]
-            except OSError as exc:
-                raise WrongPassphrase(f"cannot read PKIQ_CA_PASSPHRASE_FILE "
-                                      f"{self.ca_passphrase_file}: {exc.strerror}") from None
-            return first.removesuffix(b"\r") or None
+            return read_passphrase_file(self.ca_passphrase_file, "PKIQ_CA_PASSPHRASE_FILE")
         return self.ca_passphrase.encode() if self.ca_passphrase else None
 
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir / 'pkiq.db'}"
+        return f"sqlite:///{self.data_dir / 'shell.db'}"

@@ -26,7 +26,7 @@ def make_engine(url: str) -> Engine:
         return _make_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise BadInput(f"PKIQ_DATABASE_URL is not a database URL pkiq can use ({exc}); "
-                       "e.g. postgresql://user@host:5432/pkiq or sqlite:////var/lib/pkiq/pkiq.db"
+                       "e.g. postgresql://user@host:5432/pkiq or sqlite:////var/lib/pkiq/shell.db"
                        ) from None
 
 

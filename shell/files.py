@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from ca.errors import BadInput, Conflict
+from ca.errors import Conflict
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -53,29 +52,3 @@ def write_tree(folder: Path, files: dict[str, bytes], private: set[str]) -> None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-class Output:
-    """Where a command's result goes, checked before any database work: a bad ``--out`` or
-    DER meant for a terminal then fails while nothing has been committed."""
-
-    def __init__(self, path: Path | None, der: bool = False):
-        self.path, self.der = path, der
-        if path is None:
-            if der and sys.stdout.isatty():
-                raise BadInput("refusing to write DER to a terminal: use --out FILE")
-            return
-        if path.is_dir():
-            raise BadInput(f"{path} is a directory; give a file name")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise BadInput(f"cannot write {path}: folder {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise BadInput(f"cannot write {path}: no write permission on {parent}")
-
-    def write(self, data: bytes) -> None:
-        if self.path is not None:
-            write_atomic(self.path, data)
-        else:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()

@@ -1,0 +1,55 @@
+"""What every use case needs, made on first use: settings, the database, the clock, and the
+job announcer (a port: the front end plugs in the Celery one; tests and commands that queue
+nothing need none)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from sqlalchemy.orm import sessionmaker
+
+from shell.db import make_engine, migrate, session_factory, transaction
+from shell.settings import Settings
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Announcer(Protocol):
+    """Tells the workers that jobs are queued; raises when the broker cannot be reached (the
+    jobs then stay queued in the database for the reconciler)."""
+
+    def __call__(self, job_ids: Sequence[int]) -> None: ...
+
+
+class ServiceContext:
+    """Settings, a lazily made engine (no database for commands that need none), the clock
+    and the announcer. One per process or command; ``close()`` releases the engine."""
+
+    def __init__(self, settings: Settings | None = None,
+                 clock: Callable[[], dt.datetime] = utc_now,
+                 announcer: Announcer | None = None):
+        self.settings = settings or Settings()
+        self.clock = clock
+        self.announcer = announcer
+        self._engine = None
+        self._factory: sessionmaker | None = None
+
+    @property
+    def sessions(self) -> sessionmaker:
+        if self._factory is None:
+            self._engine = make_engine(self.settings.effective_database_url)
+            migrate(self._engine)
+            self._factory = session_factory(self._engine)
+        return self._factory
+
+    def transaction(self):
+        return transaction(self.sessions)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = self._factory = None

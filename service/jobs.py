@@ -1,0 +1,121 @@
+"""The signing queue's use cases: jobs are written to the database first, then announced on
+the broker through the context's announcer; a message that never arrives is re-sent by the
+reconciler, so a broker that is down costs time, never a job."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from ca import jobs
+from ca.authority import get_ca
+from ca.errors import PkiqError
+
+from .context import ServiceContext
+
+SUBMIT_CHUNK = 100  # requests per transaction; announced as it commits, so workers start early
+SETTLED_OK = ("queued", "awaiting_approval", "signing", "issued")  # a submit that went well
+
+
+def announce(ctx: ServiceContext, job_ids: Sequence[int]) -> str | None:
+    """Tell the workers; returns a warning when the broker did not take the message (the
+    jobs then stay queued for the reconciler) or when nothing can announce them."""
+    if not job_ids:
+        return None
+    if ctx.announcer is None:
+        return ("no queue is configured for this command; the reconciler sends the jobs "
+                "to the workers")
+    try:
+        ctx.announcer(list(job_ids))
+    except Exception as exc:  # noqa: BLE001 - any broker failure leaves the jobs queued
+        return (f"the broker did not take the message ({type(exc).__name__}: {exc}); the "
+                "jobs stay queued and the reconciler sends them when it is back")
+    return None
+
+
+def check_ca(ctx: ServiceContext, ca_name: str) -> None:
+    """An unknown CA fails a whole submit before anything is read or written."""
+    with ctx.transaction() as session:
+        get_ca(session, ca_name)
+
+
+def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes | PkiqError],
+                   *, profile: str, requester: str, days: int | None = None,
+                   node: str | None = None) -> tuple[list[dict], str | None]:
+    """One chunk of a submit: the requests queued in one transaction, then the new queued
+    jobs announced. Returns one row per request (the job's view plus ``new``, or state
+    ``refused`` and the error; an error given in place of a request, such as a file that
+    could not be read, is reported as is) and the announcer's warning, if any."""
+    rows: list[dict] = []
+    new_ids: list[int] = []
+    readable = [r for r in requests if not isinstance(r, PkiqError)]
+    with ctx.transaction() as session:
+        done = iter(jobs.submit_many(session, get_ca(session, ca_name), readable,
+                                     profile=profile, requester=requester, days=days,
+                                     node=node, now=ctx.clock()))
+        for request in requests:
+            outcome = request if isinstance(request, PkiqError) else next(done)
+            if isinstance(outcome, PkiqError):
+                rows.append({"id": None, "state": "refused", "error": str(outcome)})
+                continue
+            info = jobs.job_info(outcome.job)
+            if outcome.created and info["state"] == "queued":
+                new_ids.append(info["id"])
+            rows.append({"new": outcome.created, **info})
+    return rows, announce(ctx, new_ids)
+
+
+def wait_for(ctx: ServiceContext, job_ids: Sequence[int], timeout: float, *,
+             poll: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> dict[int, dict]:
+    """Each job's view once it has left the active states, or after ``timeout`` seconds
+    (its view then carries an ``error`` saying it is still active)."""
+    deadline = time.monotonic() + timeout
+    pending = set(job_ids)
+    views: dict[int, dict] = {}
+    while True:
+        with ctx.transaction() as session:
+            for job_id in sorted(pending):
+                info = jobs.job_info(jobs.get_job(session, job_id))
+                views[job_id] = info
+                if info["state"] not in jobs.ACTIVE:
+                    pending.discard(job_id)
+        if not pending or time.monotonic() >= deadline:
+            break
+        sleep(poll)
+    for job_id in pending:
+        views[job_id]["error"] = f"still {views[job_id]['state']} after {timeout:g} s"
+    return views
+
+
+def list_jobs(ctx: ServiceContext, *, state: str | None = None, ca_name: str | None = None,
+              limit: int = 200) -> dict:
+    """The newest jobs first; ``truncated`` says when more matched than ``limit``."""
+    with ctx.transaction() as session:
+        rows = jobs.list_jobs(session, state=state, ca_name=ca_name, limit=limit + 1)
+        return {"jobs": [jobs.job_info(j) for j in rows[:limit]],
+                "truncated": len(rows) > limit, "limit": limit}
+
+
+def show_job(ctx: ServiceContext, job_id: int) -> dict:
+    with ctx.transaction() as session:
+        return jobs.job_info(jobs.get_job(session, job_id))
+
+
+def _decide(ctx: ServiceContext, job_ids: Sequence[int], action, **kw
+            ) -> tuple[list[dict], str | None]:
+    """All or nothing in one transaction; the jobs that became queued are announced."""
+    with ctx.transaction() as session:
+        infos = [jobs.job_info(action(session, job_id, **kw)) for job_id in job_ids]
+    return infos, announce(ctx, [i["id"] for i in infos if i["state"] == "queued"])
+
+
+def approve(ctx: ServiceContext, job_ids: Sequence[int], *, by: str):
+    return _decide(ctx, job_ids, jobs.approve, by=by, now=ctx.clock())
+
+
+def reject(ctx: ServiceContext, job_ids: Sequence[int], *, by: str, reason: str | None):
+    return _decide(ctx, job_ids, jobs.reject, by=by, reason=reason, now=ctx.clock())
+
+
+def retry(ctx: ServiceContext, job_ids: Sequence[int]):
+    return _decide(ctx, job_ids, jobs.retry, now=ctx.clock())
