@@ -520,7 +520,7 @@ def pkiq_cli(world: World, server: ServerProcess, workdir: Path, label: str,
     folder.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PKIQ_")}
     env.update(PKIQ_DATA_DIR=str(folder / "data"),
-               PKIQ_DATABASE_URL=f"sqlite:///{folder / 'shell.db'}")
+               PKIQ_DATABASE_URL=f"sqlite:///{folder / 'pkiq.db'}")
     pkiq = pkiq_command()
     urls = folder / "urls.txt"
     urls.write_text("".join(server.url(f"/crl/{name}.crl") + "\n" for name in world.names))

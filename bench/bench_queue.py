@@ -72,7 +72,7 @@ from ca import jobs
 from ca.authority import get_ca
 from ca.models import CertificateAuthority, SigningJob
 from ca.profiles import DEFAULT_PROFILE
-from pkiq.cli import make_context
+from pkiq.cli_common import make_context
 from service import ServiceContext
 from service.jobs import SUBMIT_CHUNK, queue_requests
 from service.jobs import announce as announce_jobs

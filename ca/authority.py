@@ -325,8 +325,29 @@ def sign_csr(
     return result
 
 
+class HandedOver(Conflict):
+    """The CA now lives in an OpenSSL demoCA: two writers would number independently."""
+
+
+def check_in_service(ca: CertificateAuthority) -> None:
+    """A CA handed over to ``openssl ca`` changes only there: pkiq signing, revoking or
+    issuing a CRL too would give out serials and CRL numbers that openssl also gives out."""
+    if ca.handed_over_at is not None:
+        raise HandedOver(
+            f"CA {ca.name!r} was handed over to openssl ca on "
+            f"{ca.handed_over_at:%Y-%m-%d %H:%M}Z ({ca.handed_over_to}): pkiq no longer "
+            "signs, revokes or issues CRLs for it; use openssl ca there")
+
+
+def hand_over(ca: CertificateAuthority, folder: str, now: dt.datetime) -> None:
+    """Record that ``openssl ca`` in ``folder`` owns the CA from now on."""
+    check_in_service(ca)
+    ca.handed_over_at, ca.handed_over_to = now.replace(microsecond=0), folder
+
+
 def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile: Profile,
                      now: dt.datetime) -> None:
+    check_in_service(ca)
     if now >= ca.not_after:
         raise CaExpired(f"CA {ca.name!r} expired on {ca.not_after:%Y-%m-%d}; it can sign "
                         "nothing more", "notAfter", "ca-valid")
@@ -474,6 +495,7 @@ def revoke(
     invalidity_date: dt.datetime | None = None,
 ) -> Certificate:
     reason = reason_name(reason)
+    check_in_service(ca)
     if invalidity_date is not None and invalidity_date > now:
         raise BadInput("the invalidity date (when the key was compromised) cannot be in the "
                        "future")
@@ -495,6 +517,7 @@ def release_hold(session: Session, ca: CertificateAuthority, serial: int,
                  now: dt.datetime) -> Certificate:
     """Take a certificate off hold: it is valid again and leaves the next full CRL (RFC 5280
     5.3.1 allows a certificateHold entry to be removed; other revocations are final)."""
+    check_in_service(ca)
     record = find_certificate(session, ca, serial, for_update=True)
     if record.status != "R" or record.revocation_reason != "certificateHold":
         raise Conflict(f"serial {record.serial} is not on hold (only certificateHold can be "
@@ -510,6 +533,7 @@ def release_hold(session: Session, ca: CertificateAuthority, serial: int,
 
 def update_db(session: Session, ca: CertificateAuthority, now: dt.datetime) -> int:
     """``openssl ca -updatedb``: mark valid entries past their notAfter as expired."""
+    check_in_service(ca)
     result = session.execute(
         update(Certificate)
         .where(Certificate.ca_id == ca.id, Certificate.status == "V",
@@ -526,6 +550,7 @@ def generate_crl(
     """The CA's next CRL. The CA row is locked for the transaction, so two writers on any
     host take numbers one after the other; the unique (ca, number) index backs that up."""
     session.refresh(ca, with_for_update=True)
+    check_in_service(ca)
     number = ca.crl_number + 1
     ca.crl_number = number
     query = select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason,

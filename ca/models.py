@@ -89,6 +89,10 @@ class CertificateAuthority(Base):
     approval: Mapped[str] = mapped_column(String(8), default="auto",
                                           server_default="auto")  # auto | manual
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # Handed over to `openssl ca` (export-openssl --handover): from then on openssl owns the
+    # index, serial and crlnumber, and pkiq neither signs with the CA nor renews its CRL.
+    handed_over_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    handed_over_to: Mapped[str | None] = mapped_column(Text)
 
     parent: Mapped[CertificateAuthority | None] = relationship(remote_side=[id])
 

@@ -4,26 +4,28 @@
 # makes it (openssl req ... -outform DER -sha1), signed "web client and server", checked with
 # the real openssl, one peer revoked, a CRL, and a demoCA export that `openssl ca` keeps using.
 # Safe to run again: it reuses the CAs and passphrase it made the first time.
+# The CA passphrase is read from PKIQ_CA_PASSPHRASE_FILE by every pkiq command (and by the
+# workers of `make run`), so no command below names it.
 set -euo pipefail
 export PKIQ_DATA_DIR="${PKIQ_DATA_DIR:-$PWD/pkiq-data}"
+export PKIQ_CA_PASSPHRASE_FILE="${PKIQ_CA_PASSPHRASE_FILE:-$PKIQ_DATA_DIR/ca.pass}"
 work="$PKIQ_DATA_DIR/walkthrough"
 mkdir -p "$work"
 chmod 700 "$PKIQ_DATA_DIR"
-pass="$PKIQ_DATA_DIR/ca.pass"
+pass="$PKIQ_CA_PASSPHRASE_FILE"
 if [ ! -s "$pass" ]; then
   (umask 077 && openssl rand -base64 24 > "$pass")
   echo "== new CA passphrase in $pass (mode 0600): keep it safe"
 fi
-P=(--passphrase-file "$pass")
 
 step() { printf '\n== %s\n' "$*"; }
 
 if ! pkiq ca show Root >/dev/null 2>&1; then
   step "root CA (RSA 4096, as the guide's genrsa -aes256 4096; SHA-256, not the guide's -sha1)"
   pkiq ca create Root --subject "/C=GB/O=Example Ltd/CN=Example Root CA" --key-type rsa4096 \
-    --days 3650 "${P[@]}"
+    --days 3650
   step "issuing CA signed by the root, with a CRL distribution point"
-  pkiq ca create Issuing --parent Root --parent-passphrase-file "$pass" "${P[@]}" \
+  pkiq ca create Issuing --parent Root \
     --subject "/C=GB/O=Example Ltd/CN=Example Issuing CA" --key-type ec-p384 --days 1825 \
     --policy policy_anything --copy-extensions copy \
     --crl-url http://pki.example.com/issuing.crl
@@ -48,10 +50,10 @@ CFG
 openssl genrsa -out "$work/privatekey.pem" 2048 2>/dev/null
 openssl req -new -key "$work/privatekey.pem" -config "$work/openssl_request.cfg" \
   -out "$work/certcsr.der" -outform DER -sha1
-pkiq x509 decode "$work/certcsr.der" | head -6
+pkiq x509 decode "$work/certcsr.der"
 
 step "sign it with the 'web client and server' profile (mutual TLS between Expressways)"
-pkiq ca sign Issuing "$work/certcsr.der" --profile webclientandserver --out "$work/server.pem" "${P[@]}"
+pkiq ca sign Issuing "$work/certcsr.der" --profile webclientandserver --out "$work/server.pem"
 serial=$(openssl x509 -in "$work/server.pem" -noout -serial | cut -d= -f2)
 pkiq cert get "$serial" --chain --out "$work/server-chain.pem"
 pkiq ca show Root --pem > "$work/root.pem"
@@ -61,15 +63,15 @@ openssl verify -CAfile "$work/root.pem" -untrusted "$work/issuing.pem" "$work/se
 step "a second peer, then revoked (key compromise) and a fresh CRL"
 openssl req -new -key "$work/privatekey.pem" -config "$work/openssl_request.cfg" \
   -subj "/C=GB/O=Example Ltd/OU=Video/CN=old-expe.example.com" -out "$work/old.csr" 2>/dev/null
-pkiq ca sign Issuing "$work/old.csr" --profile webclientandserver --out "$work/old.pem" "${P[@]}"
+pkiq ca sign Issuing "$work/old.csr" --profile webclientandserver --out "$work/old.pem"
 old=$(openssl x509 -in "$work/old.pem" -noout -serial | cut -d= -f2)
 pkiq ca revoke Issuing "$old" --reason keyCompromise
-pkiq ca gencrl Issuing --out "$work/issuing.crl.pem" "${P[@]}"
+pkiq ca gencrl Issuing --out "$work/issuing.crl.pem"
 pkiq ca status Issuing "$old"
 
 step "openssl checks both against pkiq's CRL"
 cat "$work/root.pem" "$work/issuing.pem" > "$work/trust.pem"
-pkiq ca gencrl Root --out "$work/root.crl.pem" "${P[@]}" 2>/dev/null
+pkiq ca gencrl Root --out "$work/root.crl.pem" 2>/dev/null
 cat "$work/root.crl.pem" "$work/issuing.crl.pem" > "$work/crls.pem"
 openssl verify -crl_check_all -CAfile "$work/trust.pem" -CRLfile "$work/crls.pem" "$work/server.pem"
 if openssl verify -crl_check_all -CAfile "$work/trust.pem" -CRLfile "$work/crls.pem" \

@@ -43,25 +43,6 @@ COMMANDS = {
 }
 
 
-def make_context(settings=None, clock=None):
-    """The service context the commands run on: settings from PKIQ_*, the wall clock, and
-    jobs announced over Celery (imported on the first announcement only)."""
-    from service import ServiceContext, utc_now
-    from shell.settings import Settings
-
-    settings = settings or Settings()
-
-    def announce(job_ids):
-        from worker.celery_app import CeleryAnnouncer
-
-        if "celery" not in cache:
-            cache["celery"] = CeleryAnnouncer(settings)
-        cache["celery"](job_ids)
-
-    cache: dict = {}
-    return ServiceContext(settings, clock or utc_now, announcer=announce)
-
-
 class PkiqGroup(click.Group):
     """Loads command groups on demand and turns domain errors into one line on stderr with
     the documented exit code."""
@@ -109,11 +90,8 @@ def _fail(ctx, message: str, code: int):
 
 @click.group(cls=PkiqGroup)
 @click.version_option(package_name="pkiq")
-@click.pass_context
-def cli(ctx):
+def cli():
     """pkiq: a private CA with OpenSSL's semantics, for Expressway and any TLS estate."""
-    if ctx.obj is None:
-        ctx.obj = make_context()
 
 
 def main() -> None:

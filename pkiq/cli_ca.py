@@ -20,6 +20,7 @@ from .cli_common import (
     deliver,
     emit,
     json_option,
+    pass_service,
     passphrase_options,
     read_input,
     read_passphrase,
@@ -88,6 +89,9 @@ def _ca_text(info: dict) -> str:
         f"  CRL:              number {info['crl_number']} issued, lifetime {info['crl_hours']} h,"
         f" expired entries {'kept' if info['crl_include_expired'] else 'dropped'}",
     ]
+    if info["handed_over_at"]:
+        lines.append(f"  handed over:      {info['handed_over_at']} to openssl ca in "
+                     f"{info['handed_over_to']} (pkiq no longer signs with it)")
     for key, label in (("crl_urls", "CRL DP"), ("ca_issuers_urls", "caIssuers"),
                        ("ocsp_urls", "OCSP")):
         for url in info[key]:
@@ -98,7 +102,8 @@ def _ca_text(info: dict) -> str:
 @ca_group.command("create")
 @click.argument("name")
 @click.option("--subject", required=True, help="'/C=GB/O=Example/CN=Example Root CA' or RFC 4514.")
-@click.option("--key-type", type=click.Choice(KEY_TYPES), default="rsa4096", show_default=True)
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default="rsa4096", show_default=True,
+              help="The CA's key: RSA (2048-4096 bits) or EC (P-256, P-384).")
 @click.option("--days", type=click.IntRange(1, authority.MAX_DAYS), default=3650,
               show_default=True, help="Validity of the CA certificate.")
 @click.option("--parent", help="Make a subordinate CA signed by this pkiq CA.")
@@ -106,7 +111,7 @@ def _ca_text(info: dict) -> str:
 @passphrase_options()
 @ca_option_decorators
 @json_option
-@click.pass_obj
+@pass_service
 def ca_create(ctx, name, subject, key_type, days, parent, parent_passphrase_file,
               parent_passphrase_env, passphrase_file, passphrase_env, as_json, **changes):
     """Create a root CA, or a subordinate CA with --parent."""
@@ -125,7 +130,7 @@ def ca_create(ctx, name, subject, key_type, days, parent, parent_passphrase_file
 @click.argument("name")
 @ca_option_decorators
 @json_option
-@click.pass_obj
+@pass_service
 def ca_set(ctx, name, as_json, **changes):
     """Change a CA's settings (policy, copy_extensions, validity, URLs...)."""
     info = cas.configure_ca(ctx, name, cas.CaChanges(**changes))
@@ -134,12 +139,13 @@ def ca_set(ctx, name, as_json, **changes):
 
 @ca_group.command("list")
 @json_option
-@click.pass_obj
+@pass_service
 def ca_list(ctx, as_json):
     """List the CAs in the database."""
     rows = cas.list_cas(ctx)
     emit(rows, as_json, lambda: "\n".join(
         f"{r['name']:<20} {r['key']:<9} until {r['not_after'][:10]}  {r['subject']}"
+        + ("  (handed over to openssl ca)" if r["handed_over_at"] else "")
         for r in rows) or "no CA yet: pkiq ca create NAME --subject ...")
 
 
@@ -147,7 +153,7 @@ def ca_list(ctx, as_json):
 @click.argument("name")
 @click.option("--pem", is_flag=True, help="Print the CA certificate in PEM.")
 @json_option
-@click.pass_obj
+@pass_service
 def ca_show(ctx, name, pem, as_json):
     """Show one CA's certificate and settings."""
     info, certificate = cas.show_ca(ctx, name)
@@ -171,7 +177,7 @@ def ca_show(ctx, name, pem, as_json):
 @click.option("--der", is_flag=True, help="DER instead of PEM.")
 @passphrase_options()
 @json_option
-@click.pass_obj
+@pass_service
 def ca_sign(ctx, name, csr, profile, days, md, out, der, passphrase_file, passphrase_env,
             as_json):
     """Sign a certificate request (PEM or DER) with CA NAME, at once (no queue)."""
@@ -196,7 +202,7 @@ def ca_sign(ctx, name, csr, profile, days, md, out, der, passphrase_file, passph
 @click.option("--invalidity-date", help="When the key is known or suspected to have been "
               "compromised (ISO 8601, UTC).")
 @json_option
-@click.pass_obj
+@pass_service
 def ca_revoke(ctx, name, serial, reason, invalidity_date, as_json):
     """Revoke a certificate (it appears on the next CRL: run gencrl)."""
     info = cas.revoke(ctx, name, serial, reason=reason,
@@ -208,7 +214,7 @@ def ca_revoke(ctx, name, serial, reason, invalidity_date, as_json):
 @click.argument("name")
 @click.argument("serial")
 @json_option
-@click.pass_obj
+@pass_service
 def ca_status(ctx, name, serial, as_json):
     """Status of a serial, as 'openssl ca -status': Valid, Revoked or Expired."""
     info, state = cas.status(ctx, name, serial)
@@ -218,7 +224,7 @@ def ca_status(ctx, name, serial, as_json):
 @ca_group.command("updatedb")
 @click.argument("name")
 @json_option
-@click.pass_obj
+@pass_service
 def ca_updatedb(ctx, name, as_json):
     """Mark valid certificates past their notAfter as expired (openssl ca -updatedb)."""
     count = cas.update_db(ctx, name)
@@ -229,7 +235,7 @@ def ca_updatedb(ctx, name, as_json):
 @click.argument("name")
 @click.argument("serial")
 @json_option
-@click.pass_obj
+@pass_service
 def ca_release_hold(ctx, name, serial, as_json):
     """Take a certificate off hold (certificateHold only): it leaves the next CRL."""
     info = cas.release_hold(ctx, name, serial)
@@ -250,7 +256,7 @@ def _deliver_crl(output: Output, result: cas.CrlResult, as_json: bool) -> None:
 @click.option("--der", is_flag=True, help="DER instead of PEM.")
 @passphrase_options()
 @json_option
-@click.pass_obj
+@pass_service
 def ca_gencrl(ctx, name, out, der, passphrase_file, passphrase_env, as_json):
     """Issue the CA's next CRL (the CRL number always increases)."""
     output = Output(out, der)
@@ -264,7 +270,7 @@ def ca_gencrl(ctx, name, out, der, passphrase_file, passphrase_env, as_json):
               help="Write the CRL here.")
 @click.option("--der", is_flag=True, help="DER instead of PEM.")
 @json_option
-@click.pass_obj
+@pass_service
 def ca_crl(ctx, name, out, der, as_json):
     """Print or save the CA's latest CRL (as issued by gencrl; nothing is signed)."""
     output = Output(out, der)
@@ -272,17 +278,21 @@ def ca_crl(ctx, name, out, der, as_json):
 
 
 @ca_group.command("import-openssl")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Name of the new pkiq CA.")
+@click.argument("args", nargs=-1, required=True, metavar="NAME FOLDER")
+@click.option("--name", "old_name", metavar="NAME",
+              help="Deprecated (give NAME first, as every 'pkiq ca' command does); kept for "
+                   "one release.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The openssl config (default: openssl.cnf / openssl_local.cfg in FOLDER).")
 @passphrase_options("import", "private/cakey.pem")
 @passphrase_options()
 @json_option
-@click.pass_obj
-def ca_import(ctx, folder, name, config, import_passphrase_file, import_passphrase_env,
+@pass_service
+def ca_import(ctx, args, old_name, config, import_passphrase_file, import_passphrase_env,
               passphrase_file, passphrase_env, as_json):
-    """Adopt an OpenSSL demoCA: cacert, key, index.txt, serial, crlnumber, newcerts, config."""
+    """Adopt an OpenSSL demoCA in FOLDER as the new pkiq CA NAME: cacert, key, index.txt,
+    serial, crlnumber, newcerts, config."""
+    name, folder = _import_arguments(args, old_name)
     import_pass = None
     if import_passphrase_file or import_passphrase_env:
         import_pass = read_passphrase(ctx, import_passphrase_file, import_passphrase_env,
@@ -296,17 +306,42 @@ def ca_import(ctx, folder, name, config, import_passphrase_file, import_passphra
          f"{counts['E']} expired entries\n{_ca_text(info)}")
 
 
+def _import_arguments(args: tuple[str, ...], old_name: str | None) -> tuple[str, Path]:
+    """NAME FOLDER, as every ``pkiq ca`` command names its CA first; the earlier
+    ``FOLDER --name NAME`` still works, with a warning, for one release."""
+    if old_name is not None:
+        if len(args) != 1:
+            raise click.UsageError("with --name give only FOLDER (better: NAME FOLDER)")
+        warn(["'import-openssl FOLDER --name NAME' is deprecated: use "
+              f"'pkiq ca import-openssl {old_name} {args[0]}'"])
+        name, folder = old_name, args[0]
+    elif len(args) != 2:
+        raise click.UsageError("give the new CA's NAME, then the demoCA FOLDER")
+    else:
+        name, folder = args
+    path = Path(folder)
+    if not path.is_dir():
+        raise click.BadParameter(f"{folder} is not a folder", param_hint="FOLDER")
+    return name, path
+
+
 @ca_group.command("export-openssl")
 @click.argument("name")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--handover", is_flag=True,
+              help="Hand the CA over to openssl ca: pkiq stops signing with it, revoking and "
+                   "renewing its CRL (openssl then owns index, serial and crlnumber).")
 @json_option
-@click.pass_obj
-def ca_export(ctx, name, folder, as_json):
+@pass_service
+def ca_export(ctx, name, folder, handover, as_json):
     """Write a demoCA that 'openssl ca' 3.x keeps using (the key stays encrypted)."""
-    info = cas.export_openssl(ctx, name, folder)
+    info = cas.export_openssl(ctx, name, folder, handover=handover)
     warn(info["notes"])
-    emit(info, as_json,
-         f"wrote {folder}: openssl ca -config {folder / 'openssl.cnf'} -passin env:VAR ...")
+    said = f"wrote {folder}: openssl ca -config {folder / 'openssl.cnf'} -passin env:VAR ..."
+    if handover:
+        said += (f"\nCA {name} is openssl's now: pkiq no longer signs with it, revokes or "
+                 "renews its CRL")
+    emit(info, as_json, said)
 
 
 # ====================================================================== cert
@@ -320,7 +355,7 @@ def cert_group():
 @click.argument("serial")
 @click.option("--ca", "ca_name", help="The issuing CA (needed if the serial is ambiguous).")
 @json_option
-@click.pass_obj
+@pass_service
 def cert_show(ctx, serial, ca_name, as_json):
     """Show an issued certificate's index entry and contents."""
     info, decoded = cas.show_certificate(ctx, serial, ca_name)
@@ -339,7 +374,7 @@ def cert_show(ctx, serial, ca_name, as_json):
 @click.option("--der", is_flag=True, help="DER instead of PEM.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the certificate here.")
-@click.pass_obj
+@pass_service
 def cert_get(ctx, serial, ca_name, chain, der, out):
     """Print or save an issued certificate, optionally with its chain."""
     if chain and der:

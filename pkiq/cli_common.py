@@ -4,6 +4,7 @@ from here, never from each other."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -15,6 +16,52 @@ import click
 from ca.errors import BadInput, WrongPassphrase
 
 PARTIAL = 9  # exit code: some files, jobs, distribution points or issuers did not end as asked
+
+
+def make_context(settings=None, clock=None):
+    """The service context the commands run on: settings from PKIQ_*, the wall clock, and
+    jobs announced over Celery (imported on the first announcement only)."""
+    from service import ServiceContext, utc_now
+    from shell.settings import Settings
+
+    settings = settings or Settings()
+    announcer: dict = {}
+
+    def announce(job_ids):
+        if not announcer:
+            from worker.celery_app import CeleryAnnouncer
+
+            announcer["celery"] = CeleryAnnouncer(settings)
+        announcer["celery"](job_ids)
+
+    warn_other_data_dir(settings)
+    return ServiceContext(settings, clock or utc_now, announcer=announce)
+
+
+def warn_other_data_dir(settings, here: Path = Path("pkiq-data")) -> None:
+    """``make run`` and ``make demo`` keep their database in ./pkiq-data. A command run beside
+    it without PKIQ_DATA_DIR would otherwise start a second, empty CA database in the
+    default place without a word."""
+    if settings.database_url or "PKIQ_DATA_DIR" in os.environ:
+        return
+    if (here / "pkiq.db").is_file() and not (settings.data_dir / "pkiq.db").exists() \
+            and here.resolve() != settings.data_dir.resolve():
+        warn([f"using a new database in {settings.data_dir}, while ./pkiq-data holds the one "
+              "make run/demo use: export PKIQ_DATA_DIR=$PWD/pkiq-data (make env prints it)"])
+
+
+def pass_service(command):
+    """Like click's ``pass_obj``, with the service context made on first use: commands that
+    need no database (``x509``) never pay for settings, SQLAlchemy or Celery."""
+
+    @click.pass_context
+    @functools.wraps(command)
+    def invoke(click_ctx, *args, **kwargs):
+        if click_ctx.obj is None:
+            click_ctx.obj = make_context()
+        return command(click_ctx.obj, *args, **kwargs)
+
+    return invoke
 
 
 def emit(data, as_json: bool, text: str | Callable[[], str]) -> None:

@@ -15,7 +15,7 @@ from ca.x509text import decode_all, render
 from service import crl as crl_service
 from service import trust as trust_service
 
-from .cli_common import PARTIAL, Output, deliver, emit, json_option, read_input, warn
+from .cli_common import PARTIAL, Output, deliver, emit, json_option, pass_service, read_input, warn
 
 # ====================================================================== trust
 
@@ -33,7 +33,7 @@ def _trust_line(info: dict) -> str:
 @trust_group.command("add")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @json_option
-@click.pass_obj
+@pass_service
 def trust_add(ctx, file, as_json):
     """Append the CA certificates of a PEM bundle (duplicates are ignored)."""
     info = trust_service.add(ctx, read_input(file))
@@ -45,7 +45,7 @@ def trust_add(ctx, file, as_json):
 
 @trust_group.command("list")
 @json_option
-@click.pass_obj
+@pass_service
 def trust_list(ctx, as_json):
     """One line per trusted CA: id, fingerprint, notAfter, origin, subject."""
     info = trust_service.list_entries(ctx)
@@ -58,7 +58,7 @@ def trust_list(ctx, as_json):
 @click.argument("ref", required=False)
 @click.option("--pem", is_flag=True, help="The PEM file itself, not the decoded form.")
 @json_option
-@click.pass_obj
+@pass_service
 def trust_show(ctx, ref, pem, as_json):
     """Show one trusted CA (by id or fingerprint), or all, decoded or as PEM."""
     certs = trust_service.certificates(ctx, ref)
@@ -75,7 +75,7 @@ def trust_show(ctx, ref, pem, as_json):
 @trust_group.command("remove")
 @click.argument("refs", nargs=-1, required=True)
 @json_option
-@click.pass_obj
+@pass_service
 def trust_remove(ctx, refs, as_json):
     """Delete entries by id or fingerprint (nothing is deleted if one is not found)."""
     info = trust_service.remove(ctx, list(refs))
@@ -85,7 +85,7 @@ def trust_remove(ctx, refs, as_json):
 
 @trust_group.command("reset")
 @json_option
-@click.pass_obj
+@pass_service
 def trust_reset(ctx, as_json):
     """Reset the list to the default: pkiq's own CAs only."""
     info = trust_service.reset(ctx)
@@ -107,7 +107,7 @@ def dp_group():
 @dp_group.command("add")
 @click.argument("urls", nargs=-1, required=True)
 @json_option
-@click.pass_obj
+@pass_service
 def dp_add(ctx, urls, as_json):
     """Add distribution point URLs (http:// or https:// only)."""
     added = crl_service.add_points(ctx, list(urls))
@@ -117,7 +117,7 @@ def dp_add(ctx, urls, as_json):
 @dp_group.command("remove")
 @click.argument("urls", nargs=-1, required=True)
 @json_option
-@click.pass_obj
+@pass_service
 def dp_remove(ctx, urls, as_json):
     """Remove distribution points (installed CRLs stay until replaced)."""
     removed = crl_service.remove_points(ctx, list(urls))
@@ -126,7 +126,7 @@ def dp_remove(ctx, urls, as_json):
 
 @dp_group.command("list")
 @json_option
-@click.pass_obj
+@pass_service
 def dp_list(ctx, as_json):
     """The configured URLs, one per line (the form 'crl dp set' reads back)."""
     points = crl_service.list_points(ctx)
@@ -138,7 +138,7 @@ def dp_list(ctx, as_json):
 @dp_group.command("set")
 @click.argument("file", type=click.File("r"))
 @json_option
-@click.pass_obj
+@pass_service
 def dp_set(ctx, file, as_json):
     """Replace the list with the URLs of FILE ('-' for stdin), one per line."""
     info = crl_service.replace_points(ctx, file.read(1 << 20))
@@ -167,7 +167,7 @@ def _settings_text(info: dict) -> str:
 @click.option("--spread", type=click.IntRange(0, 360), metavar="MINUTES",
               help="Delay this installation by a fixed random part of this window.")
 @json_option
-@click.pass_obj
+@pass_service
 def crl_schedule(ctx, at, enabled, spread, as_json):
     """Show or change when the nightly refresh runs (beat picks it up on its next tick)."""
     info = crl_service.update_settings(ctx, update_time=at, enabled=enabled,
@@ -186,7 +186,7 @@ def crl_schedule(ctx, at, enabled, spread, as_json):
 @click.option("--overlap-hours", type=int,
               help="Renew pkiq's own CRLs this close to their nextUpdate.")
 @json_option
-@click.pass_obj
+@pass_service
 def crl_settings(ctx, timeout, max_size, parallel, use_cdp, skew, warn_hours,
                  overlap_hours, as_json):
     """Show or change the fetch limits and margins."""
@@ -199,7 +199,7 @@ def crl_settings(ctx, timeout, max_size, parallel, use_cdp, skew, warn_hours,
 
 @crl_group.command("refresh")
 @json_option
-@click.pass_obj
+@pass_service
 def crl_refresh(ctx, as_json):
     """Fetch every distribution point now (refused while another refresh runs)."""
     report = crl_service.refresh_now(ctx)
@@ -257,7 +257,7 @@ def _status_text(info: dict) -> str:
 
 @crl_group.command("status")
 @json_option
-@click.pass_obj
+@pass_service
 def crl_status(ctx, as_json):
     """Per distribution point and per issuer: last attempt, last success, CRL facts, errors."""
     info = crl_service.status(ctx)
@@ -268,7 +268,7 @@ def crl_status(ctx, as_json):
 @crl_group.command("upload")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @json_option
-@click.pass_obj
+@pass_service
 def crl_upload(ctx, file, as_json):
     """Upload a CRL (PEM or DER) by hand; it replaces the previous manual CRL of its issuer.
     A fetched CRL of the same issuer overrides it once it is newer."""
@@ -283,7 +283,7 @@ def crl_upload(ctx, file, as_json):
               help="Forget the fetched CRL instead (a CA rebuilt with CRL numbers restarted: "
                    "the next refresh then installs what its distribution point serves).")
 @json_option
-@click.pass_obj
+@pass_service
 def crl_remove(ctx, issuer, fetched, as_json):
     """Remove the manually uploaded CRL of an issuer (by id, issuer key or issuer DN)."""
     info = crl_service.remove(ctx, issuer, fetched=fetched)
@@ -296,7 +296,7 @@ def crl_remove(ctx, issuer, fetched, as_json):
               help="Write the CRL here.")
 @click.option("--der", is_flag=True, help="DER instead of PEM.")
 @json_option
-@click.pass_obj
+@pass_service
 def crl_show(ctx, issuer, out, der, as_json):
     """Print or save the CRL in force for an issuer (fetched or manual)."""
     output = Output(out, der)

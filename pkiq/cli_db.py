@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_common import emit, json_option
+from .cli_common import emit, json_option, pass_service
 
 
 @click.group("db")
@@ -14,7 +14,7 @@ def db_group():
 
 @db_group.command("upgrade")
 @json_option
-@click.pass_obj
+@pass_service
 def db_upgrade(ctx, as_json):
     """Create the schema or bring it to the newest revision, then exit (a one-shot
     migration step for deployments; safe to run from several hosts at once)."""

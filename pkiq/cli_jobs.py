@@ -16,7 +16,7 @@ from ca.profiles import DEFAULT_PROFILE, PROFILES
 from service import cas
 from service import jobs as job_service
 
-from .cli_common import PARTIAL, emit, json_option, read_input, warn
+from .cli_common import PARTIAL, emit, json_option, pass_service, read_input, warn
 
 
 def _read_or_error(path: Path) -> bytes | PkiqError:
@@ -46,7 +46,7 @@ def _row(job_info: dict) -> str:
 @click.option("--timeout", type=click.IntRange(1), default=600, show_default=True,
               help="Seconds --wait waits.")
 @json_option
-@click.pass_obj
+@pass_service
 def submit(ctx, files, ca_name, profile, days, node, requester, wait, timeout, as_json):
     """Queue signing requests (PEM or DER), many at once."""
     results, warnings = [], set()
@@ -102,7 +102,7 @@ def jobs_group():
 @click.option("--limit", type=click.IntRange(1, 10000), default=200, show_default=True,
               help="At most this many, newest first.")
 @json_option
-@click.pass_obj
+@pass_service
 def jobs_list(ctx, state, ca_name, limit, as_json):
     """The newest jobs first."""
     listing = job_service.list_jobs(ctx, state=state, ca_name=ca_name, limit=limit)
@@ -115,7 +115,7 @@ def jobs_list(ctx, state, ca_name, limit, as_json):
 @jobs_group.command("show")
 @click.argument("job_id", type=int)
 @json_option
-@click.pass_obj
+@pass_service
 def jobs_show(ctx, job_id, as_json):
     """One job: state, request, decisions, serial or error."""
     info = job_service.show_job(ctx, job_id)
@@ -133,7 +133,7 @@ def _decided(outcome, as_json) -> None:
 @click.option("--by", default=lambda: getpass.getuser(), show_default="current user",
               help="Who approves; recorded on each job.")
 @json_option
-@click.pass_obj
+@pass_service
 def jobs_approve(ctx, job_ids, by, as_json):
     """Approve jobs awaiting approval (all or nothing)."""
     _decided(job_service.approve(ctx, job_ids, by=by), as_json)
@@ -145,7 +145,7 @@ def jobs_approve(ctx, job_ids, by, as_json):
 @click.option("--by", default=lambda: getpass.getuser(), show_default="current user",
               help="Who rejects; recorded on each job.")
 @json_option
-@click.pass_obj
+@pass_service
 def jobs_reject(ctx, job_ids, reason, by, as_json):
     """Reject jobs awaiting approval."""
     _decided(job_service.reject(ctx, job_ids, by=by, reason=reason), as_json)
@@ -154,7 +154,7 @@ def jobs_reject(ctx, job_ids, reason, by, as_json):
 @jobs_group.command("retry")
 @click.argument("job_ids", type=int, nargs=-1, required=True)
 @json_option
-@click.pass_obj
+@pass_service
 def jobs_retry(ctx, job_ids, as_json):
     """Queue failed jobs again."""
     _decided(job_service.retry(ctx, job_ids), as_json)
@@ -170,7 +170,8 @@ def _check_keys(ctx) -> None:
     name the CAs it cannot unlock when it can unlock others."""
     report = cas.unlock_check(ctx)
     if not report["unlocked"] and not report["locked"]:
-        warn(["no CA yet: jobs are signed once one exists (pkiq ca create NAME ...)"])
+        warn(["no CA yet: jobs are signed once one exists (pkiq ca create NAME ...)",
+              report["passphrase_error"]])
     elif not report["unlocked"]:
         raise WrongPassphrase("no CA can be unlocked, so every job would fail: "
                               + "; ".join(f"{r['ca']}: {r['error']}" for r in report["locked"])
@@ -192,7 +193,7 @@ def _celery(ctx, argv: list[str]) -> None:
 @click.command("worker", context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=click.IntRange(1), help="Worker processes.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-@click.pass_obj
+@pass_service
 def worker_cmd(ctx, concurrency, celery_args):
     """Run signing workers (celery -A worker worker); extra arguments go to Celery.
 
@@ -208,7 +209,7 @@ def worker_cmd(ctx, concurrency, celery_args):
 
 @click.command("beat", context_settings={"ignore_unknown_options": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-@click.pass_obj
+@pass_service
 def beat_cmd(ctx, celery_args):
     """Run the scheduler: job reconciler and CRL tick (celery -A worker beat)."""
     _celery(ctx, ["beat", "--loglevel", "INFO", *celery_args])
@@ -218,7 +219,7 @@ def beat_cmd(ctx, celery_args):
 @click.option("--concurrency", "-c", type=click.IntRange(1), default=2, show_default=True,
               help="Worker processes.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-@click.pass_obj
+@pass_service
 def serve_cmd(ctx, concurrency, celery_args):
     """The whole service on one host: workers and beat.
 

@@ -316,7 +316,7 @@ def _install_all(session, decoded, url, now, skew, report: PointReport) -> None:
                 outcome = crl_install.install(session, checked, origin="fetched", source=url,
                                               now=now)
         except PkiqError as exc:
-            entry.update(action="rejected", error=str(exc))
+            entry.update(action="refused", error=str(exc))
             crl_install.record_attempt(session, issuer_key, label, now, error=str(exc),
                                        source=url)
         else:
@@ -326,7 +326,7 @@ def _install_all(session, decoded, url, now, skew, report: PointReport) -> None:
                                        source=url)
         actions.add(entry["action"])
         report.crls.append(entry)
-    if actions == {"rejected"}:
+    if actions == {"refused"}:
         report.outcome = "error"
         report.error = "; ".join(c["error"] for c in report.crls)
     else:

@@ -68,6 +68,8 @@ def renew_own_crls(session: Session, signer_for: Callable, now: dt.datetime,
     reported, not fatal. The caller commits."""
     done = []
     for ca in session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)):
+        if ca.handed_over_at is not None:
+            continue  # openssl ca issues its CRLs now (export-openssl --handover)
         reason = own_crl_reason(session, ca, now, overlap)
         needed = reason is not None
         if force and reason is None and ca.not_after > now:
@@ -127,7 +129,8 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
     for row in crl_install.installed(session):
         found.extend(_expiry_problem(f"expiry:{row.issuer_key}", row.issuer, row.next_update,
                                      now, warn))
-    for ca in session.scalars(select(CertificateAuthority)):
+    for ca in session.scalars(select(CertificateAuthority).where(
+            CertificateAuthority.handed_over_at.is_(None))):
         crl = latest_crl(session, ca)
         if crl is not None and ca.not_after > now:
             found.extend(_expiry_problem(f"own-expiry:{ca.name}", f"pkiq CA {ca.name}",

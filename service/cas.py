@@ -94,7 +94,8 @@ def ca_view(ca) -> dict:
         "next_serial": ca.next_serial if ca.serial_mode == "sequential" else None,
         "crl_number": ca.crl_number, "crl_urls": ca.crl_urls,
         "ca_issuers_urls": ca.ca_issuers_urls, "ocsp_urls": ca.ocsp_urls,
-        "approval": ca.approval,
+        "approval": ca.approval, "handed_over_at": _iso(ca.handed_over_at),
+        "handed_over_to": ca.handed_over_to,
     }
 
 
@@ -248,13 +249,29 @@ def import_openssl(ctx: ServiceContext, folder: Path, *, name: str, config: Path
     return {**info, "imported": counts, "notes": demo.notes}
 
 
-def export_openssl(ctx: ServiceContext, name: str, folder: Path) -> dict:
-    """Write a demoCA that ``openssl ca`` keeps using; the key stays encrypted."""
+HANDOVER_WARNING = ("pkiq still signs with CA {name!r} and renews its CRL: if openssl ca "
+                    "signs or issues CRLs from this export too, the two number serials and "
+                    "CRLs independently and hand out the same ones. Put it to work with "
+                    "export-openssl --handover, which stops pkiq using the CA")
+
+
+def export_openssl(ctx: ServiceContext, name: str, folder: Path, *,
+                   handover: bool = False) -> dict:
+    """Write a demoCA that ``openssl ca`` keeps using; the key stays encrypted. With
+    ``handover`` the CA is openssl's from then on: pkiq stops signing with it and renewing
+    its CRL. The folder is written before the handover commits, so a failed write hands
+    nothing over."""
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
+        if handover:
+            authority.hand_over(ca, str(folder.resolve()), ctx.clock())
         files, notes = render_democa(session, ca, folder, ctx.clock())
-    write_tree(folder, files, private={"private/cakey.pem"})
-    return {"folder": str(folder), "files": sorted(files), "notes": notes}
+        write_tree(folder, files, private={"private/cakey.pem"})
+        if not handover:
+            notes = [*notes, HANDOVER_WARNING.format(name=name)]
+        info = ca_view(ca)
+    return {"folder": str(folder), "files": sorted(files), "notes": notes,
+            "handed_over": handover, "ca": info}
 
 
 # ---------------------------------------------------------------- issued certificates
@@ -301,7 +318,7 @@ def certificate_with_chain(ctx: ServiceContext, serial: str, ca_name: str | None
 def unlock_check(ctx: ServiceContext) -> dict:
     """Which CAs the service's own passphrase (PKIQ_CA_PASSPHRASE_FILE, PKIQ_CA_PASSPHRASE)
     unlocks, so that a worker says so at start instead of failing every job later. Expired
-    CAs sign nothing and are left out."""
+    CAs, and CAs handed over to openssl ca, sign nothing here and are left out."""
     from ca.errors import PkiqError
 
     try:
@@ -311,7 +328,7 @@ def unlock_check(ctx: ServiceContext) -> dict:
     unlocked, locked = [], []
     with ctx.transaction() as session:
         for ca in authority.list_cas(session):
-            if ca.not_after <= ctx.clock():
+            if ca.not_after <= ctx.clock() or ca.handed_over_at is not None:
                 continue
             try:
                 authority.load_signer(ca, passphrase)
@@ -319,4 +336,4 @@ def unlock_check(ctx: ServiceContext) -> dict:
                 locked.append({"ca": ca.name, "error": problem or str(exc)})
             else:
                 unlocked.append(ca.name)
-    return {"unlocked": unlocked, "locked": locked}
+    return {"unlocked": unlocked, "locked": locked, "passphrase_error": problem}

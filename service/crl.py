@@ -106,7 +106,7 @@ def _issuer_rows(session, now: dt.datetime, warn: dt.timedelta) -> list[dict]:
             **_freshness(crl.next_update, now, warn)}
     for ca in authority.list_cas(session):  # pkiq's own, renewed by beat
         crl = authority.latest_crl(session, ca)
-        if crl is None:
+        if crl is None or ca.handed_over_at is not None:  # openssl ca's now
             continue
         rows.setdefault(f"pkiq:{ca.name}", {
             "issuer": ca.subject, "issuer_key": None, "origin": f"pkiq CA {ca.name}",

@@ -26,7 +26,7 @@ def make_engine(url: str) -> Engine:
         return _make_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise BadInput(f"PKIQ_DATABASE_URL is not a database URL pkiq can use ({exc}); "
-                       "e.g. postgresql://user@host:5432/pkiq or sqlite:////var/lib/pkiq/shell.db"
+                       "e.g. postgresql://user@host:5432/pkiq or sqlite:////var/lib/pkiq/pkiq.db"
                        ) from None
 
 
@@ -65,7 +65,7 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-SCHEMA_HEAD = "0003"  # the newest migration; tests/test_db.py checks it against Alembic's
+SCHEMA_HEAD = "0004"  # the newest migration; tests/test_db.py checks it against Alembic's
 
 
 def alembic_config(engine: Engine):

@@ -79,4 +79,4 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir / 'shell.db'}"
+        return f"sqlite:///{self.data_dir / 'pkiq.db'}"

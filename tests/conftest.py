@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, text
 
-from pkiq.cli import cli, make_context
+from pkiq.cli import cli
+from pkiq.cli_common import make_context
 from service import ServiceContext
 from shell.db import make_engine, migrate, session_factory
 from shell.settings import Settings
@@ -70,7 +71,7 @@ def _postgres_url(postgres_admin) -> tuple[str, str]:
 def db_url(request, tmp_path):
     """The same test over SQLite (a WAL file) and PostgreSQL (a schema of its own)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shell.db'}"
+        yield f"sqlite:///{tmp_path / 'pkiq.db'}"
         return
     admin = request.getfixturevalue("postgres_admin")
     url, schema = _postgres_url(admin)

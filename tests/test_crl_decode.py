@@ -330,11 +330,14 @@ def million() -> bytes:
 
 
 def test_a_million_entries_cost_little_beyond_parsing(million):
-    started = time.perf_counter()
-    x509.load_der_x509_crl(million)
-    parse = time.perf_counter() - started
-    for data in (million, gzip.compress(million, 1)):
-        started = time.perf_counter()
-        crls, _ = decode_crls(data)
-        assert time.perf_counter() - started < parse + 0.5
+    """Decoding adds no copies of a big CRL beyond what inflating needs: memory traced, not
+    time (the timings are bench/bench_crl.py's, where the machine's load is reported)."""
+    for data, allowed in ((million, 1 << 20), (gzip.compress(million, 1), 2.5 * len(million))):
+        tracemalloc.start()
+        try:
+            crls, _ = decode_crls(data)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < allowed
         assert len(crls[0].der) == len(million)

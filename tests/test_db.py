@@ -25,7 +25,7 @@ def test_migrations_produce_exactly_the_models(engine):
 def test_sqlite_is_wal_and_private(tmp_path):
     from shell.db import make_engine, migrate
 
-    db = tmp_path / "sub" / "shell.db"
+    db = tmp_path / "sub" / "pkiq.db"
     engine = make_engine(f"sqlite:///{db}")
     migrate(engine)
     with engine.connect() as conn:
@@ -82,3 +82,11 @@ def test_schema_head_names_the_newest_migration(engine):
     assert ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == SCHEMA_HEAD
     with engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == SCHEMA_HEAD
+
+
+def test_the_embedded_database_keeps_its_file_name(tmp_path):
+    """An upgraded pkiq must find the CA database an earlier one made: data_dir/pkiq.db."""
+    from shell.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, database_url=None)
+    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'pkiq.db'}"

@@ -45,14 +45,14 @@ def make_democa(folder: Path, *, ca: bool = True, index: str = "", attr: str | N
 def test_the_same_ca_key_cannot_be_adopted_twice(pkiq, tmp_path):
     assert pkiq("ca", "create", "R", "--subject", "/CN=R", "--key-type", "ec-p256").exit_code == 0
     assert pkiq("ca", "export-openssl", "R", tmp_path / "x").exit_code == 0
-    again = pkiq("ca", "import-openssl", tmp_path / "x", "--name", "R2")
+    again = pkiq("ca", "import-openssl", "R2", tmp_path / "x")
     assert_one_line_error(again, 7, "already belongs to pkiq CA 'R'")
     assert [c["name"] for c in json.loads(pkiq("ca", "list", "--json").output)] == ["R"]
 
 
 def test_an_end_entity_certificate_is_not_adopted_as_a_ca(pkiq, tmp_path):
     folder = make_democa(tmp_path / "ee", ca=False)
-    result = pkiq("ca", "import-openssl", folder, "--name", "EE")
+    result = pkiq("ca", "import-openssl", "EE", folder)
     assert_one_line_error(result, 4, "not a CA certificate")
     assert json.loads(pkiq("ca", "list", "--json").output) == []
 
@@ -61,7 +61,7 @@ def test_an_index_that_openssl_would_refuse_under_unique_subject(pkiq, tmp_path)
     rows = "".join(f"V\t301231000000Z\t\t{s}\tunknown\t/CN=twice.example.com\n"
                    for s in ("10", "11"))
     folder = make_democa(tmp_path / "dup", index=rows, attr="unique_subject = yes\n")
-    result = pkiq("ca", "import-openssl", folder, "--name", "Dup")
+    result = pkiq("ca", "import-openssl", "Dup", folder)
     assert_one_line_error(result, 3, "two valid certificates for /CN=twice.example.com")
     assert json.loads(pkiq("ca", "list", "--json").output) == []
 
@@ -74,13 +74,13 @@ def test_an_index_that_openssl_would_refuse_under_unique_subject(pkiq, tmp_path)
 def test_serial_and_crlnumber_files_out_of_range(pkiq, tmp_path, name, content, fragment):
     folder = make_democa(tmp_path / "d")
     (folder / name).write_text(content)
-    assert_one_line_error(pkiq("ca", "import-openssl", folder, "--name", "D"), 3, fragment)
+    assert_one_line_error(pkiq("ca", "import-openssl", "D", folder), 3, fragment)
 
 
 def test_a_released_hold_imports_as_valid(pkiq, tmp_path):
     row = "R\t301231000000Z\t261101000000Z,removeFromCRL\t10\tunknown\t/CN=held.example.com\n"
     folder = make_democa(tmp_path / "h", index=row)
-    result = pkiq("ca", "import-openssl", folder, "--name", "H")
+    result = pkiq("ca", "import-openssl", "H", folder)
     assert result.exit_code == 0, result.stderr
     assert "removeFromCRL" in result.stderr
     assert pkiq("ca", "status", "H", "10").output.strip() == "10=Valid (V)"

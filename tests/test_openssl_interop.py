@@ -259,7 +259,7 @@ def test_import_guide_democa_keeps_index_serial_crlnumber_and_settings(
     crlnumber_file = int((democa / "crlnumber").read_text(), 16)
     assert (serial_file, crlnumber_file) == (0x13, 0x1001)  # openssl moved both on
 
-    info = as_json(pkiq("ca", "import-openssl", democa, "--name", "Imported",
+    info = as_json(pkiq("ca", "import-openssl", "Imported", democa,
                         "--import-passphrase-file", legacy_pass, "--passphrase-file", passfile,
                         "--json"))
     assert info["imported"] == {"V": 1, "R": 2, "E": 0}
@@ -432,14 +432,31 @@ def test_import_with_wrong_passphrase_changes_nothing(pkiq, democa, legacy_pass,
                                                       tmp_path):
     wrong = tmp_path / "wrong.pass"
     wrong.write_text("not the guide passphrase\n")
-    result = pkiq("ca", "import-openssl", democa, "--name", "Imported",
+    result = pkiq("ca", "import-openssl", "Imported", democa,
                   "--import-passphrase-file", wrong, "--passphrase-file", passfile)
     assert result.exit_code == 6
     assert "passphrase" in one_error_line(result)
     assert as_json(pkiq("ca", "list", "--json")) == []
     # Nothing half-made: the same import with the right passphrase goes through.
-    ok(pkiq("ca", "import-openssl", democa, "--name", "Imported",
+    ok(pkiq("ca", "import-openssl", "Imported", democa,
             "--import-passphrase-file", legacy_pass, "--passphrase-file", passfile))
+    assert [c["name"] for c in as_json(pkiq("ca", "list", "--json"))] == ["Imported"]
+
+
+def test_import_keeps_the_old_argument_order_for_one_release(pkiq, democa, legacy_pass,
+                                                             passfile):
+    """'FOLDER --name NAME' (before every 'pkiq ca' command named the CA first) still works,
+    saying what to type instead; a mix of both forms is a usage error that changes nothing."""
+    mixed = pkiq("ca", "import-openssl", "Imported", democa, "--name", "Other",
+                 "--import-passphrase-file", legacy_pass, "--passphrase-file", passfile)
+    assert mixed.exit_code == 2 and "only FOLDER" in mixed.output
+    missing = pkiq("ca", "import-openssl", democa, "--passphrase-file", passfile)
+    assert missing.exit_code == 2 and "NAME, then the demoCA FOLDER" in missing.output
+    assert as_json(pkiq("ca", "list", "--json")) == []
+    old = pkiq("ca", "import-openssl", democa, "--name", "Imported",
+               "--import-passphrase-file", legacy_pass, "--passphrase-file", passfile)
+    assert old.exit_code == 0, old.output
+    assert f"use 'pkiq ca import-openssl Imported {democa}'" in old.stderr
     assert [c["name"] for c in as_json(pkiq("ca", "list", "--json"))] == ["Imported"]
 
 
@@ -449,7 +466,7 @@ def test_import_with_wrong_passphrase_changes_nothing(pkiq, democa, legacy_pass,
 def test_import_of_garbage_index_changes_nothing(pkiq, democa, legacy_pass, passfile,
                                                  garbage):
     (democa / "index.txt").write_bytes(garbage)
-    result = pkiq("ca", "import-openssl", democa, "--name", "Imported",
+    result = pkiq("ca", "import-openssl", "Imported", democa,
                   "--import-passphrase-file", legacy_pass, "--passphrase-file", passfile)
     assert result.exit_code == 3, result.output
     assert "index.txt" in one_error_line(result)
