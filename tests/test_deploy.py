@@ -30,6 +30,8 @@ import pytest
 from ruamel.yaml import YAML  # comes with check-jsonschema, a test dependency
 from sqlalchemy import text
 
+from scheduler.schedule import CRL_TICK_TASK
+
 from .conftest import PASSPHRASE, _postgres_url, make_csr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ LONG_RUNNING = {"postgres", "redis", "worker", "beat"}
 def settings_class():
     """pkiq's Settings, the PKIQ_* variables. The one place that knows its module, which may
     move (to shell.settings on main)."""
-    from pkiq.settings import Settings
+    from shell.settings import Settings
 
     return Settings
 
@@ -273,8 +275,7 @@ def test_worker_and_beat_start_stay_up_and_sign_a_job(deployment, compose):
     deployment.wait_for(worker, worker_log, r"celery@\S+ ready\.")
     deployment.wait_for(beat, beat_log, "beat: Starting")
     created = deployment.pkiq("ca", "create", "Root", "--subject", "/CN=Deploy Root",
-                              "--key-type", "ec-p256", "--passphrase-file",
-                              deployment.env["PKIQ_CA_PASSPHRASE_FILE"])
+                              "--key-type", "ec-p256")  # reads PKIQ_CA_PASSPHRASE_FILE
     assert created.returncode == 0, created.stderr
     csr = deployment.folder / "req.pem"
     csr.write_bytes(make_csr("expe1.example.com"))
@@ -282,7 +283,7 @@ def test_worker_and_beat_start_stay_up_and_sign_a_job(deployment, compose):
     assert done.returncode == 0, (done.stderr, worker_log.read_text()[-3000:])
     [job] = json.loads(done.stdout)
     assert job["state"] == "issued" and job["serial"]
-    deployment.wait_for(worker, worker_log, r"scheduler\.tasks\.tick\[\S+\] succeeded",
+    deployment.wait_for(worker, worker_log, re.escape(CRL_TICK_TASK) + r"\[\S+\] succeeded",
                         timeout=30)
     assert worker.poll() is None and beat.poll() is None
     assert deployment.terminate(beat) == 0, beat_log.read_text()[-3000:]
