@@ -20,6 +20,7 @@ from .cli_common import (
     deliver,
     emit,
     json_option,
+    output_options,
     pass_service,
     passphrase_options,
     read_input,
@@ -172,9 +173,7 @@ def ca_show(ctx, name, pem, as_json):
               help="Validity (default: profile, then CA).")
 @click.option("--md", help="Digest: sha256 (default; sha384 for P-384 CAs), sha384 or sha512. "
               "SHA-1 is refused.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the certificate here.")
-@click.option("--der", is_flag=True, help="DER instead of PEM.")
+@output_options("certificate")
 @passphrase_options()
 @json_option
 @pass_service
@@ -251,9 +250,7 @@ def _deliver_crl(output: Output, result: cas.CrlResult, as_json: bool) -> None:
 
 @ca_group.command("gencrl")
 @click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the CRL here.")
-@click.option("--der", is_flag=True, help="DER instead of PEM.")
+@output_options("CRL")
 @passphrase_options()
 @json_option
 @pass_service
@@ -266,9 +263,7 @@ def ca_gencrl(ctx, name, out, der, passphrase_file, passphrase_env, as_json):
 
 @ca_group.command("crl")
 @click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the CRL here.")
-@click.option("--der", is_flag=True, help="DER instead of PEM.")
+@output_options("CRL")
 @json_option
 @pass_service
 def ca_crl(ctx, name, out, der, as_json):
@@ -371,9 +366,7 @@ def cert_show(ctx, serial, ca_name, as_json):
 @click.argument("serial")
 @click.option("--ca", "ca_name", help="The issuing CA (needed if the serial is ambiguous).")
 @click.option("--chain", is_flag=True, help="Append the issuing CA chain (PEM only).")
-@click.option("--der", is_flag=True, help="DER instead of PEM.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the certificate here.")
+@output_options("certificate")
 @pass_service
 def cert_get(ctx, serial, ca_name, chain, der, out):
     """Print or save an issued certificate, optionally with its chain."""

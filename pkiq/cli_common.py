@@ -89,6 +89,16 @@ def read_input(path: Path) -> bytes:
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
+def output_options(what: str):
+    """``--out FILE`` and ``--der`` for a command that hands back a certificate or CRL."""
+
+    def decorate(func):
+        func = click.option("--der", is_flag=True, help="DER instead of PEM.")(func)
+        return click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+                            help=f"Write the {what} here (else standard output).")(func)
+    return decorate
+
+
 def passphrase_options(prefix: str = "", what: str = "the CA key"):
     dash = f"{prefix}-" if prefix else ""
     under = f"{prefix}_" if prefix else ""

@@ -15,7 +15,17 @@ from ca.x509text import decode_all, render
 from service import crl as crl_service
 from service import trust as trust_service
 
-from .cli_common import PARTIAL, Output, deliver, emit, json_option, pass_service, read_input, warn
+from .cli_common import (
+    PARTIAL,
+    Output,
+    deliver,
+    emit,
+    json_option,
+    output_options,
+    pass_service,
+    read_input,
+    warn,
+)
 
 # ====================================================================== trust
 
@@ -292,9 +302,7 @@ def crl_remove(ctx, issuer, fetched, as_json):
 
 @crl_group.command("show")
 @click.argument("issuer")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the CRL here.")
-@click.option("--der", is_flag=True, help="DER instead of PEM.")
+@output_options("CRL")
 @json_option
 @pass_service
 def crl_show(ctx, issuer, out, der, as_json):

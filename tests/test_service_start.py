@@ -60,6 +60,15 @@ def _start(env, *args, log):
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _until_ready(proc, log) -> str:
+    """The process's output once Celery says it is ready (or it exited, or a minute passed)."""
+    deadline = time.monotonic() + 60
+    while "ready" not in log.read_text() and time.monotonic() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.2)
+    return log.read_text()
+
+
 def _stop(proc):
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -92,11 +101,7 @@ def test_the_service_names_the_cas_it_cannot_unlock_and_starts(tmp_path):
     log = tmp_path / "worker.log"
     proc = _start(env, "worker", "-c", "1", log=log)
     try:
-        deadline = time.monotonic() + 60
-        while "ready" not in log.read_text() and time.monotonic() < deadline \
-                and proc.poll() is None:
-            time.sleep(0.2)
-        text = log.read_text()
+        text = _until_ready(proc, log)
         assert "ready" in text, text
         assert "pkiq: warning: cannot unlock CA Other, its jobs will fail" in text
         assert "cannot unlock CA Root" not in text
@@ -109,11 +114,7 @@ def test_a_fresh_service_with_no_ca_starts_and_says_what_is_missing(tmp_path):
     log = tmp_path / "serve.log"
     proc = _start(env, "serve", "-c", "1", log=log)
     try:
-        deadline = time.monotonic() + 60
-        while "ready" not in log.read_text() and time.monotonic() < deadline \
-                and proc.poll() is None:
-            time.sleep(0.2)
-        text = log.read_text()
+        text = _until_ready(proc, log)
         assert "ready" in text, text
         assert "no CA yet" in text and "cannot read PKIQ_CA_PASSPHRASE_FILE" in text
     finally:
