@@ -113,22 +113,6 @@ def test_settings_are_checked_before_anything_is_written(sessions, clock):
         assert (settings.update_time, settings.enabled) == ("03:05", False)
 
 
-@pytest.mark.parametrize("url, message", [
-    ("ldap://ldap.example.com/cn=CA?certificateRevocationList", "only HTTP"),
-    ("file:///etc/passwd", "only HTTP"),
-    ("ftp://x/y.crl", "only HTTP"),
-    ("http:///no-host", "no host"),
-    ("https://user:secret@crl.example.com/ca.crl", "user name or password"),
-])
-def test_only_http_distribution_points_are_accepted(sessions, clock, url, message):
-    from ca.errors import BadInput
-
-    with pytest.raises(BadInput, match=message), transaction(sessions) as s:
-        crl_config.add_points(s, ["http://ok.example.com/a.crl", url], clock())
-    with transaction(sessions) as s:
-        assert crl_config.list_points(s) == []  # the good one was not added either
-
-
 def test_point_list_as_text_one_url_per_line(sessions, clock):
     text = "# our CAs\nhttp://a.example.com/a.crl\n\n  https://b.example.com/b.crl  \n"
     urls = crl_config.parse_point_list(text)
