@@ -29,6 +29,8 @@ from requests.adapters import HTTPAdapter
 from ca.crl_config import check_url, safe_url
 from ca.errors import BadInput
 
+from .causes import causes, find_cause
+
 USER_AGENT = "pkiq-crl-fetch/0.1"
 _REDIRECTS = {301, 302, 303, 307, 308}
 _CHUNK = 64 * 1024
@@ -306,45 +308,23 @@ def _host_port(url: str) -> str:
 
 def _tls_problem(url: str, exc: BaseException) -> str:
     """The guide: an HTTPS distribution point must itself have a valid certificate."""
-    unverified = _find(exc, ssl.SSLCertVerificationError)
+    unverified = find_cause(exc, ssl.SSLCertVerificationError)
     if unverified is not None:
         return (f"TLS certificate of {_host_port(url)} is not trusted: "
                 f"{unverified.verify_message}")
-    problem = _find(exc, ssl.SSLError)
+    problem = find_cause(exc, ssl.SSLError)
     return f"TLS handshake with {_host_port(url)} failed: {problem or _reason(exc)}"
 
 
 def _reason(exc: BaseException) -> str:
     """The innermost useful cause, without urllib3's pool and retry wrapping."""
-    if _find(exc, ConnectionRefusedError):
+    if find_cause(exc, ConnectionRefusedError):
         return "connection refused"
-    unresolved = _find(exc, socket.gaierror)
+    unresolved = find_cause(exc, socket.gaierror)
     if unresolved is not None:
         return f"the host name does not resolve ({unresolved.strerror})"
-    causes = _causes(exc)
-    root = causes[-1]
+    root = causes(exc)[-1]
     return str(root) or type(root).__name__
-
-
-def _find(exc: BaseException, kind: type[BaseException]):
-    return next((e for e in _causes(exc) if isinstance(e, kind)), None)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """exc and what it wraps: urllib3's ``reason``, exceptions in args, ``__cause__``."""
-    found: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo and len(found) < 20:
-        current = todo.pop(0)
-        if any(current is seen for seen in found):
-            continue
-        found.append(current)
-        reason = getattr(current, "reason", None)
-        nested = [reason] if isinstance(reason, BaseException) else []
-        nested += [arg for arg in current.args if isinstance(arg, BaseException)]
-        nested += [e for e in (current.__cause__, current.__context__) if e is not None]
-        todo.extend(nested)
-    return found
 
 
 # ---------------------------------------------------------------- plumbing
