@@ -16,8 +16,6 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .crl import RevokedEntry, build_crl, reason_name
@@ -30,6 +28,7 @@ from .names import openssl_oneline
 from .policy import POLICY_ANYTHING, Policy
 from .profiles import PROFILES, Profile, get_profile
 from .serials import Random, parse_serial, random_serial, serial_hex
+from .sql import InsertIgnoringConflicts
 
 __all__ = ["parse_serial", "random_serial", "serial_hex"]  # re-exported for front ends
 
@@ -395,9 +394,7 @@ class PendingCertificates:
         any was not written."""
         if not self.rows:
             return
-        connection = session.connection()
-        written = connection.execute(_INSERT_CERTIFICATE[connection.dialect.name],
-                                     self.rows).all()
+        written = _INSERT_CERTIFICATE.execute(session, self.rows).all()
         if len(written) != len(self.rows):
             raise BatchConflict(f"{len(self.rows) - len(written)} of {len(self.rows)} serials "
                                 "in the batch were taken")
@@ -408,16 +405,11 @@ def _insert_unless_taken(session: Session, values: dict) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING: False when the serial or (under unique_subject) the
     subject is taken. Cheaper than a savepoint per certificate, and the transaction stays
     usable on PostgreSQL, where a failed INSERT would abort it."""
-    connection = session.connection()
-    statement = _INSERT_CERTIFICATE[connection.dialect.name]
-    return connection.execute(statement, values).first() is not None
+    return _INSERT_CERTIFICATE.execute(session, values).first() is not None
 
 
-_INSERT_CERTIFICATE = {  # built once: Core, not the ORM unit of work, on the hot path
-    name: insert(Certificate.__table__).on_conflict_do_nothing().returning(
-        Certificate.__table__.c.id)
-    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
-}
+_INSERT_CERTIFICATE = InsertIgnoringConflicts(Certificate.__table__,
+                                              Certificate.__table__.c.id)
 
 
 def _check_unique_subject(session, ca, subject_text, now):

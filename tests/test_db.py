@@ -82,3 +82,18 @@ def test_schema_head_names_the_newest_migration(engine):
     assert ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == SCHEMA_HEAD
     with engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == SCHEMA_HEAD
+
+
+def test_insert_ignoring_conflicts_on_each_dialect(sessions):
+    """ca.sql is the one place that knows the dialects' INSERT ... ON CONFLICT DO NOTHING."""
+    from ca.models import Lease
+    from ca.sql import InsertIgnoringConflicts, insert_or_ignore
+    from shell.db import transaction
+
+    insert = InsertIgnoringConflicts(Lease.__table__, Lease.__table__.c.name)
+    with transaction(sessions) as session:
+        assert insert_or_ignore(session, Lease, dict(name="a"))
+        assert not insert_or_ignore(session, Lease, dict(name="a"))
+        rows = insert.execute(session, [dict(name=n) for n in ("a", "b", "c")]).all()
+        assert sorted(name for (name,) in rows) == ["b", "c"]
+        assert insert.execute(session, dict(name="b")).first() is None
