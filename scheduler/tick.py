@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ca import crl_config
-from ca.models import RefreshRun
+from ca.keys import Signer
+from ca.models import CertificateAuthority, RefreshRun
 from shell.db import transaction
 
 from . import refresh as refresh_mod
@@ -66,7 +67,8 @@ def _slots(session: Session, now: dt.datetime) -> tuple[dt.datetime | None,
 
 
 def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
-         signer_for: Callable | None, send: Callable, sleep=None) -> TickReport:
+         signer_for: Callable[[CertificateAuthority], Signer] | None, send: Callable,
+         sleep=None) -> TickReport:
     """One beat tick. ``signer_for(ca)`` loads a CA's key (None: own CRLs are not renewed
     here, and say so as a problem); ``send(problem, severity)`` delivers an alert."""
     report = TickReport()

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from ca import crl_install
 from ca.authority import generate_crl, latest_crl
 from ca.errors import PkiqError
+from ca.keys import Signer
 from ca.models import (
     AlertState,
     Certificate,
@@ -61,8 +62,9 @@ def own_crl_reason(session: Session, ca: CertificateAuthority, now: dt.datetime,
     return None
 
 
-def renew_own_crls(session: Session, signer_for: Callable, now: dt.datetime,
-                   overlap: dt.timedelta, *, force: bool = False) -> list[tuple[str, str]]:
+def renew_own_crls(session: Session, signer_for: Callable[[CertificateAuthority], Signer],
+                   now: dt.datetime, overlap: dt.timedelta, *, force: bool = False
+                   ) -> list[tuple[str, str]]:
     """Generate a CRL for each pkiq CA that needs one (every CA when ``force``, as on the
     nightly schedule). Returns (CA name, what happened); a CA whose key cannot be loaded is
     reported, not fatal. The caller commits."""
