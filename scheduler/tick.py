@@ -28,7 +28,7 @@ ON_TIME = dt.timedelta(minutes=10)  # a run later than this after its slot was "
 class TickReport:
     refresh: refresh_mod.RefreshReport | None = None
     skipped: str | None = None  # why no refresh ran although one was due
-    own_crls: list[tuple[str, str]] = field(default_factory=list)
+    own_crls: list[upkeep.OwnCrlOutcome] = field(default_factory=list)
     alerted: list[str] = field(default_factory=list)
 
 
