@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+from dataclasses import dataclass, fields
 from urllib.parse import urljoin, urlsplit
 
 from sqlalchemy import select, update
@@ -36,6 +37,43 @@ def get_settings(session: Session, now: dt.datetime, *, for_update: bool = False
                                                     seed=secrets.token_hex(16), **DEFAULTS))
         row = session.scalar(query.with_for_update() if for_update else query)
     return row
+
+
+@dataclass(frozen=True)
+class CrlPolicy:
+    """The settings as one frozen value (``snapshot``), not the ORM row: read once, so a
+    beat tick decides whether the refresh is due, runs it, renews pkiq's own CRLs and
+    raises alerts on one consistent set even when an operator changes them meanwhile."""
+
+    enabled: bool
+    update_time: str  # HH:MM, UTC
+    spread_seconds: int
+    use_cdp: bool
+    timeout_seconds: int
+    max_bytes: int
+    parallelism: int
+    skew_seconds: int
+    warn_hours: int
+    overlap_hours: int
+    seed: str
+
+    @property
+    def skew(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self.skew_seconds)
+
+    @property
+    def warn(self) -> dt.timedelta:
+        return dt.timedelta(hours=self.warn_hours)
+
+    @property
+    def overlap(self) -> dt.timedelta:
+        return dt.timedelta(hours=self.overlap_hours)
+
+
+def snapshot(session: Session, now: dt.datetime) -> CrlPolicy:
+    """The settings as they are now (made with the defaults the first time)."""
+    row = get_settings(session, now)
+    return CrlPolicy(**{name.name: getattr(row, name.name) for name in fields(CrlPolicy)})
 
 
 def parse_time(text: str) -> str:
