@@ -24,11 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from ca import crl_config, crl_install, trust
 from ca.crl_decode import DecodeLimits, decode_crls
 from ca.errors import Conflict, PkiqError
-from ca.models import CertificateAuthority, CrlIssuerStatus, DistributionPoint, RefreshRun
+from ca.models import CertificateAuthority, CrlIssuerStatus, DistributionPoint
 from shell.db import transaction
 
 from . import lease
 from .fetch import FetchLimits, FetchResult, Validator, fetch_all
+from .models import RefreshRun
 
 log = logging.getLogger("pkiq.scheduler")
 LEASE = "crl-refresh"

@@ -14,11 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ca import crl_config
 from ca.keys import Signer
-from ca.models import CertificateAuthority, RefreshRun
+from ca.models import CertificateAuthority
 from shell.db import transaction
 
 from . import refresh as refresh_mod
 from . import schedule, upkeep
+from .models import RefreshRun
 
 log = logging.getLogger("pkiq.scheduler")
 ON_TIME = dt.timedelta(minutes=10)  # a run later than this after its slot was "missed"

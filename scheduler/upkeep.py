@@ -22,15 +22,10 @@ from ca import crl_install
 from ca.authority import generate_crl, latest_crl
 from ca.errors import PkiqError
 from ca.keys import Signer
-from ca.models import (
-    AlertState,
-    Certificate,
-    CertificateAuthority,
-    CrlIssuerStatus,
-    DistributionPoint,
-    RefreshRun,
-)
+from ca.models import Certificate, CertificateAuthority, CrlIssuerStatus, DistributionPoint
 from ca.sql import insert_or_ignore
+
+from .models import AlertState, RefreshRun
 
 log = logging.getLogger("pkiq.scheduler")
 RETRY_DELIVERY = dt.timedelta(minutes=15)

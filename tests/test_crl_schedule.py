@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from ca import authority, crl_config
-from ca.models import AlertState, RefreshRun
 from scheduler import lease, schedule, tick, upkeep
+from scheduler.models import AlertState, RefreshRun
 from shell.db import transaction
 from tests.conftest import make_csr
 from tests.domain import PASS, new_ca, sign
