@@ -16,20 +16,27 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .crl import RevokedEntry, build_crl, reason_name
 from .csr import check_expressway_names, check_key, load_csr
 from .errors import BadInput, CaExpired, Conflict, NotFound, PolicyViolation, WrongPassphrase
 from .issuance import COPY_MODES, CaUrls, build_certificate, validity_window
-from .keys import DIGESTS, SoftwareSigner, decrypt_key, describe_key, encrypt_key, generate_key
+from .keys import (
+    DIGESTS,
+    Signer,
+    SoftwareSigner,
+    decrypt_key,
+    describe_key,
+    encrypt_key,
+    generate_key,
+)
 from .models import Certificate, CertificateAuthority, Crl
 from .names import openssl_oneline
 from .policy import POLICY_ANYTHING, Policy
 from .profiles import PROFILES, Profile, get_profile
 from .serials import Random, parse_serial, random_serial, serial_hex
+from .sql import InsertIgnoringConflicts
 
 __all__ = ["parse_serial", "random_serial", "serial_hex"]  # re-exported for front ends
 
@@ -170,7 +177,7 @@ def list_cas(session: Session) -> list[CertificateAuthority]:
     return list(session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)))
 
 
-def load_signer(ca: CertificateAuthority, passphrase: bytes | None) -> SoftwareSigner:
+def load_signer(ca: CertificateAuthority, passphrase: bytes | None) -> Signer:
     """Decrypt the CA key (once per process is enough) and check it belongs to the CA cert."""
     if not passphrase:
         raise WrongPassphrase(f"CA {ca.name!r}: its key is encrypted; give its passphrase")
@@ -180,7 +187,7 @@ def load_signer(ca: CertificateAuthority, passphrase: bytes | None) -> SoftwareS
     return signer
 
 
-def check_key_matches(signer, cert: x509.Certificate, name: str) -> None:
+def check_key_matches(signer: Signer, cert: x509.Certificate, name: str) -> None:
     if spki_fingerprint(signer.public_key()) != spki_fingerprint(cert.public_key()):
         raise BadInput(f"the private key does not belong to the certificate of CA {name!r}")
 
@@ -221,7 +228,7 @@ def create_ca(
     days: int = 3650,
     options: CaOptions = CaOptions(),
     parent: CertificateAuthority | None = None,
-    parent_signer: SoftwareSigner | None = None,
+    parent_signer: Signer | None = None,
     rng: Random = os.urandom,
 ) -> tuple[CertificateAuthority, list[str]]:
     """A root CA, or (with ``parent``) a subordinate CA whose issuance the parent records.
@@ -295,7 +302,7 @@ def resolve_days(ca: CertificateAuthority, profile: Profile, days: int | None) -
 def sign_csr(
     session: Session,
     ca: CertificateAuthority,
-    signer: SoftwareSigner,
+    signer: Signer,
     csr_data: bytes,
     *,
     profile: str,
@@ -359,8 +366,8 @@ def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile
                 "not another CA (RFC 5280 4.2.1.9)", "basicConstraints", "pathlen")
 
 
-def _issue(session, ca, signer, *, subject, public_key, profile, days, now, rng, csr=None,
-           digest=None, pending=None) -> SignResult:
+def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subject, public_key,
+           profile, days, now, rng, csr=None, digest=None, pending=None) -> SignResult:
     issuer = ca_certificate(ca)
     _check_can_issue(ca, issuer, profile, now)
     subject_text = openssl_oneline(subject)
@@ -416,9 +423,7 @@ class PendingCertificates:
         any was not written."""
         if not self.rows:
             return
-        connection = session.connection()
-        written = connection.execute(_INSERT_CERTIFICATE[connection.dialect.name],
-                                     self.rows).all()
+        written = _INSERT_CERTIFICATE.execute(session, self.rows).all()
         if len(written) != len(self.rows):
             raise BatchConflict(f"{len(self.rows) - len(written)} of {len(self.rows)} serials "
                                 "in the batch were taken")
@@ -429,16 +434,11 @@ def _insert_unless_taken(session: Session, values: dict) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING: False when the serial or (under unique_subject) the
     subject is taken. Cheaper than a savepoint per certificate, and the transaction stays
     usable on PostgreSQL, where a failed INSERT would abort it."""
-    connection = session.connection()
-    statement = _INSERT_CERTIFICATE[connection.dialect.name]
-    return connection.execute(statement, values).first() is not None
+    return _INSERT_CERTIFICATE.execute(session, values).first() is not None
 
 
-_INSERT_CERTIFICATE = {  # built once: Core, not the ORM unit of work, on the hot path
-    name: insert(Certificate.__table__).on_conflict_do_nothing().returning(
-        Certificate.__table__.c.id)
-    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
-}
+_INSERT_CERTIFICATE = InsertIgnoringConflicts(Certificate.__table__,
+                                              Certificate.__table__.c.id)
 
 
 def _check_unique_subject(session, ca, subject_text, now):
@@ -545,7 +545,7 @@ def update_db(session: Session, ca: CertificateAuthority, now: dt.datetime) -> i
 # ---------------------------------------------------------------- CRLs
 
 def generate_crl(
-    session: Session, ca: CertificateAuthority, signer: SoftwareSigner, now: dt.datetime
+    session: Session, ca: CertificateAuthority, signer: Signer, now: dt.datetime
 ) -> Crl:
     """The CA's next CRL. The CA row is locked for the transaction, so two writers on any
     host take numbers one after the other; the unique (ca, number) index backs that up."""

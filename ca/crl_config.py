@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
-from urllib.parse import urlsplit
+from dataclasses import dataclass, fields
+from urllib.parse import urljoin, urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -23,6 +24,7 @@ LIMITS = dict(spread_seconds=(0, 6 * 3600), timeout_seconds=(1, 3600),
               max_bytes=(1024, 2 * 2**30), parallelism=(1, 128), skew_seconds=(0, 86400),
               warn_hours=(1, 24 * 30), overlap_hours=(1, 24 * 30))
 MAX_URL = 2048
+SCHEMES = ("http", "https")
 
 
 def get_settings(session: Session, now: dt.datetime, *, for_update: bool = False
@@ -35,6 +37,43 @@ def get_settings(session: Session, now: dt.datetime, *, for_update: bool = False
                                                     seed=secrets.token_hex(16), **DEFAULTS))
         row = session.scalar(query.with_for_update() if for_update else query)
     return row
+
+
+@dataclass(frozen=True)
+class CrlPolicy:
+    """The settings as one frozen value (``snapshot``), not the ORM row: read once, so a
+    beat tick decides whether the refresh is due, runs it, renews pkiq's own CRLs and
+    raises alerts on one consistent set even when an operator changes them meanwhile."""
+
+    enabled: bool
+    update_time: str  # HH:MM, UTC
+    spread_seconds: int
+    use_cdp: bool
+    timeout_seconds: int
+    max_bytes: int
+    parallelism: int
+    skew_seconds: int
+    warn_hours: int
+    overlap_hours: int
+    seed: str
+
+    @property
+    def skew(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self.skew_seconds)
+
+    @property
+    def warn(self) -> dt.timedelta:
+        return dt.timedelta(hours=self.warn_hours)
+
+    @property
+    def overlap(self) -> dt.timedelta:
+        return dt.timedelta(hours=self.overlap_hours)
+
+
+def snapshot(session: Session, now: dt.datetime) -> CrlPolicy:
+    """The settings as they are now (made with the defaults the first time)."""
+    row = get_settings(session, now)
+    return CrlPolicy(**{name.name: getattr(row, name.name) for name in fields(CrlPolicy)})
 
 
 def parse_time(text: str) -> str:
@@ -72,25 +111,54 @@ def update_settings(session: Session, now: dt.datetime, **changes) -> CrlSetting
     return row
 
 
-def check_url(url: str) -> str:
-    """An HTTP(S) distribution point URL, or one clear error (the guide: only HTTP(S)
-    distribution points are supported)."""
-    url = url.strip()
+def check_url(url: str, base: str | None = None) -> str:
+    """A distribution point URL as given (white space around it removed; resolved against
+    ``base`` when given, as a redirect's Location is), or BadInput with one clear sentence.
+
+    The one rule for what a distribution point is, applied where points are added and where
+    a fetch follows a redirect: HTTP(S) only, as the Expressway guide requires (the scheme in
+    any case), with a host and a valid port, no user name or password (it would be stored,
+    logged and shown in clear), no white space or control characters (checked before
+    resolving, which would drop tabs and line breaks silently), at most ``MAX_URL``
+    characters. Messages never show a password given in the URL."""
+    text = _short_enough(url.strip())
+    if any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise BadInput(f"{safe_url(text)!r}: a distribution point URL must not contain spaces "
+                       "or control characters")
+    try:
+        text = urljoin(base, text) if base else text
+        parts = urlsplit(text)
+        host, _port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise BadInput(f"{safe_url(text)!r}: {exc}") from None
+    shown = safe_url(_short_enough(text))  # resolved, the length again
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise BadInput("only HTTP(S) distribution points are supported (the Expressway guide); "
+                       f"{shown!r} is {scheme + ':' if scheme else 'not a URL'}")
+    if not host:
+        raise BadInput(f"{shown!r} has no host")
+    if "@" in parts.netloc:
+        raise BadInput(f"{shown!r}: distribution point URLs with a user name or password are "
+                       "refused: they would be stored and shown in clear")
+    return text
+
+
+def _short_enough(url: str) -> str:
     if len(url) > MAX_URL:
         raise BadInput(f"distribution point URL longer than {MAX_URL} characters")
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https"):
-        shown = parts.scheme or "no scheme"
-        raise BadInput(f"{url!r}: only HTTP(S) distribution points are supported ({shown} "
-                       "given); LDAP and file URLs cannot be fetched")
-    if not parts.hostname:
-        raise BadInput(f"{url!r}: the URL names no host")
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise BadInput(f"{url!r}: a URL cannot contain spaces or control characters")
-    if parts.username or parts.password:
-        raise BadInput("distribution point URLs with a user name or password are refused: "
-                       "they would be stored and shown in clear")
     return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with any ``user:password@`` replaced, for messages and logs (also when the
+    URL cannot be parsed)."""
+    head, slashes, rest = url.partition("//")
+    if not slashes:
+        return url
+    ends = [at for at in map(rest.find, "/?#") if at != -1]
+    userinfo, at, _hostport = rest[:min(ends, default=len(rest))].rpartition("@")
+    return f"{head}//***@{rest[len(userinfo) + 1:]}" if at else url
 
 
 def list_points(session: Session, origin: str | None = None) -> list[DistributionPoint]:

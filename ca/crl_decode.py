@@ -9,7 +9,6 @@ Signatures and dates are checked elsewhere (``ca.crl_install``); this module onl
 
 from __future__ import annotations
 
-import binascii
 import io
 import struct
 import tarfile
@@ -19,10 +18,11 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from .encoding import EncodingError, TooManyPemBlocks, der_size, pem_blocks, pem_label
 from .errors import BadInput
 
+PEM_LABEL = "X509 CRL"
 PEM_BEGIN = b"-----BEGIN X509 CRL-----"
-PEM_END = b"-----END X509 CRL-----"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _ZIP_CENTRAL_ENTRY = b"PK\x01\x02"
@@ -95,31 +95,27 @@ def _prefix(container: str) -> str:
 def _der_fills(data: bytes) -> bool:
     """A DER SEQUENCE whose declared length is exactly the file (so not text that starts
     with the character "0")."""
-    header = _der_header(data)
-    return header is not None and sum(header) == len(data)
+    return _declared(data) == len(data)
 
 
-def _der_header(data: bytes) -> tuple[int, int] | None:
-    """(header length, content length) of a leading SEQUENCE, X.690 8.1.3 length forms."""
-    if len(data) < 2 or data[0] != 0x30:
+def _declared(data: bytes) -> int | None:
+    """The size a leading SEQUENCE declares, header included, or None when there is none."""
+    if data[:1] != b"\x30":
         return None
-    first = data[1]
-    if first < 0x80:
-        return 2, first
-    size = first & 0x7F
-    if size == 0 or size > 4 or len(data) < 2 + size:
+    try:
+        return der_size(data)
+    except EncodingError:
         return None
-    return 2 + size, int.from_bytes(data[2:2 + size], "big")
 
 
 def _load_der(der: bytes, source: str, where: str) -> DecodedCrl:
     """``where`` prefixes error messages ("zip member 2 (a.crl): ", "" for a plain file)."""
-    header = _der_header(der)
-    if header is not None and sum(header) > len(der):
+    declared = _declared(der)
+    if declared is not None and declared > len(der):
         raise CrlFormatError(f"{where}truncated DER CRL: the outer SEQUENCE declares "
-                             f"{sum(header):,} bytes but only {len(der):,} are present")
-    if header is not None and sum(header) < len(der):
-        raise CrlFormatError(f"{where}DER CRL followed by {len(der) - sum(header):,} bytes "
+                             f"{declared:,} bytes but only {len(der):,} are present")
+    if declared is not None and declared < len(der):
+        raise CrlFormatError(f"{where}DER CRL followed by {len(der) - declared:,} bytes "
                              "of trailing data (two files joined, or a damaged download?)")
     try:
         return DecodedCrl(x509.load_der_x509_crl(der), der, source)
@@ -143,27 +139,18 @@ def _is_certificate(der: bytes) -> bool:
 def _pem_blocks(data: bytes, container: str, limits: DecodeLimits) -> list[DecodedCrl]:
     """Every ``X509 CRL`` block; text between and around blocks is ignored (RFC 7468 5)."""
     crls: list[DecodedCrl] = []
-    view = memoryview(data)
-    start = data.find(PEM_BEGIN)
-    while start != -1:
-        number = len(crls) + 1
-        where = f"{_prefix(container)}PEM block #{number}: "
-        if len(crls) == limits.max_members:
-            raise CrlFormatError(f"{_prefix(container)}more than {limits.max_members:,} "
-                                 "PEM CRL blocks")
-        body = start + len(PEM_BEGIN)
-        end = data.find(PEM_END, body)
-        if end == -1 or data.find(PEM_BEGIN, body, end) != -1:
-            raise CrlFormatError(f"{where}no '{PEM_END.decode()}' line "
-                                 "(a truncated or badly joined file?)")
-        try:
-            # Non-strict base64 skips line breaks without copying; damage shows in the DER.
-            der = binascii.a2b_base64(view[body:end])
-        except binascii.Error as exc:
-            raise CrlFormatError(f"{where}not valid base64: {exc}") from None
-        source = f"{container}, pem #{number}" if container else f"pem #{number}"
-        crls.append(_load_der(der, source, where))
-        start = data.find(PEM_BEGIN, end)
+    prefix = _prefix(container)
+    try:
+        for number, block in enumerate(pem_blocks(data, [PEM_LABEL],
+                                                  max_blocks=limits.max_members,
+                                                  max_bytes=limits.max_total_bytes), 1):
+            source = f"{container}, pem #{number}" if container else f"pem #{number}"
+            crls.append(_load_der(block.der, source, f"{prefix}PEM block #{number}: "))
+    except TooManyPemBlocks:
+        raise CrlFormatError(f"{prefix}more than {limits.max_members:,} PEM CRL blocks"
+                             ) from None
+    except EncodingError as exc:
+        raise CrlFormatError(f"{prefix}{exc}") from None
     return crls
 
 
@@ -181,7 +168,7 @@ def _what_else(data: bytes) -> str:
         return "the file is XML, not a CRL"
     if head.startswith((b"{", b"[")):
         return "the file looks like JSON, not a CRL"
-    label = _pem_label(data)
+    label = pem_label(data)
     if label:
         return f"the PEM file holds {label} blocks, not X509 CRL"
     if _is_text(data[:512]):
@@ -189,14 +176,6 @@ def _what_else(data: bytes) -> str:
         return f"not a CRL: the file is text starting {shown!r}"
     return ("not a CRL: the content is neither PEM, DER, ZIP nor gzip (first bytes "
             f"{data[:8].hex(' ')})")
-
-
-def _pem_label(data: bytes) -> str | None:
-    start = data.find(b"-----BEGIN ")
-    if start == -1:
-        return None
-    end = data.find(b"-----", start + 11, start + 80)
-    return data[start + 11:end].decode("ascii", "replace") if end != -1 else None
 
 
 def _is_text(sample: bytes) -> bool:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from . import trust
+from .encoding import der_element, der_length
 from .errors import BadInput, BadSignature, Conflict, NotFound, PolicyViolation
 from .models import CrlIssuerStatus, InstalledCrl
 from .names import openssl_oneline
@@ -175,17 +176,9 @@ def _signature_valid(crl: x509.CertificateRevocationList, der: bytes | None, key
 
 
 def _first_element(der: bytes) -> memoryview:
-    """The first TLV inside the outer SEQUENCE (DER lengths; the CRL parsed already)."""
-    def header(at: int) -> tuple[int, int]:
-        length, start = der[at + 1], at + 2
-        if length & 0x80:
-            size = length & 0x7F
-            length, start = int.from_bytes(der[start:start + size], "big"), start + size
-        return start, start + length
-
-    inner, _ = header(0)
-    _, end = header(inner)
-    return memoryview(der)[inner:end]
+    """The first element inside the outer SEQUENCE (the CRL parsed already)."""
+    inner, _length = der_length(der)
+    return der_element(der, inner)
 
 
 def _check_crl_sign(cert: x509.Certificate, label: str) -> None:

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
 
 from .authority import PendingCertificates, get_ca, sign_csr
@@ -26,6 +24,7 @@ from .keys import Signer
 from .models import CertificateAuthority, SigningJob
 from .names import openssl_oneline
 from .profiles import get_profile
+from .sql import InsertIgnoringConflicts
 
 STATES = ("awaiting_approval", "queued", "signing", "issued", "rejected", "failed")
 ACTIVE = ("queued", "signing")  # a worker still owes these an answer
@@ -84,9 +83,7 @@ def submit_many(session: Session, ca: CertificateAuthority, requests: Sequence[b
             state=state, attempts=0, submitted_at=now, updated_at=now))
     if not values:
         return out
-    connection = session.connection()
-    inserted = dict(connection.execute(_INSERT_JOB[connection.dialect.name],
-                                       list(values.values())).all())
+    inserted = dict(_INSERT_JOB.execute(session, list(values.values())).all())
     jobs_by_digest: dict[str, SigningJob] = {}
     for digest, job_id in inserted.items():
         job = SigningJob(id=job_id, error=None, serial=None, decided_by=None,
@@ -105,11 +102,9 @@ def submit_many(session: Session, ca: CertificateAuthority, requests: Sequence[b
     return out
 
 
-_INSERT_JOB = {  # built once; a request already queued is skipped, then looked up
-    name: insert(SigningJob.__table__).on_conflict_do_nothing().returning(
-        SigningJob.__table__.c.csr_sha256, SigningJob.__table__.c.id)
-    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
-}
+# a request already queued is skipped, then looked up
+_INSERT_JOB = InsertIgnoringConflicts(SigningJob.__table__, SigningJob.__table__.c.csr_sha256,
+                                      SigningJob.__table__.c.id)
 
 
 def get_job(session: Session, job_id: int, *, for_update: bool = False) -> SigningJob:

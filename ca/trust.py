@@ -7,7 +7,6 @@ default (pkiq's own CAs), show all or one, decoded or PEM.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import re
@@ -18,13 +17,20 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from .encoding import (
+    EncodingError,
+    PemBlock,
+    TooManyPemBlocks,
+    der_element,
+    pem_blocks,
+    pem_label,
+)
 from .errors import BadInput, NotFound
 from .models import CertificateAuthority, CrlIssuerStatus, DistributionPoint, TrustedCa
 from .names import openssl_oneline
 
 MAX_BUNDLE_CERTS = 1000
-_PEM_CERT = re.compile(rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----.+?"
-                       rb"-----END (?:X509 |TRUSTED )?CERTIFICATE-----", re.S)
+_PEM_LABELS = ("CERTIFICATE", "X509 CERTIFICATE", "TRUSTED CERTIFICATE")
 
 
 @dataclass
@@ -54,8 +60,7 @@ def name_key(name: x509.Name) -> str:
 
 def load_bundle(data: bytes) -> list[x509.Certificate]:
     """Certificates from a PEM bundle (text around the blocks ignored) or one DER cert."""
-    blocks = _PEM_CERT.findall(data)
-    if not blocks:
+    if pem_label(data) is None:
         if data[:1] == b"\x30":
             try:
                 cert = x509.load_der_x509_certificate(data)
@@ -65,31 +70,32 @@ def load_bundle(data: bytes) -> list[x509.Certificate]:
                 raise BadInput(f"not a certificate: malformed DER ({exc})") from None
         raise BadInput("no certificate found: expected PEM blocks "
                        "'-----BEGIN CERTIFICATE-----' or one DER certificate")
-    if len(blocks) > MAX_BUNDLE_CERTS:
-        raise BadInput(f"the bundle holds {len(blocks)} certificates; at most "
-                       f"{MAX_BUNDLE_CERTS} are accepted at once")
     certs = []
-    for number, block in enumerate(blocks, 1):
-        try:
-            cert = x509.load_der_x509_certificate(_block_der(block))
-            cert.extensions  # noqa: B018 - parsed lazily: a malformed one fails here
-        except ValueError as exc:
-            raise BadInput(f"certificate #{number} of the bundle is malformed ({exc}); "
-                           "nothing was added") from None
-        certs.append(cert)
+    try:
+        for number, block in enumerate(pem_blocks(data, _PEM_LABELS,
+                                                  max_blocks=MAX_BUNDLE_CERTS), 1):
+            try:
+                cert = x509.load_der_x509_certificate(_certificate_der(block))
+                cert.extensions  # noqa: B018 - parsed lazily: a malformed one fails here
+            except (ValueError, EncodingError) as exc:
+                raise BadInput(f"certificate #{number} of the bundle is malformed ({exc}); "
+                               "nothing was added") from None
+            certs.append(cert)
+    except TooManyPemBlocks:
+        raise BadInput(f"the bundle holds more than {MAX_BUNDLE_CERTS} certificates; at most "
+                       f"{MAX_BUNDLE_CERTS} are accepted at once") from None
+    if not certs:
+        raise BadInput("no certificate found: expected PEM blocks "
+                       "'-----BEGIN CERTIFICATE-----' or one DER certificate")
     return certs
 
 
-def _block_der(block: bytes) -> bytes:
-    """The certificate's DER from a PEM block. OpenSSL's TRUSTED CERTIFICATE (``openssl x509
-    -trustout``) is the certificate followed by its trust settings (X509_AUX): keep the first
-    DER element only."""
-    body = b"".join(line for line in block.splitlines()[1:-1] if b":" not in line)
-    der = base64.b64decode(body)  # binascii.Error is a ValueError
-    if b"TRUSTED" in block[:30] and len(der) > 4 and der[1] & 0x80:
-        size = der[1] & 0x7F
-        der = der[:2 + size + int.from_bytes(der[2:2 + size], "big")]
-    return der
+def _certificate_der(block: PemBlock) -> bytes:
+    """OpenSSL's TRUSTED CERTIFICATE (``openssl x509 -trustout``) is the certificate
+    followed by its trust settings (X509_AUX): keep the first DER element only."""
+    if block.label == "TRUSTED CERTIFICATE":
+        return bytes(der_element(block.der))
+    return block.der
 
 
 def is_ca(cert: x509.Certificate) -> bool:

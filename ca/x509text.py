@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from .csr import verify_csr_signature
+from .encoding import pem_blocks
 from .errors import BadInput
 from .keys import describe_key
 from .names import openssl_oneline
@@ -18,11 +19,13 @@ from .serials import serial_hex
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 _PEM_LABELS = {
-    b"CERTIFICATE": "certificate",
-    b"CERTIFICATE REQUEST": "csr",
-    b"NEW CERTIFICATE REQUEST": "csr",
-    b"X509 CRL": "crl",
+    "CERTIFICATE": "certificate",
+    "CERTIFICATE REQUEST": "csr",
+    "NEW CERTIFICATE REQUEST": "csr",
+    "X509 CRL": "crl",
 }
+_DER_LOADERS = {"certificate": x509.load_der_x509_certificate,
+                "crl": x509.load_der_x509_crl, "csr": x509.load_der_x509_csr}
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,7 @@ def decode_all(data: bytes) -> list[Decoded]:
         raise BadInput(f"file is larger than {MAX_FILE_BYTES} bytes")
     if b"-----BEGIN " in data:
         return _decode_pem(data)
-    for kind, loader in (("certificate", x509.load_der_x509_certificate),
-                         ("crl", x509.load_der_x509_crl), ("csr", x509.load_der_x509_csr)):
+    for kind, loader in _DER_LOADERS.items():
         try:
             obj = loader(data)
         except ValueError:
@@ -70,29 +72,18 @@ def _touch(kind: str, obj) -> None:
 
 def _decode_pem(data: bytes) -> list[Decoded]:
     out = []
-    pos = 0
-    while (start := data.find(b"-----BEGIN ", pos)) != -1:
-        label_end = data.find(b"-----", start + 11)
-        label = data[start + 11:label_end]
-        end_marker = b"-----END " + label + b"-----"
-        end = data.find(end_marker, label_end)
-        if label_end == -1 or end == -1:
-            raise BadInput("truncated PEM block (no END line)")
-        block = data[start:end + len(end_marker)]
-        pos = end + len(end_marker)
-        kind = _PEM_LABELS.get(label)
+    for block in pem_blocks(data, max_bytes=MAX_FILE_BYTES):
+        kind = _PEM_LABELS.get(block.label)
         if kind is None:
-            if b"PRIVATE KEY" in label:
+            if "PRIVATE KEY" in block.label:
                 raise BadInput("this file holds a private key; pkiq does not decode keys here "
                                "(keep it secret)")
             continue
-        loader = {"certificate": x509.load_pem_x509_certificate,
-                  "csr": x509.load_pem_x509_csr, "crl": x509.load_pem_x509_crl}[kind]
         try:
-            obj = loader(block)
+            obj = _DER_LOADERS[kind](block.der)
             _touch(kind, obj)
         except ValueError:
-            raise BadInput(f"damaged PEM block {label.decode(errors='replace')}") from None
+            raise BadInput(f"damaged PEM block {block.label}") from None
         out.append(Decoded(kind, obj))
     if not out:
         raise BadInput("no certificate, certificate request or CRL found in the PEM file")

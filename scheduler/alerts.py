@@ -26,6 +26,8 @@ import requests
 
 from ca.errors import BadInput, PkiqError
 
+from .causes import causes
+
 log = logging.getLogger("pkiq.alerts")
 
 SEVERITIES = ("warning", "critical", "resolved")
@@ -192,18 +194,10 @@ def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def _os_reason(exc: BaseException) -> str:
     """The operating system's or TLS library's reason (Connection refused, certificate verify
     failed), found under requests' and urllib3's wrappers, whose own text carries the URL."""
-    seen, todo = set(), [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        wrapper = type(current).__module__.split(".")[0] in ("requests", "urllib3")
-        if isinstance(current, OSError) and not wrapper:
-            return current.strerror or type(current).__name__
-        linked = (*current.args, getattr(current, "reason", None), current.__cause__,
-                  current.__context__)
-        todo.extend(e for e in linked if isinstance(e, BaseException))
+    for cause in causes(exc):
+        wrapper = type(cause).__module__.split(".")[0] in ("requests", "urllib3")
+        if isinstance(cause, OSError) and not wrapper:
+            return cause.strerror or type(cause).__name__
     return "connection failed"
 
 

@@ -2,7 +2,8 @@
 
 The nightly refresh asks many servers it does not control for files it must not trust, so
 every fetch has a deadline and a byte cap that hold while the body streams, redirects are
-followed by hand (HTTP(S) only, counted, loops named), and HTTPS servers are verified
+followed by hand (only to what ``ca.crl_config.check_url`` accepts as a distribution point,
+counted, loops named), and HTTPS servers are verified
 against the system CAs plus the trusted CA list. Per-URL problems come back as results with
 one readable sentence, never as exceptions. The body is returned as received: decoding and
 validation are ``ca.crl_decode`` and ``ca.crl_install``.
@@ -18,17 +19,19 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import certifi
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from ca.crl_config import check_url, safe_url
 from ca.errors import BadInput
 
+from .causes import causes, find_cause
+
 USER_AGENT = "pkiq-crl-fetch/0.1"
-SCHEMES = ("http", "https")
 _REDIRECTS = {301, 302, 303, 307, 308}
 _CHUNK = 64 * 1024
 _DRAIN = 64 * 1024  # read this much of a redirect or error body to keep the connection
@@ -86,35 +89,13 @@ class _Answer:
     final_url: str
 
 
-def check_distribution_point(url: str) -> str:
-    """The URL normalised (scheme and host lower case, no fragment), or BadInput: only
-    HTTP(S) with a host, as the Expressway guide requires of CRL distribution points."""
-    text = url.strip()
-    if any(ch.isspace() or not ch.isprintable() for ch in text):
-        raise BadInput(f"{safe_url(text)!r}: a distribution point URL must not contain spaces "
-                       "or control characters")
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise BadInput("only HTTP(S) distribution points are supported (the Expressway guide); "
-                       f"{safe_url(text)!r} is {scheme + ':' if scheme else 'not a URL'}")
-    try:
-        host, _port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise BadInput(f"{safe_url(text)!r}: {exc}") from None
-    if not host:
-        raise BadInput(f"{safe_url(text)!r} has no host")
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    return urlunsplit((scheme, userinfo + at + hostport.lower(), parts.path or "/",
+def _request_form(url: str, base: str | None = None) -> str:
+    """A distribution point (``check_url``: BadInput if it is not one) as requested: scheme
+    and host lower case, no fragment, at least "/" as the path, so redirect loops are found
+    however a server spells the URL."""
+    parts = urlsplit(check_url(url, base))
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/",
                        parts.query, ""))
-
-
-def safe_url(url: str) -> str:
-    """The URL with any ``user:password@`` replaced, for messages and logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def fetch_all(targets: Sequence[tuple[str, Validator]], *, limits: FetchLimits = FetchLimits(),
@@ -142,7 +123,7 @@ def _fetch(url: str, validator: Validator, limits: FetchLimits, session: request
     deadline = started + limits.total_timeout
     shown = safe_url(url)
     try:
-        normal = check_distribution_point(url)
+        normal = _request_form(url)
         attempt = 0
         while True:
             try:
@@ -169,10 +150,8 @@ def _fetch(url: str, validator: Validator, limits: FetchLimits, session: request
 
 def _error(url: str, shown: str, message: str, status: int | None, received: int,
            started: float) -> FetchResult:
-    userinfo = urlsplit(url).netloc.rpartition("@")[0]
-    if userinfo:  # in case a library message quoted the URL as given
-        for secret in {userinfo, unquote(userinfo)}:
-            message = message.replace(secret, "***")
+    # No library saw a URL with a password (check_url refuses them before any request), so
+    # no message can quote one; ``shown`` hides it in the refusal's own result too.
     return FetchResult(url, "error", status, None, Validator(), received, message, shown,
                        time.monotonic() - started)
 
@@ -194,11 +173,11 @@ def _attempt(session: requests.Session, url: str, validator: Validator, limits: 
 
 
 def _redirect_target(chain: list[str], location: str, limits: FetchLimits) -> str:
-    target = urljoin(chain[-1], location.strip())
-    scheme = urlsplit(target).scheme.lower()
-    if scheme not in SCHEMES:
-        raise _Failed(f"{safe_url(chain[-1])} redirects to a {scheme or 'schemeless'}: URL "
-                      f"({safe_url(target)}); only HTTP(S) redirects are followed")
+    try:
+        target = _request_form(location, base=chain[-1])
+    except BadInput as exc:
+        raise _Failed(f"{safe_url(chain[-1])} redirects to a URL that is not followed: "
+                      f"{exc}") from None
     if target in chain:
         raise _Failed("redirect loop: " + " -> ".join(safe_url(u) for u in [*chain, target]))
     if len(chain) > limits.max_redirects:
@@ -329,45 +308,23 @@ def _host_port(url: str) -> str:
 
 def _tls_problem(url: str, exc: BaseException) -> str:
     """The guide: an HTTPS distribution point must itself have a valid certificate."""
-    unverified = _find(exc, ssl.SSLCertVerificationError)
+    unverified = find_cause(exc, ssl.SSLCertVerificationError)
     if unverified is not None:
         return (f"TLS certificate of {_host_port(url)} is not trusted: "
                 f"{unverified.verify_message}")
-    problem = _find(exc, ssl.SSLError)
+    problem = find_cause(exc, ssl.SSLError)
     return f"TLS handshake with {_host_port(url)} failed: {problem or _reason(exc)}"
 
 
 def _reason(exc: BaseException) -> str:
     """The innermost useful cause, without urllib3's pool and retry wrapping."""
-    if _find(exc, ConnectionRefusedError):
+    if find_cause(exc, ConnectionRefusedError):
         return "connection refused"
-    unresolved = _find(exc, socket.gaierror)
+    unresolved = find_cause(exc, socket.gaierror)
     if unresolved is not None:
         return f"the host name does not resolve ({unresolved.strerror})"
-    causes = _causes(exc)
-    root = causes[-1]
+    root = causes(exc)[-1]
     return str(root) or type(root).__name__
-
-
-def _find(exc: BaseException, kind: type[BaseException]):
-    return next((e for e in _causes(exc) if isinstance(e, kind)), None)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """exc and what it wraps: urllib3's ``reason``, exceptions in args, ``__cause__``."""
-    found: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo and len(found) < 20:
-        current = todo.pop(0)
-        if any(current is seen for seen in found):
-            continue
-        found.append(current)
-        reason = getattr(current, "reason", None)
-        nested = [reason] if isinstance(reason, BaseException) else []
-        nested += [arg for arg in current.args if isinstance(arg, BaseException)]
-        nested += [e for e in (current.__cause__, current.__context__) if e is not None]
-        todo.extend(nested)
-    return found
 
 
 # ---------------------------------------------------------------- plumbing

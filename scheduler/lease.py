@@ -12,8 +12,9 @@ import socket
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from ca.models import Lease
 from ca.sql import insert_or_ignore
+
+from .models import Lease
 
 
 def holder_id() -> str:

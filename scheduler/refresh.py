@@ -24,11 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from ca import crl_config, crl_install, trust
 from ca.crl_decode import DecodeLimits, decode_crls
 from ca.errors import Conflict, PkiqError
-from ca.models import CertificateAuthority, CrlIssuerStatus, DistributionPoint, RefreshRun
+from ca.models import CertificateAuthority, CrlIssuerStatus, DistributionPoint
 from shell.db import transaction
 
 from . import lease
 from .fetch import FetchLimits, FetchResult, Validator, fetch_all
+from .models import RefreshRun
 
 log = logging.getLogger("pkiq.scheduler")
 LEASE = "crl-refresh"
@@ -83,31 +84,33 @@ class RefreshReport:
                     summary=self.summary(), points=[p.as_dict() for p in self.points])
 
 
-def lease_ttl(settings, points: int = 0) -> dt.timedelta:
+def lease_ttl(policy: crl_config.CrlPolicy, points: int = 0) -> dt.timedelta:
     """Long enough for the slowest legal fetch of every point (each URL has one deadline,
     retries included, and ``parallelism`` run at once), so a live refresh never loses its
     lease; a dead one frees it within this time."""
-    rounds = -(-points // settings.parallelism) if points else 1
-    return dt.timedelta(seconds=max(300, rounds * settings.timeout_seconds + 180))
+    rounds = -(-points // policy.parallelism) if points else 1
+    return dt.timedelta(seconds=max(300, rounds * policy.timeout_seconds + 180))
 
 
-def limits_from(settings) -> FetchLimits:
-    return FetchLimits(total_timeout=float(settings.timeout_seconds),
-                       read_timeout=float(min(settings.timeout_seconds, 30)),
-                       connect_timeout=float(min(settings.timeout_seconds, 10)),
-                       max_bytes=settings.max_bytes, parallelism=settings.parallelism)
+def limits_from(policy: crl_config.CrlPolicy) -> FetchLimits:
+    return FetchLimits(total_timeout=float(policy.timeout_seconds),
+                       read_timeout=float(min(policy.timeout_seconds, 30)),
+                       connect_timeout=float(min(policy.timeout_seconds, 10)),
+                       max_bytes=policy.max_bytes, parallelism=policy.parallelism)
 
 
 def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
             scheduled_for: dt.datetime | None = None, holder: str | None = None,
             sleep: Callable[[float], None] = time.sleep,
-            still_due: Callable[[Session], bool] | None = None) -> RefreshReport | None:
+            still_due: Callable[[Session], bool] | None = None,
+            policy: crl_config.CrlPolicy | None = None) -> RefreshReport | None:
     """Run one refresh under the lease. ``still_due`` is checked once the lease is held (a
-    second beat's tick that waited finds the run done and returns None)."""
+    second beat's tick that waited finds the run done and returns None). ``policy``: the
+    settings the caller decided on (a beat tick); by default they are read here, once."""
     holder = holder or lease.holder_id()
     with transaction(sessions) as session:
-        settings = crl_config.get_settings(session, clock())
-        ttl = lease_ttl(settings)
+        policy = policy or crl_config.snapshot(session, clock())
+        ttl = lease_ttl(policy)
         if not lease.acquire(session, LEASE, holder, clock(), ttl):
             held = lease.current_holder(session, LEASE, clock())
             by = f" by {held.holder} (lease until {held.expires_at:%H:%M:%S}Z)" if held else ""
@@ -123,18 +126,15 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
             report = RefreshReport(run.id, trigger, run.started_at)
         try:  # from here on, whatever stops the run is recorded on it
             with transaction(sessions) as session:
-                settings = crl_config.get_settings(session, clock())
                 crl_config.sync_cdp_points(
-                    session, trust.cdp_urls(session) if settings.use_cdp else [], clock())
+                    session, trust.cdp_urls(session) if policy.use_cdp else [], clock())
                 points = [(p.url, Validator(p.etag, p.last_modified))
                           for p in crl_config.list_points(session)]
                 trust_pem = _https_anchors(session)
-                limits = limits_from(settings)
-                skew = dt.timedelta(seconds=settings.skew_seconds)
-                ttl = lease_ttl(settings, len(points))
+                ttl = lease_ttl(policy, len(points))
                 _keep_lease(session, holder, clock(), ttl)
-            return _fetch_and_apply(sessions, clock, report, points, limits, trust_pem,
-                                    settings, skew, holder, ttl, sleep)
+            return _fetch_and_apply(sessions, clock, report, points, trust_pem, policy,
+                                    holder, ttl, sleep)
         except Exception as exc:
             _record_failure(sessions, report.run_id, clock(), exc)
             raise
@@ -143,14 +143,14 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
             lease.release(session, LEASE, holder)
 
 
-def _fetch_and_apply(sessions, clock, report, points, limits, trust_pem, settings, skew,
-                     holder, ttl, sleep) -> RefreshReport:
-    results = fetch_all(points, limits=limits, extra_trust_pem=trust_pem or None,
+def _fetch_and_apply(sessions, clock, report, points, trust_pem, policy, holder, ttl,
+                     sleep) -> RefreshReport:
+    results = fetch_all(points, limits=limits_from(policy), extra_trust_pem=trust_pem or None,
                         sleep=sleep) if points else []
-    decode_limits = DecodeLimits(max_total_bytes=max(settings.max_bytes * 8, 2**26))
+    decode_limits = DecodeLimits(max_total_bytes=max(policy.max_bytes * 8, 2**26))
     for chunk in _chunks(results):
         report.points.extend(_apply_chunk(
-            sessions, chunk, clock(), skew, decode_limits,
+            sessions, chunk, clock(), policy.skew, decode_limits,
             renew=lambda s: _keep_lease(s, holder, clock(), ttl)))
     with transaction(sessions) as session:
         report.finished_at = clock()

@@ -13,11 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ca import crl_config
-from ca.models import RefreshRun
+from ca.keys import Signer
+from ca.models import CertificateAuthority
 from shell.db import transaction
 
 from . import refresh as refresh_mod
 from . import schedule, upkeep
+from .models import RefreshRun
 
 log = logging.getLogger("pkiq.scheduler")
 ON_TIME = dt.timedelta(minutes=10)  # a run later than this after its slot was "missed"
@@ -27,7 +29,7 @@ ON_TIME = dt.timedelta(minutes=10)  # a run later than this after its slot was "
 class TickReport:
     refresh: refresh_mod.RefreshReport | None = None
     skipped: str | None = None  # why no refresh ran although one was due
-    own_crls: list[tuple[str, str]] = field(default_factory=list)
+    own_crls: list[upkeep.OwnCrlOutcome] = field(default_factory=list)
     alerted: list[str] = field(default_factory=list)
 
 
@@ -45,8 +47,11 @@ def last_run(session: Session) -> dict | None:
             "summary": run.summary}
 
 
-def due_slot(session: Session, now: dt.datetime) -> dt.datetime | None:
-    return _slots(session, now)[0]
+def due_slot(session: Session, now: dt.datetime,
+             policy: crl_config.CrlPolicy | None = None) -> dt.datetime | None:
+    """The slot the nightly refresh owes now, under ``policy`` (default: as the settings are
+    now), or None."""
+    return _slots(session, now, policy)[0]
 
 
 def next_run(session: Session, now: dt.datetime) -> dt.datetime | None:
@@ -54,34 +59,33 @@ def next_run(session: Session, now: dt.datetime) -> dt.datetime | None:
     return now if owed is not None else upcoming  # owed: beat starts it on its next tick
 
 
-def _slots(session: Session, now: dt.datetime) -> tuple[dt.datetime | None,
-                                                       dt.datetime | None]:
+def _slots(session: Session, now: dt.datetime, policy: crl_config.CrlPolicy | None = None
+           ) -> tuple[dt.datetime | None, dt.datetime | None]:
     """(the slot owed now, the next one); both None while automatic updates are off."""
-    settings = crl_config.get_settings(session, now)
-    if not settings.enabled:
+    policy = policy or crl_config.snapshot(session, now)
+    if not policy.enabled:
         return None, None
-    offset = schedule.spread_offset(settings.spread_seconds, settings.seed)
-    return (schedule.due(settings.update_time, now, last_scheduled(session), offset),
-            schedule.next_slot(settings.update_time, now, offset))
+    offset = schedule.spread_offset(policy.spread_seconds, policy.seed)
+    return (schedule.due(policy.update_time, now, last_scheduled(session), offset),
+            schedule.next_slot(policy.update_time, now, offset))
 
 
 def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
-         signer_for: Callable | None, send: Callable, sleep=None) -> TickReport:
+         signer_for: Callable[[CertificateAuthority], Signer] | None, send: Callable,
+         sleep=None) -> TickReport:
     """One beat tick. ``signer_for(ca)`` loads a CA's key (None: own CRLs are not renewed
     here, and say so as a problem); ``send(problem, severity)`` delivers an alert."""
     report = TickReport()
-    with transaction(sessions) as session:
-        slot = due_slot(session, clock())
-        settings = crl_config.get_settings(session, clock())
-        overlap = dt.timedelta(hours=settings.overlap_hours)
-        warn = dt.timedelta(hours=settings.warn_hours)
+    with transaction(sessions) as session:  # the settings, once: one tick, one set of them
+        policy = crl_config.snapshot(session, clock())
+        slot = due_slot(session, clock(), policy)
     if slot is not None:
         trigger = "schedule" if clock() - slot <= ON_TIME else "missed"
         kwargs = {"sleep": sleep} if sleep else {}
         try:
             report.refresh = refresh_mod.refresh(
-                sessions, clock, trigger=trigger, scheduled_for=slot,
-                still_due=lambda s: due_slot(s, clock()) == slot, **kwargs)
+                sessions, clock, trigger=trigger, scheduled_for=slot, policy=policy,
+                still_due=lambda s: due_slot(s, clock(), policy) == slot, **kwargs)
         except refresh_mod.RefreshBusy as exc:
             report.skipped = str(exc)
             log.info("nightly CRL refresh not started: %s", exc)
@@ -93,9 +97,9 @@ def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
     if signer_for is not None:
         with transaction(sessions) as session:
             report.own_crls = upkeep.renew_own_crls(
-                session, signer_for, clock(), overlap, force=report.refresh is not None)
+                session, signer_for, clock(), policy.overlap, force=report.refresh is not None)
     with transaction(sessions) as session:
-        found = upkeep.problems(session, clock(), warn, report.own_crls)
+        found = upkeep.problems(session, clock(), policy.warn, report.own_crls)
         outgoing = upkeep.plan_alerts(session, found, clock())
     if outgoing:
         results = upkeep.deliver_alerts(outgoing, send)

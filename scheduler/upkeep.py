@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -21,21 +21,27 @@ from sqlalchemy.orm import Session
 from ca import crl_install
 from ca.authority import generate_crl, latest_crl
 from ca.errors import PkiqError
-from ca.models import (
-    AlertState,
-    Certificate,
-    CertificateAuthority,
-    CrlIssuerStatus,
-    DistributionPoint,
-    RefreshRun,
-)
+from ca.keys import Signer
+from ca.models import Certificate, CertificateAuthority, CrlIssuerStatus, DistributionPoint
 from ca.sql import insert_or_ignore
+
+from .models import AlertState, RefreshRun
 
 log = logging.getLogger("pkiq.scheduler")
 RETRY_DELIVERY = dt.timedelta(minutes=15)
 
 
 # ---------------------------------------------------------------- own CRLs
+
+@dataclass(frozen=True)
+class OwnCrlOutcome:
+    """What renewing one pkiq CA's CRL came to: CRL ``crl_number`` issued because
+    ``reason``, or ``error`` (an open problem until a renewal works)."""
+
+    ca: str
+    crl_number: int | None = None
+    reason: str | None = None
+    error: str | None = None
 
 def own_crl_reason(session: Session, ca: CertificateAuthority, now: dt.datetime,
                    overlap: dt.timedelta) -> str | None:
@@ -61,10 +67,11 @@ def own_crl_reason(session: Session, ca: CertificateAuthority, now: dt.datetime,
     return None
 
 
-def renew_own_crls(session: Session, signer_for: Callable, now: dt.datetime,
-                   overlap: dt.timedelta, *, force: bool = False) -> list[tuple[str, str]]:
+def renew_own_crls(session: Session, signer_for: Callable[[CertificateAuthority], Signer],
+                   now: dt.datetime, overlap: dt.timedelta, *, force: bool = False
+                   ) -> list[OwnCrlOutcome]:
     """Generate a CRL for each pkiq CA that needs one (every CA when ``force``, as on the
-    nightly schedule). Returns (CA name, what happened); a CA whose key cannot be loaded is
+    nightly schedule). Returns what happened per CA; a CA whose key cannot be loaded is
     reported, not fatal. The caller commits."""
     done = []
     for ca in session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)):
@@ -85,9 +92,9 @@ def renew_own_crls(session: Session, signer_for: Callable, now: dt.datetime,
         except PkiqError as exc:
             log.error("cannot renew the CRL of CA %s: %s", ca.name, exc)
             if needed:  # an open problem until it works; a skipped nightly extra is not
-                done.append((ca.name, f"error: {exc}"))
+                done.append(OwnCrlOutcome(ca.name, reason=reason, error=str(exc)))
             continue
-        done.append((ca.name, f"CRL {crl.number} issued because {reason}"))
+        done.append(OwnCrlOutcome(ca.name, crl.number, reason))
         log.info("CA %s: CRL %s issued because %s", ca.name, crl.number, reason)
     return done
 
@@ -103,7 +110,7 @@ class Problem:
 
 
 def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
-             own_errors: list[tuple[str, str]] = ()) -> list[Problem]:
+             own_crls: Sequence[OwnCrlOutcome] = ()) -> list[Problem]:
     """Everything wrong right now: failed distribution points, refused CRLs, CRLs (ours or
     installed from outside) inside the nextUpdate margin or past it."""
     found = []
@@ -135,11 +142,11 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
         if crl is not None and ca.not_after > now:
             found.extend(_expiry_problem(f"own-expiry:{ca.name}", f"pkiq CA {ca.name}",
                                          crl.next_update, now, warn))
-    for name, outcome in own_errors:
-        if outcome.startswith("error"):
-            found.append(Problem(f"own-renew:{name}", "critical",
-                                 f"cannot renew the CRL of pkiq CA {name}: {outcome[7:]}",
-                                 dict(ca=name)))
+    for outcome in own_crls:
+        if outcome.error is not None:
+            found.append(Problem(f"own-renew:{outcome.ca}", "critical",
+                                 f"cannot renew the CRL of pkiq CA {outcome.ca}: "
+                                 f"{outcome.error}", dict(ca=outcome.ca)))
     return found
 
 

@@ -149,7 +149,7 @@ def upload(ctx: ServiceContext, data: bytes, *, source: str) -> dict:
         raise BadInput(f"{source} holds {len(decoded)} CRLs; upload one at a time")
     item = decoded[0]
     with ctx.transaction() as session:
-        skew = dt.timedelta(seconds=crl_config.get_settings(session, ctx.clock()).skew_seconds)
+        skew = crl_config.snapshot(session, ctx.clock()).skew
         outcome = crl_install.upload(session, item.crl, item.der, ctx.clock(), skew=skew,
                                      source=source)
         return {"issuer": outcome.issuer, "action": outcome.action,

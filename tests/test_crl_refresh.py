@@ -411,6 +411,56 @@ def test_schedule_changed_and_clock_stepped_while_a_refresh_runs(sessions, clock
     assert run_tick() is not None
 
 
+def test_one_tick_reads_the_settings_once_and_its_refresh_uses_them(sessions, clock,
+                                                                     http_server, monkeypatch):
+    """Deciding the slot, the refresh's limits, own CRLs and alerts all work on the one
+    snapshot the tick took (before, the refresh read the settings again, later)."""
+    http_server.route("/a.crl", cf.crl_der(1, number=1))
+    setup_world(sessions, clock, [http_server.url("/a.crl")])
+    with transaction(sessions) as s:
+        crl_config.update_settings(s, clock(), update_time=f"{clock():%H:%M}")
+    reads = []
+    real = crl_config.get_settings
+    monkeypatch.setattr(crl_config, "get_settings", lambda *a, **kw: reads.append(1) or
+                        real(*a, **kw))
+    report = tick.tick(sessions, clock, signer_for=None, send=lambda *a: [], sleep=no_sleep)
+    assert report.refresh is not None and not report.refresh.failed
+    assert len(reads) == 1
+
+
+def test_a_refresh_given_a_policy_uses_it_not_the_stored_settings(sessions, clock,
+                                                                  http_server):
+    body = cf.crl_der(100, number=1)
+    http_server.route("/a.crl", body)
+    setup_world(sessions, clock, [http_server.url("/a.crl")])
+    with transaction(sessions) as s:
+        taken = crl_config.snapshot(s, clock())
+        crl_config.update_settings(s, clock(), max_bytes=1024)  # changed after the snapshot
+    assert len(body) > 1024
+    report = refresh.refresh(sessions, clock, policy=taken, sleep=no_sleep)
+    assert [p.outcome for p in report.points] == ["installed"]
+    clock.advance(minutes=1)
+    http_server.route("/a.crl", cf.crl_der(100, number=2))
+    report = run(sessions, clock)  # a manual refresh reads the settings itself
+    assert "more than the limit of 1,024" in report.points[0].error
+
+
+def test_the_policy_is_the_settings_frozen(sessions, clock):
+    import dataclasses
+
+    with transaction(sessions) as s:
+        crl_config.update_settings(s, clock(), warn_hours=5, overlap_hours=7, skew_seconds=9)
+        policy = crl_config.snapshot(s, clock())
+        row = crl_config.get_settings(s, clock())
+        assert {name: getattr(row, name) for name in crl_config.DEFAULTS} == {
+            name: getattr(policy, name) for name in crl_config.DEFAULTS}
+        assert policy.seed == row.seed
+    assert (policy.warn, policy.overlap, policy.skew) == (
+        dt.timedelta(hours=5), dt.timedelta(hours=7), dt.timedelta(seconds=9))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.warn_hours = 1
+
+
 # ---------------------------------------------------------------- found in review
 
 def test_overlong_validators_are_not_kept_and_break_nothing(sessions, clock, http_server):

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from ca import authority, crl_config
-from ca.models import AlertState, RefreshRun
-from scheduler import lease, schedule, tick
+from scheduler import lease, schedule, tick, upkeep
+from scheduler.models import AlertState, RefreshRun
 from shell.db import transaction
 from tests.conftest import make_csr
 from tests.domain import PASS, new_ca, sign
@@ -111,22 +111,6 @@ def test_settings_are_checked_before_anything_is_written(sessions, clock):
     with transaction(sessions) as s:
         settings = crl_config.get_settings(s, clock())
         assert (settings.update_time, settings.enabled) == ("03:05", False)
-
-
-@pytest.mark.parametrize("url, message", [
-    ("ldap://ldap.example.com/cn=CA?certificateRevocationList", "only HTTP"),
-    ("file:///etc/passwd", "only HTTP"),
-    ("ftp://x/y.crl", "only HTTP"),
-    ("http:///no-host", "no host"),
-    ("https://user:secret@crl.example.com/ca.crl", "user name or password"),
-])
-def test_only_http_distribution_points_are_accepted(sessions, clock, url, message):
-    from ca.errors import BadInput
-
-    with pytest.raises(BadInput, match=message), transaction(sessions) as s:
-        crl_config.add_points(s, ["http://ok.example.com/a.crl", url], clock())
-    with transaction(sessions) as s:
-        assert crl_config.list_points(s) == []  # the good one was not added either
 
 
 def test_point_list_as_text_one_url_per_line(sessions, clock):
@@ -249,7 +233,9 @@ def test_own_crl_renewed_within_the_overlap_and_after_a_revocation(sessions, clo
         crl_config.update_settings(s, clock(), enabled=False, overlap_hours=24)
     signer_for = _signer
     report = _tick(sessions, clock, signer_for=signer_for)
-    assert report.own_crls and "no CRL yet" in report.own_crls[0][1]
+    [outcome] = report.own_crls
+    assert (outcome.ca, outcome.crl_number, outcome.error) == ("Root", 1, None)
+    assert "no CRL yet" in outcome.reason
     assert _tick(sessions, clock, signer_for=signer_for).own_crls == []
     with transaction(sessions) as s:
         ca = authority.get_ca(s, "Root")
@@ -258,7 +244,7 @@ def test_own_crl_renewed_within_the_overlap_and_after_a_revocation(sessions, clo
     assert _tick(sessions, clock, signer_for=signer_for).own_crls == []
     clock.advance(hours=2)  # inside the 24 h overlap
     report = _tick(sessions, clock, signer_for=signer_for)
-    assert "reaches nextUpdate" in report.own_crls[0][1]
+    assert "reaches nextUpdate" in report.own_crls[0].reason
     # A revocation is published on the next tick, not the next night.
     serial = int(sign(sessions, clock, "Root", make_csr("web.example.com")).record.serial, 16)
     clock.advance(minutes=1)
@@ -267,10 +253,32 @@ def test_own_crl_renewed_within_the_overlap_and_after_a_revocation(sessions, clo
                          reason="keyCompromise")
     clock.advance(minutes=1)
     report = _tick(sessions, clock, signer_for=signer_for)
-    assert "revoked after CRL" in report.own_crls[0][1]
+    assert "revoked after CRL" in report.own_crls[0].reason
     with transaction(sessions) as s:
         crl = authority.latest_crl(s, authority.get_ca(s, "Root"))
         assert crl.entries == 1
+
+
+def test_an_own_crl_that_cannot_be_renewed_is_a_problem_until_it_is(sessions, clock):
+    from ca.errors import WrongPassphrase
+
+    new_ca(sessions, clock)
+    with transaction(sessions) as s:
+        crl_config.update_settings(s, clock(), enabled=False)
+
+    def locked(ca):
+        raise WrongPassphrase(f"wrong passphrase for CA {ca.name!r}")
+
+    send = Recorder()
+    report = _tick(sessions, clock, signer_for=locked, send=send)
+    assert report.own_crls == [upkeep.OwnCrlOutcome(
+        "Root", None, "it has no CRL yet", "wrong passphrase for CA 'Root'")]
+    assert send.sent == [("own-renew:Root", "critical",
+                          "cannot renew the CRL of pkiq CA Root: wrong passphrase for CA "
+                          "'Root'")]
+    renewed = _tick(sessions, clock, signer_for=_signer, send=send).own_crls
+    assert [(o.ca, o.crl_number, o.error) for o in renewed] == [("Root", 1, None)]
+    assert send.sent[-1][:2] == ("own-renew:Root", "resolved")
 
 
 def test_an_own_crl_about_to_lapse_without_a_key_alerts_once(sessions, clock):

@@ -12,11 +12,16 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from ca.models import Base
+from scheduler import models as scheduler_models
 
 from .conftest import PASSPHRASE, make_csr
 
 
 def test_migrations_produce_exactly_the_models(engine):
+    # The scheduler's tables are on the same Base, registered by importing scheduler.models
+    # (done above): the migrations' env.py, in the shell layer, must not import it.
+    assert {scheduler_models.Lease.__table__, scheduler_models.RefreshRun.__table__,
+            scheduler_models.AlertState.__table__} <= set(Base.metadata.sorted_tables)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -90,3 +95,18 @@ def test_the_embedded_database_keeps_its_file_name(tmp_path):
 
     settings = Settings(data_dir=tmp_path, database_url=None)
     assert settings.effective_database_url == f"sqlite:///{tmp_path / 'pkiq.db'}"
+
+
+def test_insert_ignoring_conflicts_on_each_dialect(sessions):
+    """ca.sql is the one place that knows the dialects' INSERT ... ON CONFLICT DO NOTHING."""
+    from ca.sql import InsertIgnoringConflicts, insert_or_ignore
+    from scheduler.models import Lease
+    from shell.db import transaction
+
+    insert = InsertIgnoringConflicts(Lease.__table__, Lease.__table__.c.name)
+    with transaction(sessions) as session:
+        assert insert_or_ignore(session, Lease, dict(name="a"))
+        assert not insert_or_ignore(session, Lease, dict(name="a"))
+        rows = insert.execute(session, [dict(name=n) for n in ("a", "b", "c")]).all()
+        assert sorted(name for (name,) in rows) == ["b", "c"]
+        assert insert.execute(session, dict(name="b")).first() is None

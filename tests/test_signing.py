@@ -264,3 +264,42 @@ def test_policy_drops_unnamed_fields_in_issued_certificates(sessions, clock):
     csr = make_csr(extra_name={NameOID.TITLE: "admin"})
     cert = sign(sessions, clock, "Root", csr).certificate
     assert cert.subject.get_attributes_for_oid(NameOID.TITLE) == []
+
+
+class CountingSigner:
+    """Any ``ca.keys.Signer`` will do (an HSM or KMS later): this one only delegates."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def public_key(self):
+        return self.inner.public_key()
+
+    def sign_certificate(self, builder, digest=None):
+        self.calls.append("certificate")
+        return self.inner.sign_certificate(builder, digest)
+
+    def sign_crl(self, builder):
+        self.calls.append("crl")
+        return self.inner.sign_crl(builder)
+
+
+def test_any_signer_signs_certificates_sub_cas_and_crls(sessions, clock):
+    from ca import authority
+    from ca.names import parse_name
+    from shell.db import transaction
+
+    from .domain import PASS
+
+    _ca, software = new_ca(sessions, clock)
+    signer = CountingSigner(software)
+    with transaction(sessions) as session:
+        root = authority.get_ca(session, "Root")
+        authority.create_ca(session, name="Sub", subject=parse_name("/CN=Sub CA"),
+                            key_type="ec-p256", passphrase=PASS, now=clock(), parent=root,
+                            parent_signer=signer)
+        authority.sign_csr(session, root, signer, make_csr(), profile="webclientandserver",
+                           now=clock())
+        authority.generate_crl(session, root, signer, clock())
+        authority.check_key_matches(signer, authority.ca_certificate(root), "Root")
+    assert signer.calls == ["certificate", "certificate", "crl"]

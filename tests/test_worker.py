@@ -170,3 +170,33 @@ def test_a_batch_that_breaks_is_signed_one_job_at_a_time(sessions, clock, monkey
         tasks.sign_jobs(ids)
     with transaction(sessions) as session:
         assert [jobs.get_job(session, i).attempts for i in ids] == [1, 0, 1]
+
+
+def test_the_crl_tick_task_returns_what_each_own_crl_came_to_as_json(sessions, clock,
+                                                                     monkeypatch, tmp_path):
+    from ca import crl_config
+    from ca.errors import WrongPassphrase
+    from shell.settings import Settings
+    from worker import tasks
+    from worker.celery_app import make_app
+
+    make_app(Settings(data_dir=tmp_path))  # the current app, whose settings the task reads
+    new_ca(sessions, clock)
+    new_ca(sessions, clock, name="Locked")
+    with transaction(sessions) as session:
+        crl_config.update_settings(session, clock(), enabled=False)
+
+    def signer_for(ca):
+        if ca.name == "Locked":
+            raise WrongPassphrase("no passphrase for CA 'Locked'")
+        return authority.load_signer(ca, PASS)
+
+    monkeypatch.setattr(tasks, "process_sessions", lambda: sessions)
+    monkeypatch.setattr(tasks, "signer_for", signer_for)
+    monkeypatch.setattr(tasks, "utc_now", clock)
+    result = json.loads(json.dumps(tasks.crl_tick()))
+    assert result["own_crls"] == [
+        {"ca": "Root", "crl_number": 1, "reason": "it has no CRL yet", "error": None},
+        {"ca": "Locked", "crl_number": None, "reason": "it has no CRL yet",
+         "error": "no passphrase for CA 'Locked'"}]
+    assert result["alerted"] == ["own-renew:Locked"]

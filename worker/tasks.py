@@ -11,6 +11,7 @@ large submit over every worker and keeps a transaction to a fraction of a second
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -159,5 +160,6 @@ def crl_tick() -> dict:
     if report.refresh is not None:
         log.info("CRL refresh %s: %s", report.refresh.trigger, report.refresh.summary())
     return {"refresh": report.refresh.summary() if report.refresh else None,
-            "skipped": report.skipped, "own_crls": report.own_crls,
+            "skipped": report.skipped,
+            "own_crls": [dataclasses.asdict(outcome) for outcome in report.own_crls],
             "alerted": report.alerted}
