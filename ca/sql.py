@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+
 from sqlalchemy import Result
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-_INSERTS = {"postgresql": pg_insert, "sqlite": sqlite_insert}
+DIALECTS = ("postgresql", "sqlite")  # the ones pkiq runs on, each with ON CONFLICT DO NOTHING
+
+
+def _insert(dialect: str):
+    """The dialect's own ``insert`` construct, imported when first needed: a command that
+    runs on SQLite never pays for loading PostgreSQL's dialect, and none pays at import."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"pkiq runs on {' or '.join(DIALECTS)}, not {dialect}")
+    return importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert
 
 
 class InsertIgnoringConflicts:
@@ -18,14 +26,18 @@ class InsertIgnoringConflicts:
     (rowcount does not: psycopg reports -1 for this statement through SQLAlchemy)."""
 
     def __init__(self, table, *returning):
-        self._statements = {name: insert(table).on_conflict_do_nothing().returning(*returning)
-                            for name, insert in _INSERTS.items()}
+        self._table, self._returning = table, returning
+        self._statements: dict = {}
 
     def execute(self, session: Session, rows: dict | list[dict]) -> Result:
         """Insert one row (a dict) or many (a list, one statement); the result holds the
         ``returning`` columns of the rows inserted."""
         connection = session.connection()
-        return connection.execute(self._statements[connection.dialect.name], rows)
+        dialect = connection.dialect.name
+        if dialect not in self._statements:
+            self._statements[dialect] = _insert(dialect)(self._table).on_conflict_do_nothing(
+            ).returning(*self._returning)
+        return connection.execute(self._statements[dialect], rows)
 
 
 def insert_or_ignore(session: Session, model, values: dict) -> bool:
