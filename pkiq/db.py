@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,12 +68,18 @@ def _sqlite_setup(engine: Engine) -> None:
 SCHEMA_HEAD = "0003"  # the newest migration; tests/test_db.py checks it against Alembic's
 
 
-def alembic_config(engine: Engine):
+def alembic_config(engine: Engine, connection: Connection | None = None):
+    """Alembic's settings for pkiq's migrations. Given ``connection``, env.py runs them on it,
+    inside the caller's transaction; else in a transaction of its own on the engine."""
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     cfg.attributes["engine"] = engine
+    if connection is not None:
+        # https://alembic.sqlalchemy.org/en/latest/cookbook.html
+        # #sharing-a-connection-across-one-or-more-programmatic-migration-commands
+        cfg.attributes["connection"] = connection
     return cfg
 
 
