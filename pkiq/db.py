@@ -83,10 +83,29 @@ def alembic_config(engine: Engine, connection: Connection | None = None):
     return cfg
 
 
+# One lock per schema, so databases (and test schemas) sharing a server do not wait on each
+# other. current_schema() is NULL when no schema on the search_path exists, and the lock
+# function, being strict, would then return without locking: hence the coalesce.
+# https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADVISORY-LOCKS
+_PG_MIGRATE_LOCK = text("SELECT pg_advisory_xact_lock("
+                        "hashtext('pkiq.migrate:' || coalesce(current_schema(), '')))")
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (a no-op when it is already there). Alembic
     is imported only to upgrade: every command starts here, and importing it costs more
-    than the one-row check."""
+    than the one-row check.
+
+    Processes starting together on an empty or old database (two hosts, the first ``docker
+    compose up``) take turns: the upgrade runs in one transaction that takes the migration
+    lock, re-reads the revision (another process may have upgraded meanwhile) and upgrades
+    only if still behind. PostgreSQL: an advisory lock held to the end of the transaction;
+    its DDL is transactional, so the upgrade commits or rolls back with the lock. SQLite:
+    BEGIN IMMEDIATE (see _sqlite_setup) takes the writer lock; SQLite's DDL is transactional
+    too, and Alembic, handed a connection already in a transaction, runs every migration in
+    it without committing (tests/test_migrate_concurrency.py checks both), so the writer
+    lock covers the whole upgrade and no lock file is needed.
+    """
     try:
         with engine.connect() as conn:
             current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -96,10 +115,21 @@ def migrate(engine: Engine) -> None:
         current = None
     except ProgrammingError:  # PostgreSQL: no such table yet
         current = None
-    if current != SCHEMA_HEAD:
-        from alembic import command
+    if current == SCHEMA_HEAD:
+        return
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
 
-        command.upgrade(alembic_config(engine), "head")
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(_PG_MIGRATE_LOCK)
+        # Read after the lock: under READ COMMITTED (the default, which make_engine keeps)
+        # each statement sees what committed before it began, so a finished upgrade shows.
+        # https://www.postgresql.org/docs/current/transaction-iso.html#XACT-READ-COMMITTED
+        # (A failed SELECT would abort a PostgreSQL transaction: Alembic checks the table
+        # exists first.)
+        if MigrationContext.configure(conn).get_current_revision() != SCHEMA_HEAD:
+            command.upgrade(alembic_config(engine, conn), "head")
 
 
 def _short(exc: Exception) -> str:
