@@ -76,6 +76,15 @@ def _error_line(stderr: str) -> str:
     return next((line for line in reversed(lines) if exception.match(line)), lines[-1])
 
 
+@pytest.fixture
+def bare_engine(db_url):
+    """An engine on the test's database, not migrated; disposed even when the test fails (a
+    psycopg connection left to the garbage collector fails whichever test runs next)."""
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
 def _assert_at_head(engine) -> None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn)
@@ -83,16 +92,15 @@ def _assert_at_head(engine) -> None:
         assert compare_metadata(context, Base.metadata) == []
 
 
-def test_processes_starting_together_create_the_schema_once(db_url, tmp_path):
+def test_processes_starting_together_create_the_schema_once(db_url, bare_engine, tmp_path):
     failures = _migrate_together(db_url, tmp_path)
     assert failures == []
-    engine = make_engine(db_url)
-    _assert_at_head(engine)
-    engine.dispose()
+    _assert_at_head(bare_engine)
 
 
-def test_processes_starting_together_upgrade_an_old_database(db_url, tmp_path, clock):
-    engine = make_engine(db_url)
+def test_processes_starting_together_upgrade_an_old_database(db_url, bare_engine, tmp_path,
+                                                              clock):
+    engine = bare_engine
     command.upgrade(alembic_config(engine), "0002")
     new_ca(session_factory(engine), clock, "Old")
     failures = _migrate_together(db_url, tmp_path)
@@ -100,26 +108,22 @@ def test_processes_starting_together_upgrade_an_old_database(db_url, tmp_path, c
     _assert_at_head(engine)
     with engine.connect() as conn:
         assert conn.execute(select(CertificateAuthority.name)).scalars().all() == ["Old"]
-    engine.dispose()
 
 
-def test_an_upgrade_commits_or_rolls_back_with_the_callers_transaction(db_url):
+def test_an_upgrade_commits_or_rolls_back_with_the_callers_transaction(bare_engine):
     """What the lock relies on: given a connection, Alembic runs every migration inside the
     caller's transaction (SQLite's BEGIN IMMEDIATE, or PostgreSQL's with its advisory lock),
     DDL included, and commits nothing of its own."""
-    engine = make_engine(db_url)
+    engine = bare_engine
     with pytest.raises(RuntimeError), engine.begin() as conn:
         command.upgrade(alembic_config(engine, conn), "head")
         assert inspect(conn).has_table("signing_jobs")
         raise RuntimeError("abandon the upgrade")
     assert inspect(engine).get_table_names() == []
-    engine.dispose()
 
 
-def test_an_up_to_date_database_needs_neither_lock_nor_alembic(db_url):
-    engine = make_engine(db_url)
-    migrate(engine)
-    engine.dispose()
+def test_an_up_to_date_database_needs_neither_lock_nor_alembic(db_url, bare_engine):
+    migrate(bare_engine)
     probe = ("import os, sys; from pkiq.db import make_engine, migrate; "
              "migrate(make_engine(os.environ['PKIQ_DATABASE_URL'])); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")
