@@ -5,6 +5,9 @@ in a loop (and the people typing it) feel this more than any signing rate. Measu
 in one run and interleaved so that load hits every command alike:
 
 - ``python -c pass``: the interpreter's own start, the floor under any Python command;
+- ``python -c "import sqlalchemy.orm, pydantic_settings"``: the libraries pkiq reads its
+  settings and database with, imported and nothing else: the floor under any command that
+  opens the database (``ca list``);
 - ``openssl x509 -noout -text``: the standard tool doing what ``pkiq x509 decode`` does;
 - ``pkiq --help``, ``pkiq x509 decode CERT`` and ``pkiq ca list`` (a SQLite database with
   three CAs, migrated already), each as the installed console script runs it.
@@ -30,6 +33,7 @@ from bench.bench_sign import RESULTS_DIR, ROOT, MachineCpu, loadavg, log, machin
 
 GOALS = {"pkiq --help": 0.25, "pkiq x509 decode": 0.25, "pkiq ca list": 0.40}
 FLOOR = "python -c pass"
+DB_FLOOR = "import sqlalchemy.orm, pydantic_settings"
 
 
 def prepare(folder: Path, pkiq: str) -> tuple[dict, Path]:
@@ -50,6 +54,7 @@ def prepare(folder: Path, pkiq: str) -> tuple[dict, Path]:
 def commands(pkiq: str, cert: Path) -> dict[str, list[str]]:
     return {
         FLOOR: [sys.executable, "-c", "pass"],
+        DB_FLOOR: [sys.executable, "-c", DB_FLOOR],
         "openssl x509 -noout -text": ["openssl", "x509", "-noout", "-text", "-in", str(cert)],
         "pkiq --help": [pkiq, "--help"],
         "pkiq x509 decode": [pkiq, "x509", "decode", str(cert)],
@@ -73,17 +78,21 @@ def measure(cmds: dict[str, list[str]], env: dict, rounds: int, cwd: Path) -> di
 
 def render(report: dict) -> str:
     floor = report["results"][FLOOR]["median_s"]
-    rows = [f"{'command':<28} {'median':>8} {'p90':>8} {'min':>8} {'x python':>9}  goal",
-            "-" * 72]
+    rows = [f"{'command':<40} {'median':>8} {'p90':>8} {'min':>8} {'x python':>9}  goal",
+            "-" * 84]
     for name, r in report["results"].items():
         goal = GOALS.get(name)
         verdict = "" if goal is None else (
             f"< {goal:.2f} s {'MET' if r['median_s'] < goal else 'NOT MET'}")
-        rows.append(f"{name:<28} {r['median_s']:>7.3f}s {r['p90_s']:>7.3f}s "
+        rows.append(f"{name:<40} {r['median_s']:>7.3f}s {r['p90_s']:>7.3f}s "
                     f"{r['min_s']:>7.3f}s {r['median_s'] / floor:>8.1f}x  {verdict}")
     decode = report["results"]["pkiq x509 decode"]["median_s"]
     tool = report["results"]["openssl x509 -noout -text"]["median_s"]
-    rows.append(f"\npkiq x509 decode / openssl x509 -text: {decode / tool:.1f}x; "
+    listing = report["results"]["pkiq ca list"]["median_s"]
+    libraries = report["results"][DB_FLOOR]["median_s"]
+    rows.append(f"\npkiq ca list / importing its libraries alone: {listing / libraries:.2f}x "
+                f"(+{listing - libraries:.3f} s)")
+    rows.append(f"pkiq x509 decode / openssl x509 -text: {decode / tool:.1f}x; "
                 f"load {report['loadavg_start']} -> {report['loadavg_end']}, "
                 f"machine busy {report['machine_busy_percent']}%")
     return "\n".join(rows)
