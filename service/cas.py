@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ca import authority
-from ca.errors import BadInput, NotFound
+from ca.errors import BadInput, NotFound, PkiqError
 from ca.issuance import CaUrls
 from ca.names import parse_name
 from ca.openssl_io import adopt, read_democa, render_democa
@@ -319,8 +319,6 @@ def unlock_check(ctx: ServiceContext) -> dict:
     """Which CAs the service's own passphrase (PKIQ_CA_PASSPHRASE_FILE, PKIQ_CA_PASSPHRASE)
     unlocks, so that a worker says so at start instead of failing every job later. Expired
     CAs, and CAs handed over to openssl ca, sign nothing here and are left out."""
-    from ca.errors import PkiqError
-
     try:
         passphrase, problem = ctx.settings.passphrase(), None
     except PkiqError as exc:
