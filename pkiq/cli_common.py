@@ -22,9 +22,9 @@ def make_context(settings=None, clock=None):
     """The service context the commands run on: settings from PKIQ_*, the wall clock, and
     jobs announced over Celery (imported on the first announcement only)."""
     from service import ServiceContext, utc_now
-    from shell.settings import Settings
+    from shell.settings import load_settings
 
-    settings = settings or Settings()
+    settings = settings or load_settings()
     announcer: dict = {}
 
     def announce(job_ids):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ca.errors import WrongPassphrase
+from ca.errors import BadInput, WrongPassphrase
 
 
 def _default_data_dir() -> Path:
@@ -80,3 +80,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'pkiq.db'}"
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, or one clear BadInput naming each PKIQ_* variable
+    that is wrong (never the value of a secret one)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            field = Settings.model_fields.get(name)
+            shown = "" if field is None or not field.repr else f"={error.get('input')!r}"
+            problems.append(f"PKIQ_{name.upper()}{shown}: {error['msg']}")
+        raise BadInput("bad setting: " + "; ".join(problems)) from None

@@ -135,3 +135,15 @@ def test_a_command_beside_pkiq_data_says_it_uses_another_database(tmp_path):
     again = _pkiq(env, "ca", "list", cwd=project)  # said once: that database exists now
     assert again.stderr == ""
     assert _pkiq(make_demo, "ca", "list", cwd=project).stderr == ""
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path):
+    for name, value, said in (("PKIQ_JOB_TIMEOUT_SECONDS", "abc", "valid integer"),
+                              ("PKIQ_JOB_TIMEOUT_SECONDS", "3", "greater than or equal to 10"),
+                              ("PKIQ_SMTP_STARTTLS", "maybe", "valid boolean")):
+        done = _pkiq(_env(tmp_path, **{name: value, "PKIQ_CA_PASSPHRASE": "sekrit-value"}),
+                     "ca", "list")
+        assert done.returncode == 3, done.stderr
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"pkiq: error: bad setting: {name}=")
+        assert said in lines[0] and "sekrit-value" not in done.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 from celery import Celery, beat, signals
 
 from scheduler.schedule import beat_entries
-from shell.settings import Settings
+from shell.settings import Settings, load_settings
 
 SIGN_TASK = "worker.tasks.sign_jobs"
 RECONCILE_TASK = "worker.tasks.reconcile"
@@ -25,7 +25,7 @@ JOBS_PER_MESSAGE = 25
 
 
 def make_app(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     app = Celery("pkiq", include=["worker.tasks"])
     app.conf.update(
         broker_url=settings.effective_broker_url,
