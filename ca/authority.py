@@ -346,15 +346,31 @@ def check_in_service(ca: CertificateAuthority) -> None:
             "signs, revokes or issues CRLs for it; use openssl ca there")
 
 
-def hand_over(ca: CertificateAuthority, folder: str, now: dt.datetime) -> None:
-    """Record that ``openssl ca`` in ``folder`` owns the CA from now on."""
+def hand_over(session: Session, ca: CertificateAuthority, folder: str,
+              now: dt.datetime) -> None:
+    """Record that ``openssl ca`` in ``folder`` owns the CA from now on. The CA row is locked
+    for update first, so a signature, revocation or CRL under way (each holds the row at
+    least shared, see ``lock_in_service``) commits before the caller renders the export."""
+    session.refresh(ca, with_for_update=True)
     check_in_service(ca)
     ca.handed_over_at, ca.handed_over_to = now.replace(microsecond=0), folder
 
 
+def lock_in_service(session: Session, ca: CertificateAuthority) -> None:
+    """Hold the CA row shared for the rest of the transaction and check it is still pkiq's:
+    a handover waits for this change to commit (and then exports it), and one that committed
+    first is seen here. Shared, so signers do not wait for each other (PostgreSQL; SQLite's
+    writer lock already serialises every transaction)."""
+    handed_over = session.scalar(
+        select(CertificateAuthority.handed_over_at)
+        .where(CertificateAuthority.id == ca.id).with_for_update(read=True))
+    if handed_over is not None and ca.handed_over_at is None:
+        session.refresh(ca)
+    check_in_service(ca)
+
+
 def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile: Profile,
                      now: dt.datetime) -> None:
-    check_in_service(ca)
     if now >= ca.not_after:
         raise CaExpired(f"CA {ca.name!r} expired on {ca.not_after:%Y-%m-%d}; it can sign "
                         "nothing more", "notAfter", "ca-valid")
@@ -369,6 +385,7 @@ def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile
 def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subject, public_key,
            profile, days, now, rng, csr=None, digest=None, pending=None) -> SignResult:
     issuer = ca_certificate(ca)
+    lock_in_service(session, ca)
     _check_can_issue(ca, issuer, profile, now)
     subject_text = openssl_oneline(subject)
     active = subject_key(subject_text) if ca.unique_subject else None
@@ -495,7 +512,7 @@ def revoke(
     invalidity_date: dt.datetime | None = None,
 ) -> Certificate:
     reason = reason_name(reason)
-    check_in_service(ca)
+    lock_in_service(session, ca)
     if invalidity_date is not None and invalidity_date > now:
         raise BadInput("the invalidity date (when the key was compromised) cannot be in the "
                        "future")
@@ -517,7 +534,7 @@ def release_hold(session: Session, ca: CertificateAuthority, serial: int,
                  now: dt.datetime) -> Certificate:
     """Take a certificate off hold: it is valid again and leaves the next full CRL (RFC 5280
     5.3.1 allows a certificateHold entry to be removed; other revocations are final)."""
-    check_in_service(ca)
+    lock_in_service(session, ca)
     record = find_certificate(session, ca, serial, for_update=True)
     if record.status != "R" or record.revocation_reason != "certificateHold":
         raise Conflict(f"serial {record.serial} is not on hold (only certificateHold can be "
@@ -533,7 +550,7 @@ def release_hold(session: Session, ca: CertificateAuthority, serial: int,
 
 def update_db(session: Session, ca: CertificateAuthority, now: dt.datetime) -> int:
     """``openssl ca -updatedb``: mark valid entries past their notAfter as expired."""
-    check_in_service(ca)
+    lock_in_service(session, ca)
     result = session.execute(
         update(Certificate)
         .where(Certificate.ca_id == ca.id, Certificate.status == "V",

@@ -264,10 +264,10 @@ def export_openssl(ctx: ServiceContext, name: str, folder: Path, *,
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
         if handover:
-            authority.hand_over(ca, str(folder.resolve()), ctx.clock())
+            authority.hand_over(session, ca, str(folder.resolve()), ctx.clock())
         files, notes = render_democa(session, ca, folder, ctx.clock())
         write_tree(folder, files, private={"private/cakey.pem"})
-        if not handover:
+        if ca.handed_over_at is None:
             notes = [*notes, HANDOVER_WARNING.format(name=name)]
         info = ca_view(ca)
     return {"folder": str(folder), "files": sorted(files), "notes": notes,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ca import jobs
-from ca.authority import get_ca
+from ca.authority import check_in_service, get_ca
 from ca.errors import PkiqError
 
 from .context import ServiceContext
@@ -34,9 +34,10 @@ def announce(ctx: ServiceContext, job_ids: Sequence[int]) -> str | None:
 
 
 def check_ca(ctx: ServiceContext, ca_name: str) -> None:
-    """An unknown CA fails a whole submit before anything is read or written."""
+    """An unknown CA, or one handed over to openssl ca, fails a whole submit before anything
+    is read or written."""
     with ctx.transaction() as session:
-        get_ca(session, ca_name)
+        check_in_service(get_ca(session, ca_name))
 
 
 def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes | PkiqError],

@@ -168,7 +168,7 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_context():
                  "ca/__pycache__/x.cpython-311.pyc", ".pytest_cache/v"):
         assert any(ignored("/".join(path.split("/")[:i]), patterns)
                    for i in range(1, path.count("/") + 2)), path
-    for path in ("pyproject.toml", "README.md", "Dockerfile", "pkiq/migrations/script.py.mako",
+    for path in ("pyproject.toml", "README.md", "Dockerfile", "shell/migrations/script.py.mako",
                  "bench/run"):
         assert not ignored(path, patterns), path
 

@@ -44,12 +44,17 @@ def test_a_plain_export_warns_that_both_would_number_independently(pkiq, tmp_pat
 
 def test_handover_stops_every_change_to_the_ca_in_pkiq(pkiq, tmp_path, app):
     serial, csr = _root(pkiq, tmp_path)
+    queued = tmp_path / "queued.pem"  # a job waiting in the queue when the CA is handed over
+    queued.write_bytes(make_csr("queued.example.com"))
+    job = json.loads(_ok(pkiq("submit", queued, "--ca", "Root", "--json")).stdout)[0]["id"]
     done = _ok(pkiq("ca", "export-openssl", "Root", tmp_path / "export", "--handover",
                     "--json"))
     info = json.loads(done.stdout)
     assert info["handed_over"] is True and info["ca"]["handed_over_to"] == str(
         (tmp_path / "export").resolve())
     assert "independently" not in done.stderr
+    again = _ok(pkiq("ca", "export-openssl", "Root", tmp_path / "copy"))  # a copy, later
+    assert "independently" not in again.stderr
     for args in (("ca", "sign", "Root", csr), ("ca", "gencrl", "Root"),
                  ("ca", "revoke", "Root", serial), ("ca", "updatedb", "Root"),
                  ("ca", "release-hold", "Root", serial),
@@ -61,10 +66,10 @@ def test_handover_stops_every_change_to_the_ca_in_pkiq(pkiq, tmp_path, app):
     assert "handed over" in _ok(pkiq("ca", "show", "Root")).stdout
     assert "(handed over to openssl ca)" in _ok(pkiq("ca", "list")).stdout
     assert _ok(pkiq("ca", "status", "Root", serial)).stdout.startswith(f"{serial}=Valid")
-    # a queued job fails with the reason instead of being signed
+    # a new request is refused at once; one queued before fails with the reason, unsigned
     other = tmp_path / "other.pem"
     other.write_bytes(make_csr("other.example.com"))
-    job = json.loads(pkiq("submit", other, "--ca", "Root", "--json").stdout)[0]["id"]
+    assert "handed over to openssl ca" in _one_line_error(pkiq("submit", other, "--ca", "Root"), 7)
     with transaction(app.sessions) as session:
         done_jobs = jobs.run_jobs(session, [job], lambda ca: authority.load_signer(
             ca, PASSPHRASE.encode()), app.clock)
@@ -104,3 +109,55 @@ def test_a_handover_whose_export_cannot_be_written_hands_nothing_over(pkiq, tmp_
     _one_line_error(pkiq("ca", "export-openssl", "Root", busy, "--handover"), 7)
     _ok(pkiq("ca", "sign", "Root", csr))
     assert json.loads(_ok(pkiq("ca", "show", "Root", "--json")).stdout)["handed_over_at"] is None
+
+
+def test_a_handover_waits_for_a_signature_under_way_and_exports_it(sessions, clock, app,
+                                                                   tmp_path):
+    """A certificate signed while the handover starts is in the exported index.txt (the
+    signer holds the CA row shared, the handover waits for it to commit), and nothing is
+    signed after: the index openssl takes over is the whole truth."""
+    import threading
+
+    from service import cas
+
+    from .domain import PASS, new_ca
+
+    new_ca(sessions, clock)
+    signed, release, results = threading.Event(), threading.Event(), {}
+
+    def sign_slowly():
+        with transaction(sessions) as session:
+            ca = authority.get_ca(session, "Root")
+            record = authority.sign_csr(session, ca, authority.load_signer(ca, PASS),
+                                        make_csr("late.example.com"), profile="webserver",
+                                        now=clock()).record
+            results["serial"] = record.serial
+            signed.set()
+            release.wait(30)
+
+    def hand_over():
+        results["export"] = cas.export_openssl(app, "Root", tmp_path / "export",
+                                               handover=True)
+
+    signer = threading.Thread(target=sign_slowly)
+    signer.start()
+    assert signed.wait(30)
+    handing = threading.Thread(target=hand_over)
+    handing.start()
+    handing.join(1.0)
+    assert handing.is_alive()  # waiting for the signature to commit
+    release.set()
+    signer.join(30)
+    handing.join(30)
+    index = (tmp_path / "export" / "index.txt").read_text()
+    assert f"\t{results['serial']}\t" in index
+    assert results["export"]["handed_over"] is True
+    with transaction(sessions) as session:
+        ca = authority.get_ca(session, "Root")
+        try:
+            authority.sign_csr(session, ca, authority.load_signer(ca, PASS),
+                               make_csr("after.example.com"), profile="webserver", now=clock())
+        except authority.HandedOver:
+            pass
+        else:
+            raise AssertionError("signed after the handover")

@@ -76,6 +76,19 @@ def test_celery_beat_makes_the_data_dir_it_keeps_its_schedule_in(tmp_path):
     assert data.stat().st_mode & 0o777 == 0o700
 
 
+def test_celery_beat_on_the_embedded_broker_sends_into_folders_it_made(tmp_path):
+    """Beat alone on a fresh data dir: its first reconcile message must land in the queue
+    folder, which no worker has made yet."""
+    data = tmp_path / "fresh" / "data"
+    env = {**_env(tmp_path, data), "PKIQ_RECONCILE_SECONDS": "1"}
+    messages = data / "queue" / "messages"
+    output = _run_until([sys.executable, "-m", "celery", "-A", "worker", "beat"], env,
+                        tmp_path / "beat.log",
+                        lambda: messages.is_dir() and any(messages.iterdir()))
+    assert messages.is_dir() and any(messages.iterdir()), output
+    assert "SchedulingError" not in output
+
+
 def test_celery_worker_on_the_embedded_broker_makes_its_queue_folders(tmp_path):
     data = tmp_path / "fresh" / "data"
     log = tmp_path / "worker.log"

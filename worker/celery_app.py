@@ -80,10 +80,12 @@ def _prepare_worker(sender=None, instance=None, **_kw) -> None:
 
 
 class FileScheduler(beat.PersistentScheduler):
-    """Celery's file-backed beat schedule, in a folder made for it when beat opens the file
-    (``celery -A worker beat`` included), private to the service's user."""
+    """Celery's file-backed beat schedule. Before it opens the file (``celery -A worker beat``
+    included) the data dir and, on the embedded broker, the queue folders beat sends into
+    are made, private to the service's user."""
 
     def setup_schedule(self):
+        prepare(self.app.conf.pkiq_settings)
         Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         super().setup_schedule()
 

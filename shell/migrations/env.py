@@ -9,6 +9,11 @@ from alembic import context
 
 from ca.models import Base
 
+# Base.metadata holds the domain's tables only: the scheduler's (leases, refresh runs, alert
+# states) join it when scheduler.models is imported, which this layer must not do. Migrations
+# are written by hand; to autogenerate one, import scheduler.models first, or Alembic would
+# propose dropping those tables (tests/test_db.py compares the migrations with both).
+
 config = context.config
 
 
