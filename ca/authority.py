@@ -356,14 +356,17 @@ def hand_over(session: Session, ca: CertificateAuthority, folder: str,
     ca.handed_over_at, ca.handed_over_to = now.replace(microsecond=0), folder
 
 
-def lock_in_service(session: Session, ca: CertificateAuthority) -> None:
-    """Hold the CA row shared for the rest of the transaction and check it is still pkiq's:
-    a handover waits for this change to commit (and then exports it), and one that committed
+def lock_in_service(session: Session, ca: CertificateAuthority, *,
+                    exclusive: bool = False) -> None:
+    """Hold the CA row for the rest of the transaction and check it is still pkiq's: a
+    handover waits for this change to commit (and then exports it), and one that committed
     first is seen here. Shared, so signers do not wait for each other (PostgreSQL; SQLite's
-    writer lock already serialises every transaction)."""
+    writer lock already serialises every transaction); ``exclusive`` when the transaction
+    will lock the row for update anyway (sequential serials): two holders of a shared lock
+    that both upgrade it would deadlock."""
     handed_over = session.scalar(
         select(CertificateAuthority.handed_over_at)
-        .where(CertificateAuthority.id == ca.id).with_for_update(read=True))
+        .where(CertificateAuthority.id == ca.id).with_for_update(read=not exclusive))
     if handed_over is not None and ca.handed_over_at is None:
         session.refresh(ca)
     check_in_service(ca)
@@ -385,7 +388,7 @@ def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile
 def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subject, public_key,
            profile, days, now, rng, csr=None, digest=None, pending=None) -> SignResult:
     issuer = ca_certificate(ca)
-    lock_in_service(session, ca)
+    lock_in_service(session, ca, exclusive=ca.serial_mode == "sequential")
     _check_can_issue(ca, issuer, profile, now)
     subject_text = openssl_oneline(subject)
     active = subject_key(subject_text) if ca.unique_subject else None
