@@ -21,18 +21,25 @@ from sqlalchemy.orm import Session
 from .crl import RevokedEntry, build_crl, reason_name
 from .csr import check_expressway_names, check_key, load_csr
 from .errors import BadInput, CaExpired, Conflict, NotFound, PolicyViolation, WrongPassphrase
-from .issuance import COPY_MODES, CaUrls, build_certificate, validity_window
+from .issuance import (
+    COPY_MODES,
+    CaUrls,
+    build_certificate,
+    request_extensions,
+    validity_window,
+)
 from .keys import (
     DIGESTS,
     Signer,
     SoftwareSigner,
+    check_digest,
     decrypt_key,
     describe_key,
     encrypt_key,
     generate_key,
 )
 from .models import Certificate, CertificateAuthority, Crl
-from .names import openssl_oneline
+from .names import canonical_name, check_name, openssl_oneline
 from .policy import POLICY_ANYTHING, Policy
 from .profiles import PROFILES, Profile, get_profile
 from .serials import Random, parse_serial, random_serial, serial_hex
@@ -40,7 +47,8 @@ from .sql import InsertIgnoringConflicts
 
 __all__ = ["parse_serial", "random_serial", "serial_hex"]  # re-exported for front ends
 
-ROOT_PROFILE = Profile("root", "self-signed root CA", is_ca=True)
+ROOT_PROFILE = Profile("root", "self-signed root CA", is_ca=True, san_types=(),
+                       copyable=frozenset())
 SERIAL_MODES = ("random", "sequential")
 MAX_DAYS = 36500  # a century: past that it is a typo, and datetime arithmetic overflows
 MAX_CRL_HOURS = 24 * 3650
@@ -234,6 +242,8 @@ def create_ca(
     """A root CA, or (with ``parent``) a subordinate CA whose issuance the parent records.
     Returns the CA and warnings (such as a validity cut to the parent's)."""
     check_name_free(session, name)
+    subject = canonical_name(subject)
+    check_name(subject, ca=True)
     options.policy.check_against(subject)
     _check_range("CA validity days", days, 1, MAX_DAYS)
     key = generate_key(key_type)
@@ -321,15 +331,31 @@ def sign_csr(
     csr = load_csr(csr_data)
     issuer = ca_certificate(ca)
     prof = get_profile(profile)
-    subject = Policy.from_dict(ca.policy).apply(csr.subject, issuer.subject)
-    warnings = check_key(csr.public_key())
-    if not prof.is_ca:
-        warnings += check_expressway_names(subject, csr)
+    check_digest(signer.public_key(), digest)
+    subject = canonical_name(Policy.from_dict(ca.policy).apply(csr.subject, issuer.subject))
+    check_name(subject, ca=prof.is_ca)
+    requested, warnings = check_request(csr, prof, ca.copy_extensions, subject)
     result = _issue(session, ca, signer, subject=subject, public_key=csr.public_key(),
-                    profile=prof, days=days, now=now, rng=rng, csr=csr, digest=digest,
-                    pending=pending)
+                    profile=prof, days=days, now=now, rng=rng, requested=requested,
+                    digest=digest, pending=pending)
     result.warnings[:0] = warnings
     return result
+
+
+def check_request(csr: x509.CertificateSigningRequest, profile: Profile, copy_mode: str,
+                  subject: x509.Name) -> tuple[list, list[str]]:
+    """The profile's and the Expressway rules for a request, the same at submit (on the
+    request's subject) and at signing (on the subject the policy made): its key, the
+    extensions it may bring and their names, the CN. Returns the extensions to copy and the
+    warnings."""
+    warnings = check_key(csr.public_key())
+    requested, notes = request_extensions(csr, profile, copy_mode)
+    warnings += notes
+    if not profile.is_ca:
+        sans = next((list(ext) for ext, _ in requested
+                     if isinstance(ext, x509.SubjectAlternativeName)), [])
+        warnings += check_expressway_names(subject, sans, profile)
+    return requested, warnings
 
 
 class HandedOver(Conflict):
@@ -386,7 +412,7 @@ def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile
 
 
 def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subject, public_key,
-           profile, days, now, rng, csr=None, digest=None, pending=None) -> SignResult:
+           profile, days, now, rng, requested=(), digest=None, pending=None) -> SignResult:
     issuer = ca_certificate(ca)
     lock_in_service(session, ca, exclusive=ca.serial_mode == "sequential")
     _check_can_issue(ca, issuer, profile, now)
@@ -404,7 +430,7 @@ def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subjec
         issued = build_certificate(
             signer=signer, issuer_cert=issuer, subject=subject, public_key=public_key,
             serial=serial, not_before=not_before, not_after=not_after, profile=profile,
-            urls=urls, csr=csr, copy_mode=ca.copy_extensions, digest=digest)
+            urls=urls, requested=requested, digest=digest)
         values = dict(
             ca_id=ca.id, serial=serial_hex(serial), status="V", subject=subject_text,
             active_subject=active, not_before=not_before, not_after=not_after,
@@ -413,10 +439,10 @@ def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subjec
         if pending is not None and not ca.unique_subject:
             pending.rows.append(values)
             return SignResult(Certificate(**values), issued.certificate,
-                              warnings + issued.warnings)
+                              warnings)
         if _insert_unless_taken(session, values):
             record = Certificate(**values)  # what was stored, for the caller to read
-            return SignResult(record, issued.certificate, warnings + issued.warnings)
+            return SignResult(record, issued.certificate, warnings)
         if ca.unique_subject:  # a concurrent signer took the subject: say which serial
             _check_unique_subject(session, ca, subject_text, now)
         if ca.serial_mode == "sequential":

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 import warnings
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.x509.oid import PublicKeyAlgorithmOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, PublicKeyAlgorithmOID
 
 from .errors import BadInput, BadSignature, PolicyViolation
+from .general_names import check_dns_name, describe
 from .names import check_name, common_name
+from .profiles import Profile
 
 MAX_CSR_BYTES = 64 * 1024
 SAN_WARN_CHARS = 999  # Expressway's CSR page and loader warn past this
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
@@ -44,7 +44,13 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
             list(csr.extensions)
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise BadInput(f"the request carries a malformed extension ({exc})") from None
-    check_name(subject)
+    check_name(subject, "request's subject")
+    broken = _BROKEN_SIGNATURES.get(csr.signature_algorithm_oid.dotted_string)
+    if broken:
+        raise PolicyViolation(f"the request is signed with {broken}, which is refused: {broken} "
+                              "collisions are practical, so its signature proves nothing; "
+                              "sign the request with SHA-256 (openssl req -sha256)",
+                              "signature", "hash")
     if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
         raise PolicyViolation("RSA-PSS-only keys (rsassaPss) are refused: TLS stacks, "
                               "Expressway's included, expect rsaEncryption keys",
@@ -79,36 +85,47 @@ def verify_csr_signature(csr: x509.CertificateSigningRequest) -> None:
                            "(the request was altered, or not signed by its own key)") from exc
 
 
-def requested_dns_names(csr: x509.CertificateSigningRequest) -> list[str]:
+def requested_names(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:
+    """The subjectAltNames the request asks for, of every type, unchecked."""
     try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
         return []
-    return san.get_values_for_type(x509.DNSName)
 
 
-def san_text(csr: x509.CertificateSigningRequest) -> str:
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ""
-    parts = []
-    for gn in san:
-        prefix = {x509.DNSName: "DNS", x509.IPAddress: "IP", x509.RFC822Name: "email",
-                  x509.UniformResourceIdentifier: "URI"}.get(type(gn), "othername")
-        parts.append(f"{prefix}:{gn.value}")
-    return ",".join(parts)
+# Request signatures pkiq will not verify at all: a collision lets one signed request stand
+# for another. SHA-1 requests are still read (the guide makes them); MD5 and older are not.
+_BROKEN_SIGNATURES = {
+    "1.2.840.113549.1.1.2": "MD2",
+    "1.2.840.113549.1.1.3": "MD4",
+    "1.2.840.113549.1.1.4": "MD5",
+}
+MIN_RSA_EXPONENT = 65537  # CA/Browser Forum BR 6.1.6, NIST SP 800-89: odd, at least 2^16+1
+MAX_RSA_BITS = 8192
 
 
 def check_key(public_key) -> list[str]:
     """Refuse keys Expressway or modern TLS refuse; warn where the guide warns."""
     if isinstance(public_key, rsa.RSAPublicKey):
-        if public_key.key_size < 2048:
+        bits = public_key.key_size
+        if bits < 2048:
             raise PolicyViolation(
-                f"RSA {public_key.key_size}-bit keys are refused: use 2048 bits or more "
+                f"RSA {bits}-bit keys are refused: use 2048 bits or more "
                 "(4096 is what the Expressway guide recommends)", "publicKey", "min-rsa-2048")
-        if public_key.key_size >= 8192:
-            return [f"RSA {public_key.key_size}-bit key: SIP TLS zones on Expressway may fail "
+        if bits > MAX_RSA_BITS:
+            raise PolicyViolation(f"RSA {bits}-bit keys are refused: pkiq signs RSA keys of "
+                                  f"2048 to {MAX_RSA_BITS} bits (the guide recommends 4096)",
+                                  "publicKey", "max-rsa")
+        exponent = public_key.public_numbers().e
+        if exponent < MIN_RSA_EXPONENT or exponent % 2 == 0:
+            shown = exponent if exponent < 10**9 else f"of {exponent.bit_length()} bits"
+            raise PolicyViolation(
+                f"RSA public exponent {shown} is refused: it must be odd and at least "
+                f"{MIN_RSA_EXPONENT} (small exponents such as 3 invite the low-exponent "
+                "attacks on RSA padding; generate the key again: every current tool uses "
+                "65537)", "publicKey", "rsa-exponent")
+        if bits >= 8192:
+            return [f"RSA {bits}-bit key: SIP TLS zones on Expressway may fail "
                     "to become active with 8192-bit keys; the guide recommends 4096"]
         return []
     if isinstance(public_key, ec.EllipticCurvePublicKey):
@@ -117,44 +134,42 @@ def check_key(public_key) -> list[str]:
                                   "P-256, P-384 or P-521", "publicKey", "curve")
         return []
     if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return ["EdDSA keys are not supported by Expressway's TLS stack"]
-    raise PolicyViolation("unsupported public key type in the request", "publicKey", "type")
+        raise PolicyViolation("EdDSA (Ed25519, Ed448) request keys are refused: Expressway's "
+                              "TLS stack, and most TLS clients' certificate checks, support "
+                              "only RSA and ECDSA certificates; use RSA 4096 or EC P-256/P-384",
+                              "publicKey", "type")
+    raise PolicyViolation("unsupported public key type in the request (pkiq signs RSA and EC "
+                          "P-256/P-384/P-521 keys)", "publicKey", "type")
 
 
-def check_expressway_names(subject: x509.Name, csr: x509.CertificateSigningRequest) -> list[str]:
-    """The guide's naming rules: a CN is required, no wildcards, clustered CN + SANs."""
+def check_expressway_names(subject: x509.Name, sans: list[x509.GeneralName],
+                           profile: Profile) -> list[str]:
+    """The guide's naming rules: a CN is required, no wildcards, clustered CN + SANs. A TLS
+    server's CN is a host name or IP address, checked as a DNS SAN would be."""
     warnings: list[str] = []
     cn = common_name(subject)
     if not cn:
         raise PolicyViolation("the request has no commonName: Expressway needs CN = the FQDN "
                               "of the peer (or of the cluster)", "commonName", "required")
-    dns_names = requested_dns_names(csr)
-    for name in [cn, *dns_names]:
-        if "*" in name:
-            raise PolicyViolation(f"wildcard name {name!r} refused: Expressway does not support "
-                                  "wildcard certificates; list each FQDN as a SAN",
-                                  "subjectAltName", "no-wildcard")
-    for name in dns_names:
-        if not _is_dns_name(name):
-            raise PolicyViolation(f"subjectAltName DNS:{name!r} is not a valid host name",
-                                  "subjectAltName", "dns-syntax")
-    if dns_names and cn.lower() not in {n.lower() for n in dns_names} and _is_dns_name(cn):
+    if "*" in cn:
+        raise PolicyViolation(f"wildcard name {cn!r} refused: Expressway does not support "
+                              "wildcard certificates; list each FQDN as a SAN",
+                              "commonName", "no-wildcard")
+    if ExtendedKeyUsageOID.SERVER_AUTH in profile.extended_key_usage and not _is_ip(cn):
+        check_dns_name(cn, what="commonName")
+    dns_names = [n.value.lower() for n in sans if isinstance(n, x509.DNSName)]
+    if dns_names and cn.lower() not in dns_names and not _is_ip(cn):
         warnings.append(f"CN {cn} is not among the SAN DNS names; TLS clients that follow "
                         "RFC 6125 ignore the CN when SANs are present, so list it as a SAN too "
                         "(for a cluster: the cluster FQDN and every peer FQDN)")
     if _is_ip(cn):
         warnings.append(f"CN {cn} is an IP address; Expressway zones should use FQDNs as "
                         "peer addresses")
-    text = san_text(csr)
+    text = ",".join(describe(n) for n in sans)
     if len(text) > SAN_WARN_CHARS:
         warnings.append(f"the subjectAltName list is {len(text)} characters; Expressway warns "
                         f"past {SAN_WARN_CHARS} and may truncate it")
     return warnings
-
-
-def _is_dns_name(name: str) -> bool:
-    name = name.rstrip(".")
-    return 0 < len(name) <= 253 and all(_DNS_LABEL.match(label) for label in name.split("."))
 
 
 def _is_ip(name: str) -> bool:

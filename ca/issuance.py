@@ -13,28 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
 from .errors import BadInput
+from .general_names import check_general_names
 from .keys import Signer
 from .profiles import Profile
 from .serials import check_serial
 
 COPY_MODES = ("none", "copy", "copyall")
-# Extensions that are the CA's statements, never the requester's: CA-ness and constraints,
-# key identifiers, and where relying parties look for revocation, the issuer and policies
-# (a requester who sets the CRL distribution point chooses which CRL is checked).
-_NEVER_COPIED = {
-    ExtensionOID.BASIC_CONSTRAINTS,
-    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
-    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
-    ExtensionOID.NAME_CONSTRAINTS,
-    ExtensionOID.POLICY_CONSTRAINTS,
-    ExtensionOID.POLICY_MAPPINGS,
-    ExtensionOID.INHIBIT_ANY_POLICY,
-    ExtensionOID.CERTIFICATE_POLICIES,
-    ExtensionOID.CRL_DISTRIBUTION_POINTS,
-    ExtensionOID.FRESHEST_CRL,
-    ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
-    ExtensionOID.ISSUER_ALTERNATIVE_NAME,
-}
 
 
 @dataclass(frozen=True)
@@ -107,40 +91,63 @@ def _url_extensions(urls: CaUrls) -> list[tuple[x509.ExtensionType, bool]]:
     return out
 
 
-def copy_request_extensions(
-    csr: x509.CertificateSigningRequest, chosen: list[tuple[x509.ExtensionType, bool]],
-    mode: str, *, is_ca: bool,
+def request_extensions(
+    csr: x509.CertificateSigningRequest, profile: Profile, mode: str,
 ) -> tuple[list[tuple[x509.ExtensionType, bool]], list[str]]:
-    """OpenSSL's ``copy_extensions``: ``copy`` adds request extensions the profile did not set,
-    ``copyall`` lets them replace the profile's; ``none`` ignores them. Never copied: CA-ness,
-    key identifiers, constraints — nor a CA keyUsage into an end-entity certificate."""
+    """OpenSSL's ``copy_extensions`` over an allow-list: ``copy`` and ``copyall`` bring only
+    the extensions the profile lists as copyable (the subjectAltName, its names checked by
+    type for the profile); everything else a request carries (key usages, extended key
+    usages, basic constraints, ocspNoCheck, policies, URLs) is the CA's statement and
+    ignored, with one warning naming what was. ``none`` ignores the request's extensions.
+    The profile sets none of the copyable ones, so ``copy`` and ``copyall`` agree."""
     if mode not in COPY_MODES:
         raise BadInput(f"copy_extensions must be one of {', '.join(COPY_MODES)}, not {mode!r}")
-    warnings: list[str] = []
     if mode == "none":
-        return chosen, warnings
-    result = list(chosen)
-    present = {ext.oid for ext, _ in result}
+        return [], []
+    out: list[tuple[x509.ExtensionType, bool]] = []
+    warnings: list[str] = []
+    ignored: list[str] = []
     for ext in csr.extensions:
-        if ext.oid in _NEVER_COPIED:
-            if ext.oid == ExtensionOID.BASIC_CONSTRAINTS and ext.value.ca and not is_ca:
-                warnings.append("the request asks for CA:TRUE; ignored, the profile decides")
+        if ext.oid not in profile.copyable:
+            note = _not_copied(ext, profile)
+            if note:
+                ignored.append(note)
             continue
-        if isinstance(ext.value, x509.UnrecognizedExtension) and ext.critical:
-            raise BadInput("the request carries an unknown critical extension "
-                           f"{ext.oid.dotted_string}")
-        if ext.oid == ExtensionOID.KEY_USAGE and not is_ca and (
-            ext.value.key_cert_sign or ext.value.crl_sign
-        ):
-            warnings.append("the request asks for a CA keyUsage (keyCertSign/cRLSign); ignored")
-            continue
-        if ext.oid in present:
-            if mode == "copy":
-                continue
-            result = [(e, c) for e, c in result if e.oid != ext.oid]
-        result.append((ext.value, ext.critical))
-        present.add(ext.oid)
-    return result, warnings
+        if ext.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
+            names, notes = check_general_names(list(ext.value), profile.san_types,
+                                               profile.name)
+            warnings += notes
+            if names:  # critical only for an empty subject (RFC 5280 4.2.1.6): never here
+                out.append((x509.SubjectAlternativeName(names), False))
+        else:
+            out.append((ext.value, ext.critical))
+    if ignored:
+        warnings.append(f"the request asks for what profile {profile.name} does not give; "
+                        f"not copied: {'; '.join(ignored)}")
+    return out, warnings
+
+
+def _not_copied(ext: x509.Extension, profile: Profile) -> str | None:
+    """What to tell the requester about an extension the profile decides, or None where the
+    request only asked for what the profile gives anyway (the guide's CSRs ask for serverAuth
+    and clientAuth, which ``webclientandserver`` sets)."""
+    if ext.oid == ExtensionOID.SUBJECT_KEY_IDENTIFIER:
+        return None  # pkiq computes it from the key, as the request would
+    if ext.oid == ExtensionOID.BASIC_CONSTRAINTS:
+        return None if ext.value.ca == profile.is_ca else (
+            f"basicConstraints (CA:{str(ext.value.ca).upper()})")
+    if ext.oid == ExtensionOID.KEY_USAGE:
+        asks_ca = ext.value.key_cert_sign or ext.value.crl_sign
+        return "keyUsage (keyCertSign/cRLSign)" if asks_ca and not profile.is_ca else None
+    if ext.oid == ExtensionOID.EXTENDED_KEY_USAGE:
+        extra = [_oid_name(oid) for oid in ext.value if oid not in profile.extended_key_usage]
+        return f"extendedKeyUsage ({', '.join(extra)})" if extra else None
+    return _oid_name(ext.oid)
+
+
+def _oid_name(oid: x509.ObjectIdentifier) -> str:
+    name = getattr(oid, "_name", None)
+    return name if name and name != "Unknown OID" else oid.dotted_string
 
 
 def build_certificate(
@@ -154,11 +161,11 @@ def build_certificate(
     not_after: dt.datetime,
     profile: Profile,
     urls: CaUrls = CaUrls(),
-    csr: x509.CertificateSigningRequest | None = None,
-    copy_mode: str = "none",
+    requested: list[tuple[x509.ExtensionType, bool]] = (),
     digest: str | None = None,
 ) -> Issued:
-    """Sign one certificate. ``issuer_cert`` None means self-signed (a root)."""
+    """Sign one certificate. ``issuer_cert`` None means self-signed (a root); ``requested``
+    holds what ``request_extensions`` let through from the request."""
     check_serial(serial)
     extensions: list[tuple[x509.ExtensionType, bool]] = [
         (x509.BasicConstraints(ca=profile.is_ca, path_length=profile.path_length), True),
@@ -170,10 +177,7 @@ def build_certificate(
     extensions.append((_authority_key_id(issuer_cert, signer.public_key()), False))
     if issuer_cert is not None:
         extensions.extend(_url_extensions(urls))
-    warnings: list[str] = []
-    if csr is not None:
-        extensions, warnings = copy_request_extensions(csr, extensions, copy_mode,
-                                                       is_ca=profile.is_ca)
+    extensions.extend(requested)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -185,4 +189,4 @@ def build_certificate(
     )
     for ext, critical in extensions:
         builder = builder.add_extension(ext, critical)
-    return Issued(signer.sign_certificate(builder, digest), warnings)
+    return Issued(signer.sign_certificate(builder, digest))

@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
-from .authority import PendingCertificates, get_ca, sign_csr
+from .authority import PendingCertificates, check_request, get_ca, sign_csr
 from .csr import load_csr
 from .errors import BadInput, Conflict, NotFound, PkiqError
 from .keys import Signer
 from .models import CertificateAuthority, SigningJob
-from .names import openssl_oneline
+from .names import canonical_name, openssl_oneline
 from .profiles import get_profile
 from .sql import InsertIgnoringConflicts
 
@@ -46,8 +46,9 @@ def request_fingerprint(csr_der: bytes) -> str:
 def submit(session: Session, ca: CertificateAuthority, csr_data: bytes, *, profile: str,
            requester: str, now: dt.datetime, days: int | None = None,
            node: str | None = None) -> Submitted:
-    """Queue a request (or find it queued already). The request must parse and its signature
-    verify now; the CA's policy is applied when it is signed."""
+    """Queue a request (or find it queued already). The request must parse, its signature
+    verify and it must pass the profile's and the Expressway rules now; the CA's policy is
+    applied when it is signed."""
     [done] = submit_many(session, ca, [csr_data], profile=profile, requester=requester,
                          now=now, days=days, node=node)
     if isinstance(done, PkiqError):
@@ -63,7 +64,7 @@ def submit_many(session: Session, ca: CertificateAuthority, requests: Sequence[b
     not verify). New jobs are written by one ``INSERT ... ON CONFLICT DO NOTHING`` and those
     already there (submitted before, by a concurrent submit, or twice in ``requests``) are
     found by one query, so a large submit costs a few statements, not a few per request."""
-    get_profile(profile)
+    prof = get_profile(profile)
     state = "awaiting_approval" if ca.approval == "manual" else "queued"
     out: list[Submitted | PkiqError | None] = [None] * len(requests)
     values: dict[str, dict] = {}  # fingerprint -> the new row, in request order
@@ -71,6 +72,7 @@ def submit_many(session: Session, ca: CertificateAuthority, requests: Sequence[b
     for place, data in enumerate(requests):
         try:
             csr = load_csr(data)
+            check_request(csr, prof, ca.copy_extensions, canonical_name(csr.subject))
         except PkiqError as exc:
             out[place] = exc
             continue

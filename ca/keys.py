@@ -89,6 +89,22 @@ def signature_hash(public_key, digest: str | None = None) -> hashes.HashAlgorith
     return hashes.SHA256()
 
 
+_CURVE_HASH = {"secp256r1": "sha256", "secp384r1": "sha384", "secp521r1": "sha512"}
+
+
+def check_digest(public_key, digest: str | None) -> None:
+    """``--md`` on an EC CA must be the curve's own hash: TLS 1.3 names ECDSA signature
+    schemes by curve and hash together (ecdsa_secp256r1_sha256, RFC 8446 4.2.3), so a P-256
+    certificate signed with SHA-512 fails where a peer offers only those pairs."""
+    if digest is None or not isinstance(public_key, ec.EllipticCurvePublicKey):
+        return
+    expected = _CURVE_HASH.get(public_key.curve.name)
+    if expected is not None and digest != expected:
+        raise BadInput(f"--md {digest} does not suit this CA's {describe_key(public_key)} key: "
+                       f"an ECDSA CA signs with its curve's hash ({expected}), as TLS 1.3's "
+                       "signature schemes pair them; leave --md out")
+
+
 class Signer(Protocol):
     """What issuance needs from a CA key; a software key, an HSM or a KMS can stand behind it."""
 

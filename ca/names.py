@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 
 from cryptography import x509
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
-from .errors import BadInput
+from .errors import BadInput, PolicyViolation
 
 # OpenSSL's long names (used in policy sections) and short names (used in /C=../CN=.. DNs).
 _FIELDS = [
@@ -49,6 +51,43 @@ def long_name(oid: x509.ObjectIdentifier) -> str:
 
 
 _IA5_FIELDS = {NameOID.EMAIL_ADDRESS, NameOID.DOMAIN_COMPONENT}
+_PRINTABLE_FIELDS = {NameOID.COUNTRY_NAME, NameOID.SERIAL_NUMBER}  # X.520: PrintableString
+_PRINTABLE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?")
+
+# Upper bounds in characters: RFC 5280 Appendix A (ub-common-name and friends); X.520's where
+# RFC 5280 names none (postal code, street); a DNS label for domainComponent. Longer values
+# are invalid ASN.1 for relying parties that check (pkilint does), so they are refused.
+UPPER_BOUNDS = {
+    NameOID.COMMON_NAME: 64,
+    NameOID.ORGANIZATION_NAME: 64,
+    NameOID.ORGANIZATIONAL_UNIT_NAME: 64,
+    NameOID.TITLE: 64,
+    NameOID.SERIAL_NUMBER: 64,
+    NameOID.LOCALITY_NAME: 128,
+    NameOID.STATE_OR_PROVINCE_NAME: 128,
+    NameOID.PSEUDONYM: 128,
+    NameOID.STREET_ADDRESS: 128,
+    NameOID.POSTAL_CODE: 40,
+    NameOID.EMAIL_ADDRESS: 255,
+    NameOID.DOMAIN_COMPONENT: 63,
+    NameOID.GIVEN_NAME: 32768,
+    NameOID.SURNAME: 32768,
+}
+UNLISTED_BOUND = 256  # attribute types pkiq has no bound for (kept only with preserve_dn)
+
+# Unicode categories no name should hold: controls (Cc: they break index.txt and logs),
+# format characters (Cf: bidirectional overrides such as U+202E that make a name read
+# differently from what it is, zero-width characters that make two names look alike),
+# line and paragraph separators, surrogates, private use and unassigned code points.
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Cf": "an invisible formatting character (bidirectional override, zero-width)",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+}
 
 
 def checked_attribute(oid: x509.ObjectIdentifier, value: str) -> x509.NameAttribute:
@@ -57,23 +96,75 @@ def checked_attribute(oid: x509.ObjectIdentifier, value: str) -> x509.NameAttrib
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
-            return x509.NameAttribute(oid, value)
+            return x509.NameAttribute(oid, value, _string_type(oid))
         except (ValueError, UserWarning) as exc:
             raise BadInput(f"{long_name(oid)}: {exc}") from None
 
 
 def check_value(oid: x509.ObjectIdentifier, value: str) -> None:
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "\u2028\u2029\x85" for c in value):
-        raise BadInput(f"{long_name(oid)} contains control characters; refused")
+    """The character and length rules every DN value must pass, wherever it comes from."""
+    field = long_name(oid)
+    for char in value:
+        category = unicodedata.category(char)
+        if category in _REFUSED_CATEGORIES:
+            raise BadInput(f"{field} contains {_REFUSED_CATEGORIES[category]} "
+                           f"(U+{ord(char):04X}); refused")
+    if not value.strip():
+        raise BadInput(f"{field} is empty")
+    bound = UPPER_BOUNDS.get(oid, UNLISTED_BOUND)
+    if len(value) > bound:
+        raise BadInput(f"{field} is {len(value)} characters; RFC 5280 allows at most {bound}")
     if oid in _IA5_FIELDS and not value.isascii():
-        raise BadInput(f"{long_name(oid)} must be ASCII (an IA5String)")
+        raise BadInput(f"{field} must be ASCII (an IA5String)")
+    if oid == NameOID.COUNTRY_NAME and not (len(value) == 2 and value.isascii()
+                                            and value.isalpha() and value.isupper()):
+        raise BadInput(f"countryName must be a two-letter ISO 3166 code in capitals "
+                       f"(such as GB), not {value[:8]!r}")
+    if oid in _PRINTABLE_FIELDS and not set(value) <= _PRINTABLE:
+        raise BadInput(f"{field} may hold only PrintableString characters (letters, digits, "
+                       "space and '()+,-./:=?)")
 
 
-def check_name(name: x509.Name) -> None:
-    """Refuse DNs that would break index.txt or could not be encoded as RFC 5280 asks."""
-    for attr in name:
-        if isinstance(attr.value, str):
+def check_name(name: x509.Name, what: str = "subject", *, ca: bool = False) -> None:
+    """Every attribute of every RDN, not only the last CN: the rules above for each value;
+    one attribute per RDN (a multi-valued RDN such as ``CN=a+O=b`` hides a CN from tools that
+    read one attribute per RDN); at most one commonName (with two, which one a relying party
+    checks differs: ``openssl verify -verify_hostname`` accepts either); and a CA's subject
+    may not be empty (RFC 5280 4.1.2.6: a CA's subject is the issuer name of all it signs)."""
+    if ca and not len(name):
+        raise PolicyViolation(f"the {what} of a CA may not be empty: RFC 5280 needs a CA's "
+                              "name to be the issuer of what it signs (give at least a CN)",
+                              "subject", "non-empty")
+    for rdn in name.rdns:
+        if len(rdn) > 1:
+            raise PolicyViolation(
+                f"the {what} has a multi-valued RDN ({rdn.rfc4514_string()[:80]}); pkiq "
+                "issues one attribute per RDN", "subject", "single-valued-rdn")
+        for attr in rdn:
+            if not isinstance(attr.value, str):
+                raise BadInput(f"{long_name(attr.oid)} in the {what} is not a string")
             check_value(attr.oid, attr.value)
+    if len(name.get_attributes_for_oid(NameOID.COMMON_NAME)) > 1:
+        raise PolicyViolation(f"the {what} has more than one commonName; at most one is "
+                              "allowed, so that every relying party checks the same name",
+                              "commonName", "at-most-one")
+
+
+def canonical_name(name: x509.Name) -> x509.Name:
+    """The name re-encoded as pkiq issues names, whatever string types the request used
+    (TeletexString, BMPString, UniversalString): UTF8String, except PrintableString for
+    countryName and serialNumber and IA5String for emailAddress and domainComponent (RFC 5280
+    4.1.2.6 and Appendix A), as ``openssl ca`` does with ``string_mask = utf8only``."""
+    return x509.Name([x509.NameAttribute(attr.oid, attr.value, _string_type(attr.oid))
+                      for attr in name])
+
+
+def _string_type(oid: x509.ObjectIdentifier) -> _ASN1Type:
+    if oid in _PRINTABLE_FIELDS:
+        return _ASN1Type.PrintableString
+    if oid in _IA5_FIELDS:
+        return _ASN1Type.IA5String
+    return _ASN1Type.UTF8String
 
 
 def parse_name(text: str) -> x509.Name:
@@ -92,12 +183,10 @@ def parse_name(text: str) -> x509.Name:
         key, sep, value = pair.partition("=")
         if not sep or not value.strip():
             raise BadInput(f"cannot read {pair!r} in subject {text!r}: expected FIELD=value")
-        oid = field_oid(key)
-        value = value.strip()
-        if oid == NameOID.COUNTRY_NAME and (len(value) != 2 or not value.isascii()):
-            raise BadInput(f"countryName must be a two-letter ISO 3166 code, not {value!r}")
-        attrs.append(checked_attribute(oid, value))
-    return x509.Name(attrs)
+        attrs.append(checked_attribute(field_oid(key), value.strip()))
+    name = x509.Name(attrs)
+    check_name(name)
+    return name
 
 
 def _split_escaped(text: str, sep: str) -> list[str]:
@@ -130,5 +219,6 @@ def openssl_oneline(name: x509.Name) -> str:
 
 
 def common_name(name: x509.Name) -> str | None:
+    """The commonName (``check_name`` allows at most one)."""
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(values[-1].value) if values else None

@@ -3,11 +3,13 @@
 import datetime as dt
 
 import pytest
+from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
 from ca import authority, jobs
 from ca.errors import Conflict, WrongPassphrase
 from ca.models import Certificate
+from ca.policy import POLICY_MATCH, Policy
 from shell.db import transaction
 
 from .conftest import make_csr
@@ -82,10 +84,10 @@ def test_manual_approval(sessions, clock):
 
 
 def test_permanent_errors_fail_at_once_with_the_reason(sessions, clock):
-    new_ca(sessions, clock)
-    job_id, _, _ = submit(sessions, clock, make_csr("*.example.com"))
+    new_ca(sessions, clock, policy=POLICY_MATCH)  # the CA's policy is applied when signing
+    job_id, _, _ = submit(sessions, clock, make_csr())  # no stateOrProvinceName
     info = run(sessions, clock, job_id)
-    assert info["state"] == "failed" and "wildcard" in info["error"]
+    assert info["state"] == "failed" and "stateOrProvinceName" in info["error"]
     assert certificates(sessions) == 0
     with transaction(sessions) as session:
         assert jobs.retry(session, job_id, now=clock()).state == "queued"
@@ -160,12 +162,14 @@ def test_submit_many_answers_each_request_in_its_place(sessions, clock):
 
 
 def test_a_bad_request_in_a_batch_fails_alone(sessions, clock):
-    new_ca(sessions, clock)
-    names = ["a.example.com", "b.example.com", "*.example.com", "c.example.com"]
-    ids = [job_id for job_id, _ in submit_many(sessions, clock, [make_csr(n) for n in names])]
+    new_ca(sessions, clock, policy=Policy.parse("organizationName=match,commonName=supplied"))
+    requests = [make_csr("a.example.com"), make_csr("b.example.com"),
+                make_csr("x.example.com", extra_name={NameOID.ORGANIZATION_NAME: "Other"}),
+                make_csr("c.example.com")]
+    ids = [job_id for job_id, _ in submit_many(sessions, clock, requests)]
     done = run_batch(sessions, clock, ids)
     assert [done[i][0] for i in ids] == ["issued", "issued", "failed", "issued"]
-    assert "wildcard" in done[ids[2]][2]
+    assert "must match the CA" in done[ids[2]][2]
     assert len({done[i][1] for i in ids if done[i][1]}) == 3
     assert certificates(sessions) == 3
     assert run_batch(sessions, clock, ids) == {}  # redelivered: nothing left to do

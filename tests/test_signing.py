@@ -154,14 +154,15 @@ def test_copy_adds_what_the_profile_did_not_set(sessions, clock):
     assert any("CA:TRUE" in w for w in result.warnings)
 
 
-def test_copyall_replaces_but_never_makes_a_ca(sessions, clock):
+def test_copyall_copies_only_what_the_profile_allows_and_never_makes_a_ca(sessions, clock):
     new_ca(sessions, clock, copy_extensions="copyall")
     result = sign(sessions, clock, "Root", _hostile_csr())
     cert = result.certificate
-    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CODE_SIGNING]
+    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     assert ext(cert, x509.BasicConstraints).value.ca is False
-    assert not ext(cert, x509.KeyUsage).value.key_cert_sign
-    assert any("keyCertSign" in w for w in result.warnings)
+    assert ext(cert, x509.KeyUsage).critical and not ext(cert, x509.KeyUsage).value.key_cert_sign
+    assert any("keyCertSign" in w and "codeSigning" in w for w in result.warnings)
 
 
 # ---------------------------------------------------------------- validity
