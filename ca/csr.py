@@ -39,6 +39,8 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
             raise BadInput("not a certificate request (expected a PEM 'CERTIFICATE REQUEST' "
                            "or DER PKCS#10)") from exc
         except UserWarning as exc:
+            warnings.simplefilter("ignore")  # read it again, for check_name to name the field
+            check_name(csr.subject, "request's subject")
             raise BadInput(f"the request's subject breaks RFC 5280: {exc}") from None
         try:
             list(csr.extensions)
