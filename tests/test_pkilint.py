@@ -497,7 +497,9 @@ def _hostile_csr(subject: list[x509.NameAttribute], sans: list[x509.GeneralName]
 
 
 # Each draws a pkilint ERROR or FATAL when issued as is: over RFC 5280 Appendix A's upper
-# bounds (pkilint cannot even decode them), or GeneralNames that break their syntax.
+# bounds (pkilint cannot even decode them), GeneralNames that break their syntax, and even a
+# well-formed emailAddress in the DN that the SAN does not repeat (RFC 5280 4.1.2.6 says new
+# certificates MUST put it in an rfc822Name; `openssl req` asks for one by default).
 HOSTILE_REQUESTS = {
     "O-65-chars": ([_attr(NameOID.ORGANIZATION_NAME, "o" * 65)], []),
     "O-200-chars": ([_attr(NameOID.ORGANIZATION_NAME, "o" * 200)], []),
@@ -509,6 +511,7 @@ HOSTILE_REQUESTS = {
     "title-65-chars": ([_attr(NameOID.TITLE, "t" * 65)], []),
     "emailAddress-256-chars": ([_attr(NameOID.EMAIL_ADDRESS, "a" * 244 + "@example.com")], []),
     "emailAddress-no-at": ([_attr(NameOID.EMAIL_ADDRESS, "hostmaster")], []),
+    "emailAddress-not-in-SAN": ([_attr(NameOID.EMAIL_ADDRESS, "hostmaster@example.com")], []),
     "SAN-DNS-trailing-dot": ([], [x509.DNSName("peer1.example.com.")]),
     "SAN-IPv4-8-octets": ([], [x509.IPAddress(ipaddress.IPv4Network("10.0.0.0/8"))]),
     "SAN-IPv6-32-octets": ([], [x509.IPAddress(ipaddress.IPv6Network("fd00::/8"))]),
@@ -541,6 +544,7 @@ HOSTILE_CA_SUBJECTS = {
     "ST-129-chars": f"/C=GB/ST={'s' * 129}/CN=Hostile CA",
     "serialNumber-65-chars": f"/C=GB/serialNumber={'1' * 65}/CN=Hostile CA",
     "emailAddress-no-at": "/C=GB/emailAddress=hostmaster/CN=Hostile CA",
+    "emailAddress-not-in-SAN": "/C=GB/emailAddress=pki@example.com/CN=Hostile CA",
 }
 
 
