@@ -39,7 +39,7 @@ from .keys import (
     generate_key,
 )
 from .models import Certificate, CertificateAuthority, Crl
-from .names import canonical_name, check_name, openssl_oneline
+from .names import canonical_name, check_name, check_no_email, openssl_oneline, without_email
 from .policy import POLICY_ANYTHING, Policy
 from .profiles import PROFILES, Profile, get_profile
 from .serials import Random, parse_serial, random_serial, serial_hex
@@ -244,6 +244,7 @@ def create_ca(
     check_name_free(session, name)
     subject = canonical_name(subject)
     check_name(subject, ca=True)
+    check_no_email(subject)
     options.policy.check_against(subject)
     _check_range("CA validity days", days, 1, MAX_DAYS)
     key = generate_key(key_type)
@@ -333,8 +334,10 @@ def sign_csr(
     prof = get_profile(profile)
     check_digest(signer.public_key(), digest)
     subject = canonical_name(Policy.from_dict(ca.policy).apply(csr.subject, issuer.subject))
+    subject, notes = without_email(subject)
     check_name(subject, ca=prof.is_ca)
     requested, warnings = check_request(csr, prof, ca.copy_extensions, subject)
+    warnings[:0] = notes
     result = _issue(session, ca, signer, subject=subject, public_key=csr.public_key(),
                     profile=prof, days=days, now=now, rng=rng, requested=requested,
                     digest=digest, pending=pending)

@@ -138,16 +138,21 @@ def _check_ip(name: x509.IPAddress) -> None:
                               "multicast address names no host", "subjectAltName", "ip-syntax")
 
 
-def _check_email(name: x509.RFC822Name) -> None:
-    value = name.value
+def check_mailbox(value: str, what: str = "subjectAltName email") -> None:
+    """An RFC 5321 mailbox: ASCII ``local-part@domain``, the local part a dot-string of at
+    most 64 characters, the domain a host name."""
     shown = _shown(value)
     local, at, domain = value.rpartition("@")
     if not at or not value.isascii() or len(value) > MAX_MAILBOX or len(local) > 64 \
             or not _DOT_STRING.match(local):
-        raise PolicyViolation(f"subjectAltName email:{shown} is not an RFC 5321 mailbox "
-                              "(local-part@domain, ASCII, local part a dot-string of at most "
-                              "64 characters)", "subjectAltName", "email-syntax")
-    check_dns_name(domain, what=f"the domain of subjectAltName email:{shown}:")
+        raise PolicyViolation(f"{what} {shown} is not an RFC 5321 mailbox (local-part@domain, "
+                              "ASCII, local part a dot-string of at most 64 characters)",
+                              "subjectAltName", "email-syntax")
+    check_dns_name(domain, what=f"the domain of {what} {shown}:")
+
+
+def _check_email(name: x509.RFC822Name) -> None:
+    check_mailbox(name.value)
 
 
 def _check_uri(name: x509.UniformResourceIdentifier) -> None:

@@ -10,6 +10,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from .errors import BadInput, PolicyViolation
+from .general_names import check_mailbox
 
 # OpenSSL's long names (used in policy sections) and short names (used in /C=../CN=.. DNs).
 _FIELDS = [
@@ -120,6 +121,8 @@ def check_value(oid: x509.ObjectIdentifier, value: str) -> None:
                                             and value.isalpha() and value.isupper()):
         raise BadInput(f"countryName must be a two-letter ISO 3166 code in capitals "
                        f"(such as GB), not {value[:8]!r}")
+    if oid == NameOID.EMAIL_ADDRESS:
+        check_mailbox(value, what=field)
     if oid in _PRINTABLE_FIELDS and not set(value) <= _PRINTABLE:
         raise BadInput(f"{field} may hold only PrintableString characters (letters, digits, "
                        "space and '()+,-./:=?)")
@@ -148,6 +151,26 @@ def check_name(name: x509.Name, what: str = "subject", *, ca: bool = False) -> N
         raise PolicyViolation(f"the {what} has more than one commonName; at most one is "
                               "allowed, so that every relying party checks the same name",
                               "commonName", "at-most-one")
+
+
+def without_email(name: x509.Name) -> tuple[x509.Name, list[str]]:
+    """The name without emailAddress, as ``openssl ca`` with ``email_in_dn = no``: RFC 5280
+    4.1.2.6 puts e-mail addresses in the subjectAltName (the DN attribute is deprecated,
+    and must be repeated there), and pkiq's profiles issue no e-mail SAN."""
+    kept = [attr for attr in name if attr.oid != NameOID.EMAIL_ADDRESS]
+    if len(kept) == len(name):
+        return name, []
+    return x509.Name(kept), ["emailAddress left out of the subject (RFC 5280 4.1.2.6 puts "
+                             "e-mail addresses in the subjectAltName, which TLS "
+                             "certificates do not carry)"]
+
+
+def check_no_email(name: x509.Name) -> None:
+    """A CA's own subject: refused with emailAddress rather than changed behind its back."""
+    if name.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+        raise PolicyViolation("a CA subject may not hold emailAddress: RFC 5280 4.1.2.6 puts "
+                              "e-mail addresses in the subjectAltName, which CA certificates "
+                              "do not carry; leave it out", "emailAddress", "not-in-dn")
 
 
 def canonical_name(name: x509.Name) -> x509.Name:

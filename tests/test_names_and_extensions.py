@@ -356,3 +356,23 @@ def test_md5_signed_requests_are_refused_as_such(pkiq, tmp_path):
     assert submitted.exit_code == 9
     [row] = json.loads(submitted.output)
     assert row["state"] == "refused" and "MD5" in row["error"]
+
+
+@pytest.mark.parametrize("value", ["hostmaster", "a@b@example.com", "ops@exa mple.com",
+                                   "ops@example.com."])
+def test_an_email_address_in_a_dn_must_be_a_mailbox(sessions, clock, value):
+    new_ca(sessions, clock)
+    csr = raw_csr([[(NameOID.EMAIL_ADDRESS, value)], [(CN, "ok.example.com")]])
+    refused(sessions, clock, csr, match="mailbox|host name")
+
+
+def test_an_email_address_is_left_out_of_issued_subjects_and_refused_in_a_ca(sessions, clock,
+                                                                              pkiq):
+    new_ca(sessions, clock)
+    csr = raw_csr([[(NameOID.EMAIL_ADDRESS, "ops@example.com")], [(CN, "ok.example.com")]])
+    result = sign(sessions, clock, "Root", csr, profile="webserver")
+    assert not result.certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)
+    assert any("emailAddress left out" in w for w in result.warnings)
+    made = pkiq("ca", "create", "E", "--subject", "/emailAddress=pki@example.com/CN=E CA",
+                "--key-type", "ec-p256")
+    assert_one_line_error(made, 4, "emailAddress")
