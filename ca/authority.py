@@ -242,9 +242,9 @@ def create_ca(
     """A root CA, or (with ``parent``) a subordinate CA whose issuance the parent records.
     Returns the CA and warnings (such as a validity cut to the parent's)."""
     check_name_free(session, name)
-    subject = canonical_name(subject)
     check_name(subject, ca=True)
     check_no_email(subject)
+    subject = canonical_name(subject)
     options.policy.check_against(subject)
     _check_range("CA validity days", days, 1, MAX_DAYS)
     key = generate_key(key_type)
