@@ -5,7 +5,7 @@ Sections, ``name = value``, ``#`` comments, quoted values, ``\\`` line continuat
 as NCONF does. ``.include`` and ``.pragma`` lines are ignored (reported to the caller).
 
 A config may come with a folder from anyone, so reading it is bounded: no value may grow
-past 64 KiB once expanded (NCONF's own MAX_CONF_VALUE_LENGTH, "variable expansion too
+to 64 KiB once expanded (NCONF's own MAX_CONF_VALUE_LENGTH, "variable expansion too
 long"), all values together past ``MAX_EXPANDED_TOTAL``, and errors name the line, never
 what it holds.
 """
@@ -17,7 +17,7 @@ import re
 from .confined import shown
 from .errors import BadInput
 
-MAX_VALUE = 65536  # OpenSSL crypto/conf/conf_def.c MAX_CONF_VALUE_LENGTH
+MAX_VALUE = 65536  # OpenSSL crypto/conf/conf_def.c MAX_CONF_VALUE_LENGTH, NUL included
 MAX_EXPANDED_TOTAL = 4 * 2**20  # many values each under MAX_VALUE must not add up to GBs
 _VAR = re.compile(
     r"\$(?:\{([A-Za-z0-9_.]+(?:::[A-Za-z0-9_.]+)?)\}|([A-Za-z0-9_]+(?:::[A-Za-z0-9_]+)?))")
@@ -65,8 +65,8 @@ class OpenSSLConfig:
             self.sections[section][name] = value
 
     def _expand(self, value: str, section: str, where: str, name: str) -> str:
-        """``value`` with its variables replaced, refused as soon as it grows past
-        MAX_VALUE (before it is built: a chain of doublings would not fit in memory)."""
+        """``value`` with its variables replaced, refused as soon as it reaches MAX_VALUE
+        characters, before it is built: a chain of doublings would not fit in memory."""
         pieces, size, at = [], 0, 0
         for match in _VAR.finditer(value):
             ref = match.group(1) or match.group(2)
@@ -77,12 +77,12 @@ class OpenSSLConfig:
             pieces += [value[at:match.start()], found]
             size += match.start() - at + len(found)
             at = match.end()
-            if size > MAX_VALUE:
+            if size >= MAX_VALUE:
                 break
         pieces.append(value[at:])
         size += len(value) - at
-        if size > MAX_VALUE:
-            raise BadInput(f"{where}: {shown(name)} is longer than {MAX_VALUE} characters once "
+        if size >= MAX_VALUE:
+            raise BadInput(f"{where}: {shown(name)} reaches {MAX_VALUE} characters once "
                            "$variables are expanded (OpenSSL's limit: variable expansion too "
                            "long)")
         return "".join(pieces)

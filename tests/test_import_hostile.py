@@ -360,6 +360,12 @@ def test_variable_expansion_is_capped_as_openssl_caps_it(pkiq, folders, extra):
     assert time.monotonic() - started < 10
 
 
+def test_a_value_just_under_openssls_limit_is_read(pkiq, folders):
+    """65,535 characters expanded: what ``openssl ca`` still reads (65,536 it refuses)."""
+    folders.config(v0="x" * 65534, v1="y${v0}")
+    imported(pkiq, folders)
+
+
 def test_a_value_continued_over_many_lines_is_capped_too(pkiq, folders):
     folders.config(long="a\\\n" * 300_000 + "a")  # one value, 300,001 lines
     started = time.monotonic()
