@@ -30,16 +30,22 @@ from .issuance import (
 )
 from .keys import (
     DIGESTS,
+    MIN_PASSPHRASE,
     Signer,
     SoftwareSigner,
     check_digest,
+    check_passphrase,
     decrypt_key,
     describe_key,
     encrypt_key,
     generate_key,
+    passphrase_length,
+    reencrypt_key,
 )
 from .models import Certificate, CertificateAuthority, Crl
 from .names import canonical_name, check_name, check_no_email, openssl_oneline, without_email
+from .pkcs8 import current as current_protection
+from .pkcs8 import protection
 from .policy import POLICY_ANYTHING, Policy
 from .profiles import PROFILES, Profile, get_profile
 from .serials import Random, parse_serial, random_serial, serial_hex
@@ -187,12 +193,61 @@ def list_cas(session: Session) -> list[CertificateAuthority]:
 
 def load_signer(ca: CertificateAuthority, passphrase: bytes | None) -> Signer:
     """Decrypt the CA key (once per process is enough) and check it belongs to the CA cert."""
+    return SoftwareSigner(_private_key(ca, passphrase))
+
+
+def _private_key(ca: CertificateAuthority, passphrase: bytes | None):
     if not passphrase:
         raise WrongPassphrase(f"CA {ca.name!r}: its key is encrypted; give its passphrase")
     key = decrypt_key(ca.key_pem, passphrase, what=f"the key of CA {ca.name!r}")
-    signer = SoftwareSigner(key)
-    check_key_matches(signer, ca_certificate(ca), ca.name)
-    return signer
+    check_key_matches(SoftwareSigner(key), ca_certificate(ca), ca.name)
+    return key
+
+
+def unlock(session: Session, ca: CertificateAuthority,
+           passphrase: bytes | None) -> tuple[Signer, list[str]]:
+    """``load_signer`` for a command in the caller's transaction, which also brings the key
+    at rest up to date: stored under less than today's work factor (pkiq before 600,000
+    PBKDF2 iterations, or an older scheme), it is re-encrypted with the same passphrase and
+    stored when the transaction commits. Returns the signer and notes for the operator (the
+    upgrade; a passphrase shorter than the rule for new ones).
+
+    The store is conditional on the key being the one read (``UPDATE ... WHERE key_pem =
+    old``): two processes upgrading at once store one valid encryption and the other
+    changes nothing, and a ``ca passwd`` that committed meanwhile is never undone."""
+    key = _private_key(ca, passphrase)
+    notes = []
+    was = protection(ca.key_pem)
+    if not was.is_current():
+        stored = session.execute(
+            update(CertificateAuthority)
+            .where(CertificateAuthority.id == ca.id, CertificateAuthority.key_pem == ca.key_pem)
+            .values(key_pem=reencrypt_key(key, passphrase))
+            .execution_options(synchronize_session="fetch")).rowcount
+        if stored:
+            notes.append(f"the key of CA {ca.name!r} was stored with {was}; re-encrypted "
+                         f"with {current_protection()}")
+    if passphrase_length(passphrase) < MIN_PASSPHRASE:
+        notes.append(f"the passphrase of CA {ca.name!r} is shorter than {MIN_PASSPHRASE} "
+                     f"characters, the rule for new ones: change it with pkiq ca passwd "
+                     f"{ca.name}")
+    return SoftwareSigner(key), notes
+
+
+def change_passphrase(session: Session, ca: CertificateAuthority, passphrase: bytes,
+                      new_passphrase: bytes) -> list[str]:
+    """Re-encrypt the CA key under ``new_passphrase`` (today's work factor). The row is
+    locked for update first, so two changes, or a change and an upgrade, apply one after
+    the other to the latest key. Returns notes (a handed-over CA's exported key)."""
+    check_passphrase(new_passphrase, f"the new passphrase of CA {ca.name!r}")
+    session.refresh(ca, with_for_update=True)
+    ca.key_pem = encrypt_key(_private_key(ca, passphrase), new_passphrase)
+    session.flush()
+    if ca.handed_over_at is None:
+        return []
+    return [f"CA {ca.name!r} was handed over to openssl ca in {ca.handed_over_to}: its "
+            "private/cakey.pem there keeps the old passphrase (openssl pkcs8 -topk8 -v2 "
+            f"aes-256-cbc -iter {current_protection().iterations} re-encrypts it)"]
 
 
 def check_key_matches(signer: Signer, cert: x509.Certificate, name: str) -> None:
@@ -242,6 +297,7 @@ def create_ca(
     """A root CA, or (with ``parent``) a subordinate CA whose issuance the parent records.
     Returns the CA and warnings (such as a validity cut to the parent's)."""
     check_name_free(session, name)
+    check_passphrase(passphrase)
     check_name(subject, ca=True)
     check_no_email(subject)
     subject = canonical_name(subject)

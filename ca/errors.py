@@ -42,6 +42,10 @@ class WrongPassphrase(PkiqError):
     http_status = 403
 
 
+class WeakPassphrase(WrongPassphrase):
+    """A passphrase being chosen that is too short: a passphrase problem, so exit 6."""
+
+
 class Conflict(PkiqError):
     """The database already holds something that this request would duplicate."""
 

@@ -8,7 +8,7 @@ import click
 from cryptography.hazmat.primitives import serialization
 
 from ca import authority
-from ca.errors import BadInput
+from ca.errors import BadInput, WrongPassphrase
 from ca.issuance import COPY_MODES
 from ca.keys import KEY_TYPES
 from ca.profiles import DEFAULT_PROFILE, PROFILES
@@ -76,6 +76,9 @@ def _ca_text(info: dict) -> str:
     lines = [
         f"CA {info['name']}", f"  subject:          {info['subject']}",
         f"  key:              {info['key']}",
+        f"  key at rest:      {info['key_protection']}" + (
+            "" if info["key_protection_current"] else
+            " (below today's work factor: re-encrypted when next unlocked, or by ca passwd)"),
         f"  issued by:        {info['parent'] or '(self-signed root)'}",
         f"  valid:            {info['not_before']} .. {info['not_after']}",
         f"  policy:           {policy['name']} ({fields})"
@@ -258,7 +261,35 @@ def ca_gencrl(ctx, name, out, der, passphrase_file, passphrase_env, as_json):
     """Issue the CA's next CRL (the CRL number always increases)."""
     output = Output(out, der)
     passphrase = read_passphrase(ctx, passphrase_file, passphrase_env, what=f"CA {name}")
-    _deliver_crl(output, cas.generate_crl(ctx, name, passphrase=passphrase), as_json)
+    result = cas.generate_crl(ctx, name, passphrase=passphrase)
+    warn(list(result.warnings))
+    _deliver_crl(output, result, as_json)
+
+
+@ca_group.command("passwd")
+@click.argument("name")
+@passphrase_options("new", "the CA key from now on")
+@passphrase_options()
+@json_option
+@pass_service
+def ca_passwd(ctx, name, new_passphrase_file, new_passphrase_env, passphrase_file,
+              passphrase_env, as_json):
+    """Change the passphrase of CA NAME's key (re-encrypted at today's work factor).
+
+    The current passphrase comes as for every command; the new one only from
+    --new-passphrase-file or --new-passphrase-env (at least 12 characters)."""
+    passphrase = read_passphrase(ctx, passphrase_file, passphrase_env, what=f"CA {name}")
+    if new_passphrase_file is None and new_passphrase_env is None:
+        raise WrongPassphrase("give the new passphrase with --new-passphrase-file FILE or "
+                              "--new-passphrase-env VAR")
+    new_passphrase = read_passphrase(ctx, new_passphrase_file, new_passphrase_env,
+                                     what=f"CA {name} from now on", default=False)
+    info = cas.change_passphrase(ctx, name, passphrase=passphrase,
+                                 new_passphrase=new_passphrase)
+    warn(info["notes"])
+    emit(info, as_json, f"CA {name}: passphrase changed, key re-encrypted "
+         f"({info['key_protection']}). Running workers keep the key they hold; give them the "
+         "new passphrase (PKIQ_CA_PASSPHRASE_FILE) before they restart")
 
 
 @ca_group.command("crl")

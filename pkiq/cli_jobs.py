@@ -169,6 +169,7 @@ def _check_keys(ctx) -> None:
     """A worker that can unlock no CA would fail every job: refuse to start, in one line;
     name the CAs it cannot unlock when it can unlock others."""
     report = cas.unlock_check(ctx)
+    warn(report["notes"])  # keys re-encrypted at today's work factor, short passphrases
     if not report["unlocked"] and not report["locked"]:
         warn(["no CA yet: jobs are signed once one exists (pkiq ca create NAME ...)",
               report["passphrase_error"]])

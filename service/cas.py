@@ -14,8 +14,10 @@ from cryptography import x509
 from ca import authority
 from ca.errors import BadInput, NotFound, PkiqError
 from ca.issuance import CaUrls
+from ca.keys import check_passphrase
 from ca.names import parse_name
 from ca.openssl_io import adopt, read_democa, render_democa
+from ca.pkcs8 import protection
 from ca.policy import Policy
 from ca.profiles import PROFILES
 from ca.x509text import Decoded, describe
@@ -95,8 +97,13 @@ def ca_view(ca) -> dict:
         "crl_number": ca.crl_number, "crl_urls": ca.crl_urls,
         "ca_issuers_urls": ca.ca_issuers_urls, "ocsp_urls": ca.ocsp_urls,
         "approval": ca.approval, "handed_over_at": _iso(ca.handed_over_at),
-        "handed_over_to": ca.handed_over_to,
+        "handed_over_to": ca.handed_over_to, **_key_view(ca.key_pem),
     }
+
+
+def _key_view(key_pem: str) -> dict:
+    found = protection(key_pem)
+    return {"key_protection": str(found), "key_protection_current": found.is_current()}
 
 
 def cert_view(record, ca_name: str) -> dict:
@@ -126,6 +133,7 @@ class Issued:
 class CrlResult:
     info: dict
     crl: x509.CertificateRevocationList
+    warnings: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- CAs
@@ -138,13 +146,14 @@ def create_ca(ctx: ServiceContext, *, name: str, subject: str, key_type: str, da
     subject_name = parse_name(subject)
     with ctx.transaction() as session:
         parent_ca = signer = None
+        notes: list[str] = []
         if parent:
             parent_ca = authority.get_ca(session, parent)
-            signer = authority.load_signer(parent_ca, parent_passphrase)
+            signer, notes = authority.unlock(session, parent_ca, parent_passphrase)
         ca, warnings = authority.create_ca(
             session, name=name, subject=subject_name, key_type=key_type, passphrase=passphrase,
             now=ctx.clock(), days=days, options=options, parent=parent_ca, parent_signer=signer)
-        return ca_view(ca), warnings
+        return ca_view(ca), [*notes, *warnings]
 
 
 def configure_ca(ctx: ServiceContext, name: str, changes: CaChanges) -> dict:
@@ -171,11 +180,12 @@ def sign_request(ctx: ServiceContext, name: str, csr_data: bytes, *, passphrase:
     digest = authority.with_digest_check(md)
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
-        signer = authority.load_signer(ca, passphrase)
+        signer, notes = authority.unlock(session, ca, passphrase)
         result = authority.sign_csr(session, ca, signer, csr_data, profile=profile, days=days,
                                     digest=digest, now=ctx.clock())
         info = cert_view(result.record, ca.name)
-    return Issued({**info, "warnings": result.warnings}, result.certificate, result.warnings)
+    warnings = [*notes, *result.warnings]
+    return Issued({**info, "warnings": warnings}, result.certificate, warnings)
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
@@ -224,9 +234,19 @@ def release_hold(ctx: ServiceContext, name: str, serial: str) -> dict:
 def generate_crl(ctx: ServiceContext, name: str, *, passphrase: bytes) -> CrlResult:
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
-        row = authority.generate_crl(session, ca, authority.load_signer(ca, passphrase),
-                                     ctx.clock())
-        return CrlResult(crl_view(name, row), x509.load_der_x509_crl(row.der))
+        signer, notes = authority.unlock(session, ca, passphrase)
+        row = authority.generate_crl(session, ca, signer, ctx.clock())
+        return CrlResult(crl_view(name, row), x509.load_der_x509_crl(row.der), tuple(notes))
+
+
+def change_passphrase(ctx: ServiceContext, name: str, *, passphrase: bytes,
+                      new_passphrase: bytes) -> dict:
+    """Re-encrypt CA ``name``'s key under a new passphrase. Workers keep the key they hold in
+    memory; one that starts later unlocks with the passphrase it is given then."""
+    with ctx.transaction() as session:
+        ca = authority.get_ca(session, name)
+        notes = authority.change_passphrase(session, ca, passphrase, new_passphrase)
+        return {**ca_view(ca), "notes": notes}
 
 
 def latest_crl(ctx: ServiceContext, name: str) -> CrlResult:
@@ -240,6 +260,7 @@ def latest_crl(ctx: ServiceContext, name: str) -> CrlResult:
 def import_openssl(ctx: ServiceContext, folder: Path, *, name: str, config: Path | None,
                    import_passphrase: bytes | None, passphrase: bytes) -> dict:
     """Adopt a demoCA; the view carries the counts per index status and the notes."""
+    check_passphrase(passphrase, f"the passphrase of CA {name!r}")
     demo = read_democa(folder, config)
     with ctx.transaction() as session:
         ca = adopt(session, demo, name=name, import_passphrase=import_passphrase or passphrase,
@@ -323,15 +344,17 @@ def unlock_check(ctx: ServiceContext) -> dict:
         passphrase, problem = ctx.settings.passphrase(), None
     except PkiqError as exc:
         passphrase, problem = None, str(exc)
-    unlocked, locked = [], []
+    unlocked, locked, notes = [], [], []
     with ctx.transaction() as session:
         for ca in authority.list_cas(session):
             if ca.not_after <= ctx.clock() or ca.handed_over_at is not None:
                 continue
             try:
-                authority.load_signer(ca, passphrase)
+                _, said = authority.unlock(session, ca, passphrase)
             except PkiqError as exc:
                 locked.append({"ca": ca.name, "error": problem or str(exc)})
             else:
                 unlocked.append(ca.name)
-    return {"unlocked": unlocked, "locked": locked, "passphrase_error": problem}
+                notes += said
+    return {"unlocked": unlocked, "locked": locked, "passphrase_error": problem,
+            "notes": notes}

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, text
 
+from ca import pkcs8
 from pkiq.cli import cli
 from pkiq.cli_common import make_context
 from service import ServiceContext
@@ -28,6 +29,20 @@ POSTGRES_URL = os.environ.get("PKIQ_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSPHRASE = "correct horse battery staple"
 T0 = dt.datetime(2026, 11, 27, 10, 0, 0, tzinfo=dt.UTC)
+# The suite makes thousands of CA keys and unlocks them as often: at pkiq's 600,000 PBKDF2
+# iterations (73 ms each here) that alone would add minutes. Keys made in this test process
+# use 10,000 instead (still above cryptography's 2,048, so a key of an older pkiq still
+# counts as one to upgrade). Only this process: a `pkiq` or worker subprocess runs with the
+# real default, and tests/test_key_at_rest.py checks both that a real `pkiq ca create`
+# stores 600,000 and that nothing outside the tests assigns the setting.
+TEST_PBKDF2_ITERATIONS = 10_000
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_key_work_factor():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pkcs8, "PBKDF2_ITERATIONS", TEST_PBKDF2_ITERATIONS)
+        yield
 
 
 class FakeClock:

@@ -85,7 +85,7 @@ def test_jobs_survive_a_killed_worker_and_a_redis_restart(request, tmp_path, pri
 
     db_url, schema = _postgres_url(admin)
     request.addfinalizer(lambda: _drop(admin, schema))
-    env = {**os.environ, "PKIQ_DATABASE_URL": db_url, "PKIQ_CA_PASSPHRASE": "reliability",
+    env = {**os.environ, "PKIQ_DATABASE_URL": db_url, "PKIQ_CA_PASSPHRASE": "reliability suite",
            "PKIQ_DATA_DIR": str(tmp_path / "data"), "PKIQ_BROKER_URL": private_redis.url,
            "PKIQ_QUEUE": "pkiq-reliability", "PKIQ_JOB_TIMEOUT_SECONDS": "10",
            "PKIQ_RECONCILE_SECONDS": "2"}

@@ -57,9 +57,16 @@ def process_sessions():
 
 
 def signer_for(ca) -> Signer:
-    """CA keys are decrypted once per process and kept in memory only."""
+    """CA keys are decrypted once per process and kept in memory only, by CA and public key:
+    a key re-encrypted at rest (``ca passwd``, a work-factor upgrade) is the same key, so the
+    worker keeps signing with it; it unlocks with its passphrase again only when it restarts.
+
+    A worker never re-encrypts a key here: storing it would lock the CA row for update inside
+    a batch of signatures that holds other CAs' rows (a deadlock with another worker).
+    ``pkiq worker`` and ``pkiq serve`` upgrade keys when they start (``unlock_check``), and
+    every command that unlocks a key does."""
     cache = _state["signers"]
-    key = (ca.id, ca.key_pem)
+    key = (ca.id, ca.spki_sha256)
     if key not in cache:
         passphrase = _settings().passphrase()
         if not passphrase:
