@@ -36,6 +36,8 @@ def read_regular(path: Path, *, limit: int, what: str = "", head: bool = False) 
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
+            if os.path.islink(path):  # say where the link leads: /dev/zero, a FIFO...
+                label += f" (a link to {os.path.realpath(path)})"
             raise BadInput(f"{label} is {file_kind(mode)}, not a regular file: pkiq reads "
                            "only regular files")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
