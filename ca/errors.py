@@ -55,3 +55,11 @@ class Conflict(PkiqError):
 
 class CaExpired(PolicyViolation):
     """The issuing CA is no longer valid, so nothing it signs could be."""
+
+
+class ConfigError(PkiqError):
+    """A ``PKIQ_*`` setting pkiq cannot use: a usage error, as a bad option is. A server
+    misconfigured is not the client's fault, hence 500 for an API."""
+
+    exit_code = 2
+    http_status = 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -183,16 +184,24 @@ def ca_show(ctx, name, pem, as_json):
 def ca_sign(ctx, name, csr, profile, days, md, out, der, passphrase_file, passphrase_env,
             as_json):
     """Sign a certificate request (PEM or DER) with CA NAME, at once (no queue)."""
-    output = Output(out, der)
-    data = read_input(csr)
-    issued = cas.sign_request(ctx, name, data, profile=profile, days=days, md=md,
-                              passphrase=read_passphrase(ctx, passphrase_file, passphrase_env,
-                                                         what=f"CA {name}"))
-    warn(issued.warnings)
-    info = issued.info
-    deliver(output, issued.certificate, info, as_json,
-            f"issued serial {info['serial']} for {info['subject']}, valid until "
-            f"{info['not_after']}")
+    with Output(out, der) as output:
+        data = read_input(csr)
+        issued = cas.sign_request(ctx, name, data, profile=profile, days=days, md=md,
+                                  passphrase=read_passphrase(ctx, passphrase_file,
+                                                             passphrase_env, what=f"CA {name}"),
+                                  before_commit=output.stage)
+        warn(issued.warnings)
+        info = issued.info
+        deliver(output, issued.certificate, info, as_json,
+                f"issued serial {info['serial']} for {info['subject']}, valid until "
+                f"{info['not_after']}", issued=f"certificate serial {info['serial']} of CA {name}",
+                recover=_again("cert", "get", info["serial"], "--ca", name, out=out, der=der))
+
+
+def _again(*args: str, out: Path | None, der: bool) -> str:
+    """The command that fetches again what was issued but could not be written."""
+    words = ["pkiq", *args, *(["--der"] if der else []), "--out", str(out)]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 @ca_group.command("revoke")
@@ -244,11 +253,11 @@ def ca_release_hold(ctx, name, serial, as_json):
     emit(info, as_json, f"released {info['serial']}: {info['status']}; run gencrl to publish")
 
 
-def _deliver_crl(output: Output, result: cas.CrlResult, as_json: bool) -> None:
+def _deliver_crl(output: Output, result: cas.CrlResult, as_json: bool, **issued) -> None:
     info = result.info
     deliver(output, result.crl, info, as_json,
             f"CRL {info['crl_number']} with {info['entries']} entries, next update "
-            f"{info['next_update']}")
+            f"{info['next_update']}", **issued)
 
 
 @ca_group.command("gencrl")
@@ -259,11 +268,13 @@ def _deliver_crl(output: Output, result: cas.CrlResult, as_json: bool) -> None:
 @pass_service
 def ca_gencrl(ctx, name, out, der, passphrase_file, passphrase_env, as_json):
     """Issue the CA's next CRL (the CRL number always increases)."""
-    output = Output(out, der)
-    passphrase = read_passphrase(ctx, passphrase_file, passphrase_env, what=f"CA {name}")
-    result = cas.generate_crl(ctx, name, passphrase=passphrase)
-    warn(list(result.warnings))
-    _deliver_crl(output, result, as_json)
+    with Output(out, der) as output:
+        passphrase = read_passphrase(ctx, passphrase_file, passphrase_env, what=f"CA {name}")
+        result = cas.generate_crl(ctx, name, passphrase=passphrase, before_commit=output.stage)
+        warn(list(result.warnings))
+        number = result.info["crl_number"]
+        _deliver_crl(output, result, as_json, issued=f"CRL number {number} of CA {name}",
+                     recover=_again("ca", "crl", name, out=out, der=der))
 
 
 @ca_group.command("passwd")

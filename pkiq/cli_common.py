@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ca.errors import BadInput, WrongPassphrase
+from ca.errors import BadInput, PkiqError, WrongPassphrase
 
 PARTIAL = 9  # exit code: some files, jobs, distribution points or issuers did not end as asked
 
@@ -78,12 +78,12 @@ def warn(warnings: list[str]) -> None:
 
 
 def read_input(path: Path) -> bytes:
+    """A request, certificate, bundle or CRL file: a regular file of at most
+    ``MAX_FILE_BYTES`` (not /dev/zero, a FIFO, a socket...), refused in one line if not."""
     from ca.x509text import MAX_FILE_BYTES
+    from shell.files import read_regular
 
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise BadInput(f"{path} is {size} bytes; pkiq reads at most {MAX_FILE_BYTES}")
-    return path.read_bytes()
+    return read_regular(path, limit=MAX_FILE_BYTES)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -106,8 +106,10 @@ def passphrase_options(prefix: str = "", what: str = "the CA key"):
     def decorate(func):
         func = click.option(f"--{dash}passphrase-env", f"{under}passphrase_env", metavar="VAR",
                             help=f"Environment variable holding the passphrase of {what}.")(func)
+        # No click checks on the file: read_passphrase_file refuses a missing file, a folder
+        # or a FIFO as a passphrase problem (exit 6), as it does for PKIQ_CA_PASSPHRASE_FILE.
         return click.option(f"--{dash}passphrase-file", f"{under}passphrase_file",
-                            type=click.Path(dir_okay=False, path_type=Path),
+                            type=click.Path(path_type=Path),
                             help=f"File whose first line is the passphrase of {what}.")(func)
     return decorate
 
@@ -118,7 +120,7 @@ def read_passphrase(ctx, file: Path | None, env: str | None, *, what: str,
     named by ``--passphrase-env``, else (``default``) PKIQ_CA_PASSPHRASE_FILE or
     PKIQ_CA_PASSPHRASE as the workers read them. Never from the command line, where ``ps``
     would show it."""
-    from shell.settings import read_passphrase_file
+    from shell.settings import passphrase_bytes, read_passphrase_file
 
     if file is not None:
         return read_passphrase_file(file)
@@ -126,7 +128,7 @@ def read_passphrase(ctx, file: Path | None, env: str | None, *, what: str,
         value = os.environ.get(env)
         if not value:
             raise WrongPassphrase(f"environment variable {env} (passphrase of {what}) is not set")
-        return value.encode()
+        return passphrase_bytes(value, f"environment variable {env}")
     found = ctx.settings.passphrase() if default else None
     if found:
         return found
@@ -134,45 +136,99 @@ def read_passphrase(ctx, file: Path | None, env: str | None, *, what: str,
                           "PKIQ_CA_PASSPHRASE_FILE or PKIQ_CA_PASSPHRASE")
 
 
+class OutputNotWritten(PkiqError):
+    """The database committed (a serial or CRL number was issued) but the file could not be
+    put in place: partly done, and the line says how to get what was issued."""
+
+    exit_code = PARTIAL
+
+
 class Output:
-    """Where a command's result goes, checked before any database work: a bad ``--out`` or
-    DER meant for a terminal then fails while nothing has been committed."""
+    """Where a command's result goes. Checked before any database work (a bad ``--out`` or
+    DER meant for a terminal then fails while nothing has been committed); ``stage`` writes
+    the file aside, and is what a use case calls before it commits; ``commit`` renames it
+    into place once the database has. Only the rename can fail after the commit, and then
+    the error names what was issued. A context manager: leaving it removes a staged file
+    that was never committed."""
 
     def __init__(self, path: Path | None, der: bool = False):
         self.path, self.der = path, der
+        self._staged = None
+        self._data: bytes | None = None
         if path is None:
             if der and sys.stdout.isatty():
                 raise BadInput("refusing to write DER to a terminal: use --out FILE")
             return
-        if path.is_dir():
-            raise BadInput(f"{path} is a directory; give a file name")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise BadInput(f"cannot write {path}: folder {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise BadInput(f"cannot write {path}: no write permission on {parent}")
+        from shell.files import check_target
+
+        check_target(path)
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._staged is not None:
+            self._staged.discard()
+            self._staged = None
+
+    def encode(self, obj) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return obj.public_bytes(serialization.Encoding.DER if self.der
+                                else serialization.Encoding.PEM)
+
+    def stage(self, obj_or_data) -> None:
+        """Write the file aside (a certificate or CRL object is encoded as asked)."""
+        data = obj_or_data if isinstance(obj_or_data, bytes) else self.encode(obj_or_data)
+        self._data = data
+        if self.path is not None:
+            from shell.files import StagedFile
+
+            if self._staged is not None:
+                self._staged.discard()
+            self._staged = StagedFile(self.path, data)
+
+    @property
+    def staged(self) -> bool:
+        return self._data is not None
+
+    def commit(self, issued: str | None = None, recover: str | None = None) -> None:
+        """Put the staged file in place (or write standard output). ``issued`` says what
+        the database now holds ("certificate serial 1A..."), ``recover`` how to get it
+        again; both go into the error should the rename fail."""
+        if self.path is None:
+            sys.stdout.buffer.write(self._data or b"")
+            sys.stdout.flush()
+            return
+        staged, self._staged = self._staged, None
+        try:
+            staged.commit()
+        except PkiqError as exc:
+            if issued is None:
+                raise
+            raise OutputNotWritten(f"{issued} was issued and recorded, but {exc}"
+                                   + (f"; get it with: {recover}" if recover else "")
+                                   ) from None
 
     def write(self, data: bytes) -> None:
-        if self.path is not None:
-            from shell.files import write_atomic
-
-            write_atomic(self.path, data)
-        else:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
+        self.stage(data)
+        self.commit()
 
 
-def deliver(output: Output, obj, info: dict, as_json: bool, done: str) -> None:
-    """Write a certificate or CRL where asked; with --json, the PEM rides in the JSON."""
+def deliver(output: Output, obj, info: dict, as_json: bool, done: str, *,
+            issued: str | None = None, recover: str | None = None) -> None:
+    """Write a certificate or CRL where asked (staged already if a use case did so before
+    its commit); with --json, the PEM rides in the JSON."""
     from cryptography.hazmat.primitives import serialization
 
     pem = obj.public_bytes(serialization.Encoding.PEM)
-    data = obj.public_bytes(serialization.Encoding.DER) if output.der else pem
+    if not output.staged:
+        output.stage(obj)
     if as_json:
         if output.path is not None:
-            output.write(data)
+            output.commit(issued, recover)
         emit({**info, "pem": pem.decode()}, True, "")
         return
-    output.write(data)
+    output.commit(issued, recover)
     if output.path is not None:
         click.echo(f"{done} -> {output.path}", err=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,10 @@ def crl_view(ca_name: str, row) -> dict:
             "next_update": row.next_update.isoformat()}
 
 
+# Called with what a use case issued, inside its transaction: raising rolls it back.
+BeforeCommit = Callable[[x509.Certificate | x509.CertificateRevocationList], None]
+
+
 @dataclass(frozen=True)
 class Issued:
     info: dict  # cert_view plus the warnings
@@ -175,8 +180,11 @@ def show_ca(ctx: ServiceContext, name: str) -> tuple[dict, x509.Certificate]:
 
 
 def sign_request(ctx: ServiceContext, name: str, csr_data: bytes, *, passphrase: bytes,
-                 profile: str, days: int | None = None, md: str | None = None) -> Issued:
-    """Sign a request at once, in this process (no queue)."""
+                 profile: str, days: int | None = None, md: str | None = None,
+                 before_commit: BeforeCommit | None = None) -> Issued:
+    """Sign a request at once, in this process (no queue). ``before_commit`` gets the
+    certificate while the transaction is still open: a front end writes its output file
+    aside there, and if that fails nothing is issued."""
     digest = authority.with_digest_check(md)
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
@@ -184,6 +192,8 @@ def sign_request(ctx: ServiceContext, name: str, csr_data: bytes, *, passphrase:
         result = authority.sign_csr(session, ca, signer, csr_data, profile=profile, days=days,
                                     digest=digest, now=ctx.clock())
         info = cert_view(result.record, ca.name)
+        if before_commit is not None:
+            before_commit(result.certificate)
     warnings = [*notes, *result.warnings]
     return Issued({**info, "warnings": warnings}, result.certificate, warnings)
 
@@ -231,12 +241,18 @@ def release_hold(ctx: ServiceContext, name: str, serial: str) -> dict:
         return cert_view(authority.release_hold(session, ca, number, ctx.clock()), ca.name)
 
 
-def generate_crl(ctx: ServiceContext, name: str, *, passphrase: bytes) -> CrlResult:
+def generate_crl(ctx: ServiceContext, name: str, *, passphrase: bytes,
+                 before_commit: BeforeCommit | None = None) -> CrlResult:
+    """The CA's next CRL; ``before_commit`` as for ``sign_request`` (a failed output write
+    then consumes no CRL number)."""
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
         signer, notes = authority.unlock(session, ca, passphrase)
         row = authority.generate_crl(session, ca, signer, ctx.clock())
-        return CrlResult(crl_view(name, row), x509.load_der_x509_crl(row.der), tuple(notes))
+        crl = x509.load_der_x509_crl(row.der)
+        if before_commit is not None:
+            before_commit(crl)
+        return CrlResult(crl_view(name, row), crl, tuple(notes))
 
 
 def change_passphrase(ctx: ServiceContext, name: str, *, passphrase: bytes,

@@ -41,7 +41,8 @@ class ServiceContext:
     @property
     def sessions(self) -> sessionmaker:
         if self._factory is None:
-            self._engine = make_engine(self.settings.effective_database_url)
+            self._engine = make_engine(self.settings.effective_database_url,
+                                       self.settings.database_setting)
             migrate(self._engine)
             self._factory = session_factory(self._engine)
         return self._factory

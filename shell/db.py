@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import stat
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ca.errors import BadInput, PkiqError
+from ca.errors import ConfigError, PkiqError
+from shell.files import file_kind
+from shell.settings import DATABASE_ACCEPTED, DATABASE_SCHEMES
 
 
 class DatabaseUnavailable(PkiqError):
@@ -19,31 +22,60 @@ class DatabaseUnavailable(PkiqError):
     http_status = 503
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, setting: str = "PKIQ_DATABASE_URL") -> Engine:
     """An engine for a SQLAlchemy URL; SQL parameters are never echoed into error messages
-    (they can hold key material)."""
+    (they can hold key material). A URL pkiq cannot use is a ConfigError naming
+    ``setting``, the variable it came from: an unsupported database (``mysql://`` once
+    ended in ModuleNotFoundError), or a SQLite file that cannot be made or is no file."""
     try:
-        return _make_engine(url)
+        url.encode()
+        parsed = make_url(url)
+    except UnicodeEncodeError:
+        raise ConfigError(f"{setting} is not valid UTF-8 (the database URL, or the SQLite "
+                          "path made from it, must be)") from None
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"{setting} is not a database URL; accepted: {DATABASE_ACCEPTED}"
+                          ) from None
+    if parsed.drivername not in DATABASE_SCHEMES:
+        raise ConfigError(f"{setting}: {parsed.drivername}:// is not supported; accepted: "
+                          f"{DATABASE_ACCEPTED}")
+    try:
+        return _make_engine(parsed, setting)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise BadInput(f"PKIQ_DATABASE_URL is not a database URL pkiq can use ({exc}); "
-                       "e.g. postgresql://user@host:5432/pkiq or sqlite:////var/lib/pkiq/pkiq.db"
-                       ) from None
+        raise ConfigError(f"{setting} is not a database URL pkiq can use ({exc}); accepted: "
+                          f"{DATABASE_ACCEPTED}") from None
 
 
-def _make_engine(url: str) -> Engine:
-    parsed = make_url(url)
+def _make_engine(parsed: URL, setting: str) -> Engine:
     if parsed.drivername == "postgresql":  # plain URLs get the psycopg 3 driver we ship
-        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            path = Path(parsed.database)
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not path.exists():  # the CA database is nobody else's business: 0600
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            _sqlite_file(Path(parsed.database), setting)
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         _sqlite_setup(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+def _sqlite_file(path: Path, setting: str) -> None:
+    """Make the database file's folder and the file (0600: the CA database is nobody
+    else's business), or say which setting names a place where it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = os.stat(path).st_mode if path.exists() else None
+        if mode is None:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except FileExistsError as exc:  # mkdir met a file where a folder should be
+        raise ConfigError(f"{setting}: cannot make the SQLite database {path}: "
+                          f"{exc.filename} is not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot make the SQLite database {path}: "
+                          f"{exc.strerror}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ConfigError(f"{setting}: the SQLite database {path} is {file_kind(mode)}, "
+                          "not a regular file")
 
 
 def _sqlite_setup(engine: Engine) -> None:

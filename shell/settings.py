@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ca.errors import BadInput, WrongPassphrase
+from ca.errors import BadInput, ConfigError, WrongPassphrase
+from shell.files import read_regular
 
 
 def _default_data_dir() -> Path:
@@ -17,44 +18,122 @@ def _default_data_dir() -> Path:
     return Path(base) / "pkiq"
 
 
+PASSPHRASE_FILE_BYTES = 4096  # only the first line counts; a longer one is cut here
+
+
 def read_passphrase_file(path: Path, what: str = "passphrase file") -> bytes:
     """The first line of a file, as ``openssl -passin file:`` reads it (a trailing CR is
-    dropped, so a file saved on Windows works)."""
+    dropped, so a file saved on Windows works). A regular file only, and only its first
+    4 KiB: /dev/zero or a FIFO named as the passphrase file is refused, not read for ever."""
     try:
-        first = Path(path).read_bytes()[:4096].split(b"\n", 1)[0].removesuffix(b"\r")
-    except OSError as exc:
-        raise WrongPassphrase(f"cannot read {what} {path}: {exc.strerror}") from None
+        head = read_regular(path, limit=PASSPHRASE_FILE_BYTES, what=what, head=True)
+    except BadInput as exc:
+        raise WrongPassphrase(str(exc)) from None
+    first = head.split(b"\n", 1)[0].removesuffix(b"\r")
     if not first:
         raise WrongPassphrase(f"{what} {path} is empty: its first line is the passphrase")
     return first
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PKIQ_", extra="ignore")
+def passphrase_bytes(value: str, variable: str) -> bytes:
+    """A passphrase from an environment variable, which must be UTF-8 text; a passphrase of
+    other bytes belongs in a file (read as bytes, as openssl does)."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        raise WrongPassphrase(f"{variable} is not valid UTF-8: put a passphrase of other "
+                              "bytes in a file (--passphrase-file, PKIQ_CA_PASSPHRASE_FILE)"
+                              ) from None
 
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    database_url: str | None = None  # default: SQLite (WAL) in data_dir
+
+# The databases pkiq is built and tested for; shell.db.make_engine checks the same list.
+DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqlite")
+DATABASE_ACCEPTED = "postgresql://USER@HOST:PORT/DB or sqlite:////PATH/TO/pkiq.db"
+BROKER_SCHEMES = ("redis", "rediss", "filesystem")
+MAX_ALERT_TIMEOUT = 300.0  # scheduler.alerts.MAX_TIMEOUT
+
+
+def _check_scheme(value: str, schemes: tuple[str, ...]) -> str:
+    scheme, sep, _ = value.partition("://")
+    if not sep:
+        raise ValueError("not a URL")
+    if scheme not in schemes:
+        raise ValueError(f"{scheme}:// is not supported")
+    return value
+
+
+def _seconds(default: int, low: int, high: int):
+    return Field(default=default, ge=low, le=high,
+                 description=f"whole seconds from {low} to {high}")
+
+
+_TIMEOUT = {"gt": 0, "le": MAX_ALERT_TIMEOUT, "allow_inf_nan": False,
+            "description": f"seconds, above 0 and at most {MAX_ALERT_TIMEOUT:g}"}
+_FLAG = "true or false, also 1/0, yes/no, on/off"
+
+
+class Settings(BaseSettings):
+    """Every ``PKIQ_*`` variable. An empty variable counts as unset (compose files write
+    ``VAR: ${VAR:-}``); each constrained one says what it accepts, which load_settings
+    quotes when a value is refused."""
+
+    model_config = SettingsConfigDict(env_prefix="PKIQ_", extra="ignore", env_ignore_empty=True)
+
+    data_dir: Path = Field(default_factory=_default_data_dir,
+                           description="a folder, made if missing")
+    database_url: str | None = Field(default=None, description=DATABASE_ACCEPTED)
     ca_passphrase: str | None = Field(default=None, repr=False)  # PKIQ_CA_PASSPHRASE
     ca_passphrase_file: Path | None = None  # PKIQ_CA_PASSPHRASE_FILE (first line)
     # The queue: Redis (redis://127.0.0.1:6379/0) or, by default, an embedded broker that
     # needs no server: kombu's filesystem transport in data_dir/queue.
-    broker_url: str | None = None
+    broker_url: str | None = Field(default=None, description="redis://HOST:PORT/DB or "
+                                   "rediss://...; unset, the embedded queue in the data dir")
     queue: str = "pkiq"
-    job_timeout_seconds: int = Field(default=300, ge=10)  # then the reconciler re-sends a job
-    reconcile_seconds: int = Field(default=60, ge=1)  # how often beat runs the reconciler
-    crl_tick_seconds: int = Field(default=60, ge=5)  # how often beat checks the CRL schedule
+    job_timeout_seconds: int = _seconds(300, 10, 86400)  # then the reconciler re-sends a job
+    reconcile_seconds: int = _seconds(60, 1, 3600)  # how often beat runs the reconciler
+    crl_tick_seconds: int = _seconds(60, 5, 3600)  # how often beat checks the CRL schedule
     # Alerts from the CRL updater (scheduler.alerts.channels_from_config reads these keys).
     webhook_url: str | None = Field(default=None, repr=False)  # may carry a token
-    webhook_timeout: float | None = None
+    webhook_timeout: float | None = Field(default=None, **_TIMEOUT)
     smtp_host: str | None = None
-    smtp_port: int | None = None
+    smtp_port: int | None = Field(default=None, ge=1, le=65535,
+                                  description="a port number from 1 to 65535")
     smtp_from: str | None = None
     smtp_to: str | None = None  # comma-separated addresses
-    smtp_starttls: bool | None = None
-    smtp_ssl: bool | None = None
+    smtp_starttls: bool | None = Field(default=None, description=_FLAG)
+    smtp_ssl: bool | None = Field(default=None, description=_FLAG)
     smtp_username: str | None = None
     smtp_password: str | None = Field(default=None, repr=False)
-    smtp_timeout: float | None = None
+    smtp_timeout: float | None = Field(default=None, **_TIMEOUT)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _a_folder(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("exists and is not a folder")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database(cls, value: str | None) -> str | None:
+        return None if value is None else _check_scheme(value, DATABASE_SCHEMES)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _a_broker(cls, value: str | None) -> str | None:
+        return None if value is None else _check_scheme(value, BROKER_SCHEMES)
+
+    @field_validator("*")
+    @classmethod
+    def _utf8(cls, value, info):
+        """Text settings must be UTF-8 (a non-UTF-8 byte reaches Python as a lone surrogate
+        and fails far from here). The passphrase is checked when it is used, as exit 6."""
+        if isinstance(value, str) and info.field_name != "ca_passphrase":
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError("not valid UTF-8") from None
+        return value
 
     def alert_config(self) -> dict:
         return {name: getattr(self, name) for name in type(self).model_fields
@@ -73,7 +152,9 @@ class Settings(BaseSettings):
         CLI alike): PKIQ_CA_PASSPHRASE_FILE first, then PKIQ_CA_PASSPHRASE."""
         if self.ca_passphrase_file is not None:
             return read_passphrase_file(self.ca_passphrase_file, "PKIQ_CA_PASSPHRASE_FILE")
-        return self.ca_passphrase.encode() if self.ca_passphrase else None
+        if self.ca_passphrase:
+            return passphrase_bytes(self.ca_passphrase, "PKIQ_CA_PASSPHRASE")
+        return None
 
     @property
     def effective_database_url(self) -> str:
@@ -81,10 +162,15 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{self.data_dir / 'pkiq.db'}"
 
+    @property
+    def database_setting(self) -> str:
+        """The variable the database comes from, for error lines."""
+        return "PKIQ_DATABASE_URL" if self.database_url else "PKIQ_DATA_DIR"
+
 
 def load_settings() -> Settings:
-    """The settings from the environment, or one clear BadInput naming each PKIQ_* variable
-    that is wrong (never the value of a secret one)."""
+    """The settings from the environment, or one ConfigError line naming each PKIQ_*
+    variable that is wrong and what it accepts (never the value of a secret one)."""
     try:
         return Settings()
     except ValidationError as exc:
@@ -92,6 +178,15 @@ def load_settings() -> Settings:
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else "?"
             field = Settings.model_fields.get(name)
-            shown = "" if field is None or not field.repr else f"={error.get('input')!r}"
-            problems.append(f"PKIQ_{name.upper()}{shown}: {error['msg']}")
-        raise BadInput("bad setting: " + "; ".join(problems)) from None
+            shown = ""
+            if field is not None and field.repr:
+                shown = "=" + _short_repr(error.get("input"))
+            accepted = f" (accepted: {field.description})" if field and field.description else ""
+            said = error["msg"].removeprefix("Value error, ")
+            problems.append(f"PKIQ_{name.upper()}{shown}: {said}{accepted}")
+        raise ConfigError("bad setting: " + "; ".join(problems)) from None
+
+
+def _short_repr(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

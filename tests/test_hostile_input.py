@@ -213,7 +213,7 @@ def test_an_ec_ca_signs_with_its_curves_own_hash(pkiq, tmp_path, key_type, refus
 
 def test_bad_database_url(pkiq):
     pkiq.app.settings.database_url = "notadb://what"
-    assert_one_line_error(pkiq("ca", "list"), 3, "PKIQ_DATABASE_URL")
+    assert_one_line_error(pkiq("ca", "list"), 2, "PKIQ_DATABASE_URL")
 
 
 def test_a_policy_that_could_never_match_is_refused_at_create(pkiq):
