@@ -31,13 +31,57 @@ def shown(text: str, limit: int = SHORT) -> str:
     return repr(cut) + ("..." if len(text) > limit else "")
 
 
-def read_regular(path: Path, what: str, limit: int) -> bytes:
-    """A file the operator named (``--config``): symlinks followed, but regular and bounded."""
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO (named pipe)', 'a character device'... for an error line."""
+    return next((word for test, word in _KINDS if test(mode)), "not a regular file")
+
+
+def read_regular(path: Path, *, limit: int, what: str = "", head: bool = False) -> bytes:
+    """The bytes of a regular file (a symlink to one is fine), at most ``limit`` of them.
+
+    ``st_size`` is not trusted: /dev/zero has none and grows a reader until the OOM killer
+    comes, a FIFO blocks a reader for ever, /proc files say 0. So: stat first, so that a
+    device is never even opened (opening a tape or a serial line has effects); open with
+    O_NONBLOCK (a FIFO swapped in meanwhile cannot block) and check the descriptor again;
+    read at most ``limit`` + 1 bytes. Larger files are refused, or with ``head`` cut to
+    ``limit`` (a passphrase file: only its first line counts)."""
+    label = f"{what} {path}".strip()
     try:
-        fd = os.open(path, _READ_FLAGS & ~os.O_NOFOLLOW)
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"{what} cannot be read: {_reason(exc)}") from None
-    return _read_fd(fd, what, limit)
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            if os.path.islink(path):  # say where the link leads: /dev/zero, a FIFO...
+                label += f" (a link to {os.path.realpath(path)})"
+            raise BadInput(f"{label} is {file_kind(mode)}, not a regular file: pkiq reads "
+                           "only regular files")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BadInput(f"cannot read {label}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # replaced between stat and open
+            raise BadInput(f"{label} is {file_kind(info.st_mode)}, not a regular file")
+        if info.st_size > limit and not head:
+            raise BadInput(f"{label} is {info.st_size} bytes; pkiq reads at most {limit}")
+        chunks, left = [], limit if head else limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise BadInput(f"cannot read {label}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise BadInput(f"{label} is larger than {limit} bytes; pkiq reads at most {limit}")
+    return data
 
 
 class Folder:

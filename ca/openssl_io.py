@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from .csr import check_key
 from .errors import BadInput, PolicyViolation, WrongPassphrase
 from .keys import SoftwareSigner, decrypt_key, encrypt_key, signature_hash
 from .models import Certificate, CertificateAuthority
-from .names import check_value, field_oid, openssl_oneline
+from .names import check_name, check_value, field_oid, openssl_oneline
 from .openssl_conf import OpenSSLConfig, yes
 from .policy import POLICY_ANYTHING, Policy
 from .serials import check_serial, random_serial, serial_hex
@@ -211,8 +212,8 @@ def _read_config(folder: Folder, config_path: Path | None) -> tuple[OpenSSLConfi
     """The config: the one given (anywhere: the operator chose it), else the first of
     CONFIG_NAMES in the folder (read from inside it). Its ``dir`` is the folder."""
     if config_path is not None:
-        name, data = config_path.name, read_regular(config_path, config_path.name,
-                                                    MAX_FILE_BYTES)
+        name, data = config_path.name, read_regular(config_path, limit=MAX_FILE_BYTES,
+                                                    what="the config")
     else:
         name = next((n for n in CONFIG_NAMES if os.path.lexists(folder.root / n)), None)
         if name is None:
@@ -365,7 +366,13 @@ def _read_bodies(folder: Folder, newcerts: Path, what: str, rows: list[IndexRow]
 
 def check_ca_certificate(cert: x509.Certificate) -> None:
     """An adopted CA must be a CA: basicConstraints CA:TRUE and, if keyUsage is present,
-    keyCertSign (RFC 5280 4.2.1.3, 4.2.1.9); and its key strong enough to sign with."""
+    keyCertSign (RFC 5280 4.2.1.3, 4.2.1.9); its key strong enough to sign with; its subject,
+    the issuer of all it will sign, within the name rules ``ca create`` applies (an
+    emailAddress, common in old CAs, is let be: the certificate exists already)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CN over 64 characters: check_name says so
+        subject = cert.subject
+    check_name(subject, "CA certificate's subject", ca=True)
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:

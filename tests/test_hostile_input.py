@@ -26,13 +26,14 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def make_democa(folder: Path, *, ca: bool = True, index: str = "", attr: str | None = None):
+def make_democa(folder: Path, *, ca: bool = True, index: str = "", attr: str | None = None,
+                subject: str = "/C=GB/O=Example/CN=Odd CA"):
     """A minimal demoCA made by the openssl binary: clear key, self-signed cert, index."""
     (folder / "private").mkdir(parents=True)
     (folder / "newcerts").mkdir()
     constraints = "critical,CA:TRUE" if ca else "critical,CA:FALSE"
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365", "-subj",
-            "/C=GB/O=Example/CN=Odd CA", "-addext", f"basicConstraints={constraints}",
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365", "-utf8", "-subj",
+            subject, "-multivalue-rdn", "-addext", f"basicConstraints={constraints}",
             "-keyout", str(folder / "private" / "cakey.pem"), "-out", str(folder / "cacert.pem"))
     (folder / "index.txt").write_text(index)
     if attr is not None:
@@ -49,6 +50,19 @@ def test_the_same_ca_key_cannot_be_adopted_twice(pkiq, tmp_path):
     again = pkiq("ca", "import-openssl", "R2", tmp_path / "x")
     assert_one_line_error(again, 7, "already belongs to pkiq CA 'R'")
     assert [c["name"] for c in json.loads(pkiq("ca", "list", "--json").output)] == ["R"]
+
+
+@pytest.mark.parametrize(("subject", "code", "match"), [
+    ("/O=Example/CN=Evil\u202eCA", 3, "U+202E"),
+    ("/O=Exa\x1bmple/CN=Odd CA", 3, "control character"),
+    ("/CN=Odd CA/CN=payroll.example.com", 4, "more than one commonName"),
+    ("/O=Example+CN=Odd CA", 4, "multi-valued RDN"),
+    ("/O=Example/CN=Odd\u200bCA", 3, "U+200B"),
+])
+def test_an_imported_ca_subject_meets_the_name_rules(pkiq, tmp_path, subject, code, match):
+    folder = make_democa(tmp_path / "n", subject=subject)
+    assert_one_line_error(pkiq("ca", "import-openssl", "N", folder), code, match)
+    assert json.loads(pkiq("ca", "list", "--json").output) == []
 
 
 def test_an_end_entity_certificate_is_not_adopted_as_a_ca(pkiq, tmp_path):

@@ -445,6 +445,9 @@ def test_a_newcerts_imposter_is_not_attached(pkiq, folders, make):
     "/CN=cr\rin.example.com",
     "/CN=a\\x0Ab.example.com",          # openssl's own escape of a line feed
     "/CN=a\\x1Bb.example.com",
+    "/CN=a\u202eb.example.com",           # a bidirectional override
+    "/O=\\xE2\\x80\\xAEevil/CN=ok.example.com",  # the same, as openssl escapes it
+    "/OU=zero\u200bwidth/CN=ok.example.com",
 ], ids=repr)
 @pytest.mark.parametrize("serial", ["10", "20"], ids=["with-body", "index-only"])
 def test_control_characters_in_index_subjects_are_refused(pkiq, folders, subject, serial):
