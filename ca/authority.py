@@ -48,7 +48,7 @@ from .pkcs8 import current as current_protection
 from .pkcs8 import protection
 from .policy import POLICY_ANYTHING, Policy
 from .profiles import PROFILES, Profile, get_profile
-from .serials import Random, parse_serial, random_serial, serial_hex
+from .serials import MAX_SERIAL_BITS, Random, parse_serial, random_serial, serial_hex
 from .sql import InsertIgnoringConflicts
 
 __all__ = ["parse_serial", "random_serial", "serial_hex"]  # re-exported for front ends
@@ -163,6 +163,11 @@ def _next_serial(session: Session, ca: CertificateAuthority, rng: Random) -> int
     # SQLite) so that concurrent signers each take their own number.
     session.refresh(ca, with_for_update=True)
     serial = int(ca.next_serial, 16)
+    if serial >> MAX_SERIAL_BITS:
+        raise PolicyViolation(f"CA {ca.name!r} has used up its sequential serials (RFC 5280 "
+                              "allows 20 octets); switch it to random serials with "
+                              f"pkiq ca set {ca.name} --serial-mode random", "serial",
+                              "sequential-exhausted")
     ca.next_serial = serial_hex(serial + 1)
     return serial
 

@@ -28,7 +28,7 @@ from ca.confined import Folder
 from ca.errors import BadInput
 from ca.serials import MAX_SERIAL_BITS
 
-from .conftest import FakeClock, openssl
+from .conftest import FakeClock, make_csr, openssl
 from .test_cli import assert_one_line_error
 
 pytestmark = pytest.mark.openssl
@@ -483,6 +483,13 @@ def test_the_last_serial_rfc5280_allows_is_still_usable(pkiq, folders):
     imported(pkiq, folders)
     info = json.loads(pkiq("ca", "show", "Evil", "--json").output)
     assert int(info["next_serial"], 16) == TOP - 1
+    first, second = folders.demo / "a.pem", folders.demo / "b.pem"
+    first.write_bytes(make_csr("a.example.com"))
+    second.write_bytes(make_csr("b.example.com"))
+    signed = pkiq("ca", "sign", "Evil", first, "--json")
+    assert signed.exit_code == 0, signed.stderr
+    assert int(json.loads(signed.output)["serial"], 16) == TOP - 1
+    assert_one_line_error(pkiq("ca", "sign", "Evil", second), 4, "used up its sequential")
 
 
 # ---------------------------------------------------------------- the CA's own validity
