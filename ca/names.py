@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import warnings
 
@@ -52,6 +53,7 @@ def long_name(oid: x509.ObjectIdentifier) -> str:
 
 
 _IA5_FIELDS = {NameOID.EMAIL_ADDRESS, NameOID.DOMAIN_COMPONENT}
+_LDH_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _PRINTABLE_FIELDS = {NameOID.COUNTRY_NAME, NameOID.SERIAL_NUMBER}  # X.520: PrintableString
 _PRINTABLE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?")
 
@@ -123,6 +125,9 @@ def check_value(oid: x509.ObjectIdentifier, value: str) -> None:
                        f"(such as GB), not {value[:8]!r}")
     if oid == NameOID.EMAIL_ADDRESS:
         check_mailbox(value, what=field)
+    if oid == NameOID.DOMAIN_COMPONENT and not _LDH_LABEL.match(value):
+        raise BadInput(f"domainComponent {value[:63]!r} is not a DNS label (RFC 4519: letters, "
+                       "digits and hyphens, 1-63 characters)")
     if oid in _PRINTABLE_FIELDS and not set(value) <= _PRINTABLE:
         raise BadInput(f"{field} may hold only PrintableString characters (letters, digits, "
                        "space and '()+,-./:=?)")

@@ -109,6 +109,13 @@ def test_no_control_or_bidi_or_invisible_character_in_any_attribute(sessions, cl
     refused(sessions, clock, raw_csr(rdns), BadInput, match=f"U\\+{ord(char):04X}")
 
 
+@pytest.mark.parametrize("value", ["exa mple", "-corp", "corp_1", "a.b", "\u00e9"])
+def test_a_domain_component_is_a_dns_label(sessions, clock, value):
+    new_ca(sessions, clock)
+    csr = raw_csr([[(NameOID.DOMAIN_COMPONENT, value)], [(CN, "ok.example.com")]])
+    refused(sessions, clock, csr, BadInput, match="domainComponent|ASCII")
+
+
 @pytest.mark.parametrize(("value", "match"), [
     ("gb", "capitals"), ("GBR", "(?i)country"), ("G1", "two-letter"), ("\u00dcK", "two-letter")])
 def test_country_is_two_capital_letters(sessions, clock, value, match):
