@@ -33,8 +33,7 @@ def _row(job_info: dict) -> str:
 
 
 @click.command("submit")
-@click.argument("files", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--ca", "ca_name", required=True, help="The CA to sign with.")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default=DEFAULT_PROFILE,
               show_default=True, help="What the certificates are for (extensions, validity).")

@@ -198,6 +198,20 @@ def test_submit_a_folder_with_devices_fifos_and_sockets(pkiq, ca_r, db_url, tmp_
     assert "Traceback" not in done.stderr.decode()
 
 
+def test_submit_refuses_a_folder_or_a_missing_file_alone(pkiq, ca_r, tmp_path):
+    """A folder or a vanished file among the arguments is one refused file, not a usage error
+    that drops the whole batch."""
+    good = tmp_path / "good.pem"
+    good.write_bytes(make_csr())
+    (tmp_path / "sub").mkdir()
+    done = pkiq("submit", "--ca", ca_r, "--json", good, tmp_path / "sub", tmp_path / "gone.pem")
+    assert done.exit_code == PARTIAL, done.output
+    rows = {r["file"]: r for r in json.loads(done.output)}
+    assert rows[str(good)]["state"] == "queued"
+    assert "a directory" in rows[str(tmp_path / "sub")]["error"]
+    assert "No such file" in rows[str(tmp_path / "gone.pem")]["error"]
+
+
 def test_passphrase_files_that_cannot_be_one(pkiq, ca_r, db_url, tmp_path, short_dir):
     """As --passphrase-file and as PKIQ_CA_PASSPHRASE_FILE: missing, a folder, empty, a FIFO,
     a device, links to /dev/zero and to a FIFO, a socket. Exit 6, one line naming it."""
