@@ -322,11 +322,12 @@ def _manual_override(session: Session, checked: CheckedCrl, manual: InstalledCrl
             _older_than_installed(checked, old)
         if not reason:
             continue
-        against = f"the {old.origin} CRL" + (f" {old.number}" if old.number else "")
         if not force:
-            raise CrlRejected(f"CRL from {checked.label}: {reason} ({against}); nothing was "
-                              "changed: upload it with --force to install it all the same")
-        return f"uploaded with --force: {reason} ({against})"
+            raise CrlRejected(f"CRL from {checked.label}: {reason}; the installed {old.origin} "
+                              "CRL is kept (upload with --force to install this one all the "
+                              "same)")
+        return (f"uploaded with --force over {old.origin} CRL {old.number or '(no number)'}: "
+                f"{reason}")
     return None
 
 

@@ -269,11 +269,13 @@ def test_a_crl_without_a_number_never_replaces_a_numbered_one_uploaded(sessions,
     trust_ca(sessions, clock, CA)
     upload(sessions, clock, scoped_crl(None, number=10))
     refused(sessions, clock, scoped_crl(None, number=None, this_update=T0),
-            match="has no CRL number .* nothing was changed: upload it with --force",
+            match="has no CRL number .* the installed manual CRL is kept \\(upload with "
+                  "--force",
             via=upload)
     fetch(sessions, clock, scoped_crl(idp(PART2), number=3))
     refused(sessions, clock, scoped_crl(idp(PART2), number=None, this_update=T0),
-            match=r"\(the fetched CRL 3\)", via=upload)
+            match="installed CRL has number 3, .* the installed fetched CRL is kept",
+            via=upload)
 
 
 def test_a_numbered_crl_may_follow_an_unnumbered_one(sessions, clock):
@@ -311,14 +313,16 @@ def test_an_older_upload_is_refused_unless_forced_and_the_force_is_recorded(
     result = _cli_upload(pkiq, tmp_path, der, "older.crl")
     assert result.exit_code == 4, (result.stdout, result.stderr)
     assert result.stderr.count("\n") == 1 and reason in result.stderr
-    assert "upload it with --force" in result.stderr and "Traceback" not in result.stderr
+    origin = "manual" if installed_by == "upload" else "fetched"
+    assert f"the installed {origin} CRL is kept (upload with --force" in result.stderr
+    assert "Traceback" not in result.stderr
     assert snapshot(sessions) == before
 
     forced = _cli_upload(pkiq, tmp_path, der, "older.crl", "--force", "--json")
     assert forced.exit_code == 0, forced.stderr
     info = json.loads(forced.stdout)
     assert info["action"] == "installed" and reason in info["note"]
-    assert info["note"].startswith("uploaded with --force: ")
+    assert info["note"].startswith(f"uploaded with --force over {origin} CRL 10: ")
     assert info["in_force"] is (installed_by == "upload")  # a newer fetched CRL still rules
     history = json.loads(pkiq("crl", "history", LABEL, "--json").stdout)
     assert history[0]["note"] == info["note"] and history[0]["origin"] == "manual"
