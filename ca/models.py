@@ -239,20 +239,23 @@ class DistributionPoint(Base):
 
 
 class InstalledCrl(Base):
-    """A CRL from outside, fetched or uploaded. Per issuer and origin one row is current;
-    the rest is history. A fetched CRL overrides the manual one once it is newer."""
+    """A CRL from outside, fetched or uploaded. Per issuer, scope (its issuingDistribution-
+    Point, ca.crl_scope) and origin one row is current; the rest is history. A fetched CRL
+    overrides the manual one of its scope once it is newer."""
 
     __tablename__ = "installed_crls"
     __table_args__ = (
         Index("ix_installed_crls_issuer_current", "issuer_key", "current"),
-        # One current CRL per issuer and origin, even when two uploads race.
-        Index("uq_installed_crls_one_current", "issuer_key", "origin", unique=True,
-              sqlite_where=text("current"), postgresql_where=text("current")),
+        # One current CRL per issuer, scope and origin, even when two uploads race.
+        Index("uq_installed_crls_one_current", "issuer_key", "scope_key", "origin",
+              unique=True, sqlite_where=text("current"), postgresql_where=text("current")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    issuer_key: Mapped[str] = mapped_column(String(64))  # SHA-256 of the issuer name's DER
+    issuer_key: Mapped[str] = mapped_column(String(64))  # trust.name_key of the issuer
     issuer: Mapped[str] = mapped_column(Text)  # OpenSSL one-line form
+    scope: Mapped[str] = mapped_column(Text)  # ca.crl_scope text: "complete" or the IDP's
+    scope_key: Mapped[str] = mapped_column(String(64))  # SHA-256 of ``scope``
     origin: Mapped[str] = mapped_column(String(8))  # fetched | manual
     source: Mapped[str | None] = mapped_column(String(2048))  # URL or file name
     number: Mapped[str | None] = mapped_column(String(50))  # decimal: numbers reach 2^159
@@ -264,6 +267,8 @@ class InstalledCrl(Base):
     current: Mapped[bool] = mapped_column(Boolean)
     installed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     replaced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Why this CRL was taken against the rules (an upload with --force over a newer one).
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 class CrlIssuerStatus(Base):

@@ -246,6 +246,95 @@ def openssl_oneline(name: x509.Name) -> str:
     return "".join(out)
 
 
+_DOTTED_OID = re.compile(r"^[0-2](\.[0-9]+)+$")
+_HEX_ESCAPE = re.compile(r"\\x([0-9A-Fa-f]{2})")
+
+
+def oneline_pairs(text: str) -> list[tuple[str, str]]:
+    """(dotted OID, value) per attribute of a name in ``openssl_oneline``'s form, read back
+    leniently for lookups: ``\\xHH`` escapes are UTF-8 bytes again, and a ``/`` not followed
+    by a known field (short or long name, or a dotted OID) and ``=`` belongs to the value,
+    as in ``/CN=AC/DC Root``, which openssl writes without escaping."""
+    pairs: list[tuple[str, str]] = []
+    for segment in text.strip().lstrip("/").split("/"):
+        key, sep, value = segment.partition("=")
+        oid = _OID_BY_ANY.get(key.strip().lower()) if sep else None
+        if oid is None and sep and _DOTTED_OID.match(key.strip()):
+            oid = x509.ObjectIdentifier(key.strip())
+        if oid is None:
+            if not pairs:
+                raise BadInput(f"cannot read {text[:80]!r} as a distinguished name: "
+                               f"{segment[:40]!r} is not FIELD=value")
+            pairs[-1] = (pairs[-1][0], f"{pairs[-1][1]}/{segment}")
+            continue
+        pairs.append((oid.dotted_string, value))
+    return [(oid, _unescape(value)) for oid, value in pairs]
+
+
+def _unescape(value: str) -> str:
+    raw = bytearray()
+    at = 0
+    for match in _HEX_ESCAPE.finditer(value):
+        raw += value[at:match.start()].encode("utf-8")
+        raw.append(int(match.group(1), 16))
+        at = match.end()
+    raw += value[at:].encode("utf-8")
+    return raw.decode("utf-8", "replace")
+
+
+def rfc4514_pairs(text: str) -> list[list[tuple[str, str]]]:
+    """RDNs of (dotted OID, value) of a name in RFC 4514 (``CN=Root,O=Example``, most
+    specific first), most significant first as in the DER; read as leniently as people type
+    it: attribute types in any case, long names too, spaces around separators, ``+`` for a
+    multi-valued RDN, ``\\,`` and ``\\C3\\A9`` escapes (RFC 4514 2.4)."""
+    rdns = []
+    for rdn in _split_unescaped(text, ","):
+        attrs = []
+        for ava in _split_unescaped(rdn, "+"):
+            key, sep, value = ava.partition("=")
+            oid = _OID_BY_ANY.get(key.strip().lower())
+            if oid is None and _DOTTED_OID.match(key.strip()):
+                oid = x509.ObjectIdentifier(key.strip())
+            if not sep or oid is None:
+                raise BadInput(f"cannot read {text[:80]!r} as a distinguished name: "
+                               f"{ava.strip()[:40]!r} is not FIELD=value")
+            attrs.append((oid.dotted_string, _unescape_4514(value.strip())))
+        rdns.append(attrs)
+    return rdns[::-1]
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    """Split at ``sep`` where it is not escaped; the escapes stay for ``_unescape_4514``."""
+    parts, start, at = [], 0, 0
+    while at < len(text):
+        if text[at] == "\\":
+            at += 2
+            continue
+        if text[at] == sep:
+            parts.append(text[start:at])
+            start = at + 1
+        at += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _unescape_4514(value: str) -> str:
+    raw, at = bytearray(), 0
+    while at < len(value):
+        pair = value[at + 1:at + 3]
+        if value[at] == "\\" and len(pair) == 2 and all(c in "0123456789abcdefABCDEF"
+                                                         for c in pair):
+            raw.append(int(pair, 16))
+            at += 3
+        elif value[at] == "\\" and at + 1 < len(value):
+            raw += value[at + 1].encode("utf-8")
+            at += 2
+        else:
+            raw += value[at].encode("utf-8")
+            at += 1
+    return raw.decode("utf-8", "replace")
+
+
 def common_name(name: x509.Name) -> str | None:
     """The commonName (``check_name`` allows at most one)."""
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)

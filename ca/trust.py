@@ -27,7 +27,7 @@ from .encoding import (
 )
 from .errors import BadInput, NotFound
 from .models import CertificateAuthority, CrlIssuerStatus, DistributionPoint, TrustedCa
-from .names import openssl_oneline
+from .names import oneline_pairs, openssl_oneline, rfc4514_pairs
 
 MAX_BUNDLE_CERTS = 1000
 _PEM_LABELS = ("CERTIFICATE", "X509 CERTIFICATE", "TRUSTED CERTIFICATE")
@@ -50,12 +50,26 @@ def name_key(name: x509.Name) -> str:
     where the certificate has PrintableString); so the key hashes each RDN's attributes,
     value case-folded and spaces collapsed, not the DER. The signature decides among CAs
     that share a name."""
-    rdns = []
-    for rdn in name.rdns:
-        parts = sorted(f"{a.oid.dotted_string}={' '.join(str(a.value).split()).casefold()}"
-                       for a in rdn)
-        rdns.append("+".join(parts))
-    return hashlib.sha256("\n".join(rdns).encode()).hexdigest()
+    return _key([[(a.oid.dotted_string, str(a.value)) for a in rdn] for rdn in name.rdns])
+
+
+def text_name_key(text: str) -> str:
+    """``name_key`` of a name typed by hand, as ``pkiq crl status`` prints it
+    (``/O=Example/CN=Root``, ``\\xHH`` for bytes outside ASCII) or in RFC 4514
+    (``CN=Root,O=Example``): ``crl show`` and ``crl remove`` then find an issuer whatever the
+    case and spacing, by the same comparison installation used."""
+    text = text.strip()
+    if text.startswith("/"):
+        return _key([[pair] for pair in oneline_pairs(text)])
+    return _key(rfc4514_pairs(text))
+
+
+def _key(rdns: list[list[tuple[str, str]]]) -> str:
+    """The one normalisation of RFC 5280 7.1 / RFC 4518 pkiq applies: per attribute, white
+    space collapsed and case folded; attributes of an RDN as a set."""
+    parts = ["+".join(sorted(f"{oid}={' '.join(value.split()).casefold()}"
+                             for oid, value in rdn)) for rdn in rdns]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def load_bundle(data: bytes) -> list[x509.Certificate]:
@@ -215,7 +229,10 @@ def list_warnings(session: Session, now: dt.datetime) -> list[str]:
             warnings.append(f"{row.subject} is issued by {row.issuer}, which is not in the "
                             "list: no full chain of trust; add the issuing CA")
         if row.not_after <= now:
-            warnings.append(f"{row.subject} expired on {row.not_after:%Y-%m-%d %H:%M}Z")
+            warnings.append(f"{row.subject} expired on {row.not_after:%Y-%m-%d %H:%M}Z: "
+                            "CRLs it signs are refused (RFC 5280 6.3.3), so the CRLs "
+                            "installed for it are no longer replaced and will lapse; add its "
+                            "renewed certificate")
     return warnings
 
 

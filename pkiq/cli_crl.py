@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives import serialization
 
+from ca.errors import BadInput
 from ca.x509text import decode_all, render
 from service import crl as crl_service
 from service import trust as trust_service
@@ -220,7 +221,9 @@ def crl_refresh(ctx, as_json):
             line = f"{point.outcome:<12} {point.url}"
             for crl in point.crls:
                 number = crl.get("number")
+                scope = crl.get("scope")
                 line += (f"\n             {crl['action']}: {crl['issuer']}"
+                         + (f" [scope {scope}]" if scope and scope != "complete" else "")
                          + (f" CRL {number}" if number is not None else "")
                          + (f" ({crl['entries']} entries)" if "entries" in crl else "")
                          + (f": {crl['error']}" if crl.get("error") else ""))
@@ -255,14 +258,35 @@ def _status_text(info: dict) -> str:
         lines.append(f"  {p['url']}\n    last attempt {p['last_attempt'] or '-'}, "
                      f"last success {p['last_success'] or '-'}: {state}")
     lines.append("\nissuers:")
-    for i in issuers:
-        crl = (f"{i['origin']} CRL {i['crl_number']}, {i['entries']} entries, "
-               f"thisUpdate {i['this_update']}, nextUpdate {i['next_update']}"
-               if i.get("this_update") else "no CRL installed")
-        lines.append(f"  {i['issuer']}\n    {crl}" + (
-            f"\n    last attempt {i['last_attempt']}: error: {i['error']}"
-            if i.get("error") else ""))
+    lines.extend(_issuer_lines(issuers))
     return "\n".join(lines)
+
+
+def _issuer_lines(issuers: list[dict]) -> list[str]:
+    """An issuer, then its CRL, or one line per scope when it has several (or only a
+    partial one), then its last error."""
+    groups: dict[tuple, list[dict]] = {}
+    for i in issuers:
+        groups.setdefault((i["issuer"], i.get("issuer_key") or i.get("origin")), []).append(i)
+    lines, partitioned = [], False
+    for rows in groups.values():
+        lines.append(f"  {rows[0]['issuer']}")
+        scoped = len(rows) > 1 or rows[0].get("scope") not in (None, "complete")
+        partitioned = partitioned or scoped
+        for i in rows:
+            crl = (f"{i['origin']} CRL {i['crl_number']}, {i['entries']} entries, "
+                   f"thisUpdate {i['this_update']}, nextUpdate {i['next_update']}"
+                   if i.get("this_update") else "no CRL installed")
+            lines.append("    " + (f"scope {i['scope']}: " if scoped and i.get("scope") else "")
+                         + crl + (f" ({i['note']})" if i.get("note") else ""))
+        if rows[0].get("error"):
+            lines.append(f"    last attempt {rows[0]['last_attempt']}: error: {rows[0]['error']}")
+    if partitioned:
+        lines.append("\nA scope is what a CRL's issuingDistributionPoint says it covers (one "
+                     "distribution point, user or CA certificates, some reasons; 'complete' "
+                     "without it): a CRL replaces only the one of its own scope, and every "
+                     "scope of an issuer must stay current.")
+    return lines
 
 
 @crl_group.command("status")
@@ -277,14 +301,24 @@ def crl_status(ctx, as_json):
 
 @crl_group.command("upload")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Install it even though it is older than the installed CRL of its scope "
+                   "(by CRL number, else thisUpdate); recorded on the CRL.")
 @json_option
 @pass_service
-def crl_upload(ctx, file, as_json):
-    """Upload a CRL (PEM or DER) by hand; it replaces the previous manual CRL of its issuer.
-    A fetched CRL of the same issuer overrides it once it is newer."""
-    info = crl_service.upload(ctx, read_input(file), source=file.name)
-    emit(info, as_json, f"{info['action']} manual CRL for {info['issuer']}"
-         + (f" (CRL {info['crl_number']})" if info["crl_number"] is not None else ""))
+def crl_upload(ctx, file, force, as_json):
+    """Upload a CRL (PEM or DER) by hand; it replaces the previous manual CRL of its issuer
+    and scope. A fetched CRL of the same scope overrides it once it is newer."""
+    info = crl_service.upload(ctx, read_input(file), source=file.name, force=force)
+    emit(info, as_json, lambda: f"{info['action']} manual CRL for {info['issuer']}"
+         + (f" (CRL {info['crl_number']})" if info["crl_number"] is not None else "")
+         + (f", scope {info['scope']}" if info["scope"] != "complete" else "")
+         + (f"; {info['note']}" if info["note"] and info["action"] == "installed" else "")
+         + ("" if info["in_force"] else "; not in force: the fetched CRL is newer"))
+
+
+_SCOPE_HELP = ("The scope, as 'crl status' shows it ('complete', or what the CRL's "
+               "issuingDistributionPoint names), for an issuer with several.")
 
 
 @crl_group.command("remove")
@@ -292,21 +326,60 @@ def crl_upload(ctx, file, as_json):
 @click.option("--fetched", is_flag=True,
               help="Forget the fetched CRL instead (a CA rebuilt with CRL numbers restarted: "
                    "the next refresh then installs what its distribution point serves).")
+@click.option("--scope", help=_SCOPE_HELP)
 @json_option
 @pass_service
-def crl_remove(ctx, issuer, fetched, as_json):
-    """Remove the manually uploaded CRL of an issuer (by id, issuer key or issuer DN)."""
-    info = crl_service.remove(ctx, issuer, fetched=fetched)
-    emit(info, as_json, f"removed the {info['origin']} CRL of {info['removed']}")
+def crl_remove(ctx, issuer, fetched, scope, as_json):
+    """Remove the manually uploaded CRL of an issuer (by CRL id, issuer key or issuer DN,
+    the DN compared as RFC 5280 does: case and spacing aside)."""
+    info = crl_service.remove(ctx, issuer, fetched=fetched, scope=scope)
+    emit(info, as_json, f"removed the {info['origin']} CRL of {info['removed']}"
+         + (f", scope {info['scope']}" if info["scope"] != "complete" else ""))
 
 
 @crl_group.command("show")
 @click.argument("issuer")
+@click.option("--scope", help=_SCOPE_HELP)
 @output_options("CRL")
 @json_option
 @pass_service
-def crl_show(ctx, issuer, out, der, as_json):
-    """Print or save the CRL in force for an issuer (fetched or manual)."""
+def crl_show(ctx, issuer, scope, out, der, as_json):
+    """Print or save the CRL in force for an issuer (fetched or manual). An issuer with
+    several scopes gives one PEM CRL per scope, complete first (with --json: a list)."""
     output = Output(out, der)
-    info, crl = crl_service.crl_in_force(ctx, issuer)
-    deliver(output, crl, info, as_json, f"{info['origin']} CRL of {info['issuer']}")
+    found = crl_service.crls_in_force(ctx, issuer, scope=scope)
+    if len(found) == 1:
+        info, crl = found[0]
+        deliver(output, crl, info, as_json, f"{info['origin']} CRL of {info['issuer']}")
+        return
+    if der:
+        raise BadInput(f"{found[0][0]['issuer']} has CRLs of {len(found)} scopes and DER holds "
+                       "one CRL; name one with --scope, or leave out --der for all as PEM")
+    pems = [crl.public_bytes(serialization.Encoding.PEM) for _, crl in found]
+    output.stage(b"".join(pems))
+    if as_json:
+        if output.path is not None:
+            output.commit()
+        emit({"issuer": found[0][0]["issuer"], "issuer_key": found[0][0]["issuer_key"],
+              "crls": [{**info, "pem": pem.decode()}
+                       for (info, _), pem in zip(found, pems, strict=True)]}, True, "")
+        return
+    output.commit()
+    if output.path is not None:
+        click.echo(f"{len(found)} CRLs of {found[0][0]['issuer']} (one per scope) -> "
+                   f"{output.path}", err=True)
+
+
+@crl_group.command("history")
+@click.argument("issuer")
+@json_option
+@pass_service
+def crl_history(ctx, issuer, as_json):
+    """The CRLs installed for an issuer, current and replaced, newest first: id, origin,
+    CRL number, thisUpdate, state, scope, and any note (an upload forced over a newer)."""
+    rows = crl_service.history(ctx, issuer)
+    emit(rows, as_json, lambda: "\n".join(
+        f"{r['id']:>6}  {r['origin']:<7}  CRL {r['crl_number'] or '-':<6}  "
+        f"{r['this_update']}  {'current' if r['current'] else 'replaced ' + str(r['replaced_at'])}"
+        + (f"  scope {r['scope']}" if r["scope"] != "complete" else "")
+        + (f"  ({r['note']})" if r["note"] else "") for r in rows))

@@ -321,7 +321,7 @@ def _install_all(session, decoded, url, now, skew, report: PointReport) -> None:
                                        source=url)
         else:
             entry.update(action=outcome.action, number=outcome.number,
-                         entries=checked.entries)
+                         entries=checked.entries, scope=checked.scope.text)
             crl_install.record_attempt(session, issuer_key, label, now, error=None,
                                        source=url)
         actions.add(entry["action"])

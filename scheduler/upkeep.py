@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ca import crl_install
 from ca.authority import generate_crl, latest_crl
+from ca.crl_scope import COMPLETE
 from ca.errors import PkiqError
 from ca.keys import Signer
 from ca.models import Certificate, CertificateAuthority, CrlIssuerStatus, DistributionPoint
@@ -133,9 +134,9 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
                              f"the CRL refresh started {last.started_at:%Y-%m-%d %H:%M}Z "
                              f"failed: {last.summary['aborted']}; installed CRLs are kept",
                              dict(run=last.id, error=last.summary["aborted"])))
-    for row in crl_install.installed(session):
-        found.extend(_expiry_problem(f"expiry:{row.issuer_key}", row.issuer, row.next_update,
-                                     now, warn))
+    for row in crl_install.installed(session):  # every scope of an issuer must be current
+        found.extend(_expiry_problem(expiry_key(row), crl_install.scoped_label(
+            row.issuer, row.scope), row.next_update, now, warn, scope=row.scope))
     for ca in session.scalars(select(CertificateAuthority).where(
             CertificateAuthority.handed_over_at.is_(None))):
         crl = latest_crl(session, ca)
@@ -150,6 +151,14 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
     return found
 
 
+def expiry_key(row) -> str:
+    """One alert per issuer and scope; the complete scope keeps the key it had before
+    scopes, so an open alert is not resolved and raised again by an upgrade."""
+    if row.scope == COMPLETE:
+        return f"expiry:{row.issuer_key}"
+    return f"expiry:{row.issuer_key}:{row.scope_key[:16]}"
+
+
 def crl_expiry(next_update: dt.datetime, now: dt.datetime, warn: dt.timedelta) -> str | None:
     """The one rule for a CRL's freshness, for alerts and for status views alike:
     "expired" once nextUpdate has passed (RFC 5280 5.1.2.5: every certificate it covers
@@ -161,18 +170,20 @@ def crl_expiry(next_update: dt.datetime, now: dt.datetime, warn: dt.timedelta) -
     return None
 
 
-def _expiry_problem(key, who, next_update, now, warn) -> list[Problem]:
+def _expiry_problem(key, who, next_update, now, warn, *, scope=None) -> list[Problem]:
     state = crl_expiry(next_update, now, warn)
+    details = dict(issuer=who, next_update=next_update.isoformat())
+    if scope is not None:
+        details["scope"] = scope
     if state == "expired":
         return [Problem(key, "critical", f"the CRL for {who} expired at "
                         f"{next_update:%Y-%m-%d %H:%M}Z: every certificate it covers now "
-                        "counts as revoked", dict(issuer=who,
-                                                  next_update=next_update.isoformat()))]
+                        "counts as revoked", details)]
     if state == "near":
         hours = (next_update - now).total_seconds() / 3600
         return [Problem(key, "warning", f"the CRL for {who} reaches nextUpdate at "
                         f"{next_update:%Y-%m-%d %H:%M}Z (in {hours:.1f} h) and no newer one "
-                        "was installed", dict(issuer=who, next_update=next_update.isoformat()))]
+                        "was installed", details)]
     return []
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from ca import authority, crl_config, crl_install
 from ca.crl_decode import decode_crls
+from ca.crl_scope import COMPLETE
 from ca.errors import BadInput
 from ca.models import CrlIssuerStatus
 from scheduler.refresh import RefreshReport, refresh
@@ -95,31 +96,45 @@ def _freshness(next_update: dt.datetime, now: dt.datetime, warn: dt.timedelta) -
     return {"expired": state == "expired", "near_next_update": state == "near"}
 
 
+def _crl_view(crl) -> dict:
+    return {"issuer": crl.issuer, "issuer_key": crl.issuer_key, "scope": crl.scope,
+            "origin": crl.origin, "source": crl.source, "crl_number": crl.number,
+            "entries": crl.entries, "this_update": _iso(crl.this_update),
+            "next_update": _iso(crl.next_update), "installed_at": _iso(crl.installed_at),
+            "note": crl.note}
+
+
 def _issuer_rows(session, now: dt.datetime, warn: dt.timedelta) -> list[dict]:
-    rows = {}
+    """One row per issuer and scope (ca.crl_scope): an issuer whose CRLs are partitioned
+    has a row per partition, each judged on its own; the issuer's last attempt and error
+    are on each of its rows."""
+    rows: dict[tuple, dict] = {}
     for crl in crl_install.installed(session):
-        rows[crl.issuer_key] = {
-            "issuer": crl.issuer, "issuer_key": crl.issuer_key, "origin": crl.origin,
-            "source": crl.source, "crl_number": crl.number, "entries": crl.entries,
-            "this_update": _iso(crl.this_update), "next_update": _iso(crl.next_update),
-            "installed_at": _iso(crl.installed_at),
-            **_freshness(crl.next_update, now, warn)}
+        rows[(crl.issuer_key, crl.scope_key)] = {
+            **_crl_view(crl), **_freshness(crl.next_update, now, warn)}
     for ca in authority.list_cas(session):  # pkiq's own, renewed by beat
         crl = authority.latest_crl(session, ca)
         if crl is None or ca.handed_over_at is not None:  # openssl ca's now
             continue
-        rows.setdefault(f"pkiq:{ca.name}", {
-            "issuer": ca.subject, "issuer_key": None, "origin": f"pkiq CA {ca.name}",
-            "source": None, "crl_number": str(crl.number), "entries": crl.entries,
-            "this_update": _iso(crl.this_update), "next_update": _iso(crl.next_update),
-            "installed_at": None, **_freshness(crl.next_update, now, warn)})
+        rows.setdefault((f"pkiq:{ca.name}",), {
+            "issuer": ca.subject, "issuer_key": None, "scope": COMPLETE,
+            "origin": f"pkiq CA {ca.name}", "source": None, "crl_number": str(crl.number),
+            "entries": crl.entries, "this_update": _iso(crl.this_update),
+            "next_update": _iso(crl.next_update), "installed_at": None, "note": None,
+            **_freshness(crl.next_update, now, warn)})
+    by_issuer: dict[str, list[dict]] = {}
+    for key, row in rows.items():
+        by_issuer.setdefault(key[0], []).append(row)
     for status in session.scalars(select(CrlIssuerStatus)):
-        row = rows.setdefault(status.issuer_key, {"issuer": status.issuer,
-                                                  "issuer_key": status.issuer_key,
-                                                  "crl_number": None})
-        row.update(last_attempt=_iso(status.last_attempt_at),
-                   last_success=_iso(status.last_success_at), error=status.error)
-    return sorted(rows.values(), key=lambda r: r["issuer"])
+        found = by_issuer.get(status.issuer_key) or [
+            rows.setdefault((status.issuer_key,), {"issuer": status.issuer,
+                                                   "issuer_key": status.issuer_key,
+                                                   "scope": None, "crl_number": None})]
+        for row in found:
+            row.update(last_attempt=_iso(status.last_attempt_at),
+                       last_success=_iso(status.last_success_at), error=status.error)
+    return sorted(rows.values(), key=lambda r: (r["issuer"], r["scope"] != COMPLETE,
+                                                r["scope"] or ""))
 
 
 def status(ctx: ServiceContext) -> dict:
@@ -132,8 +147,9 @@ def status(ctx: ServiceContext) -> dict:
         points = [point_view(p) for p in crl_config.list_points(session)]
         issuers = _issuer_rows(session, now, warn)
         run = last_run(session)
-    warnings = [f"the CRL for {i['issuer']} " + ("EXPIRED at " if i.get("expired") else
-                                                 "reaches nextUpdate at ") + i["next_update"]
+    warnings = [f"the CRL for {crl_install.scoped_label(i['issuer'], i['scope'])} "
+                + ("EXPIRED at " if i.get("expired") else "reaches nextUpdate at ")
+                + i["next_update"]
                 for i in issuers if i.get("expired") or i.get("near_next_update")]
     return {"settings": settings_view, "last_run": run, "distribution_points": points,
             "issuers": issuers, "warnings": warnings}
@@ -141,9 +157,10 @@ def status(ctx: ServiceContext) -> dict:
 
 # ---------------------------------------------------------------- manual CRLs
 
-def upload(ctx: ServiceContext, data: bytes, *, source: str) -> dict:
-    """A CRL (PEM or DER) by hand: it replaces the previous manual CRL of its issuer, and a
-    fetched CRL of that issuer overrides it once it is newer."""
+def upload(ctx: ServiceContext, data: bytes, *, source: str, force: bool = False) -> dict:
+    """A CRL (PEM or DER) by hand: it replaces the previous manual CRL of its issuer and
+    scope, and a fetched CRL of that scope overrides it once it is newer. One older than
+    the installed CRL of its scope is refused unless ``force`` (recorded on the CRL)."""
     decoded, _notes = decode_crls(data)
     if len(decoded) != 1:
         raise BadInput(f"{source} holds {len(decoded)} CRLs; upload one at a time")
@@ -151,27 +168,41 @@ def upload(ctx: ServiceContext, data: bytes, *, source: str) -> dict:
     with ctx.transaction() as session:
         skew = crl_config.snapshot(session, ctx.clock()).skew
         outcome = crl_install.upload(session, item.crl, item.der, ctx.clock(), skew=skew,
-                                     source=source)
-        return {"issuer": outcome.issuer, "action": outcome.action,
-                "crl_number": outcome.number, "entries": outcome.row.entries,
-                "next_update": _iso(outcome.row.next_update)}
+                                     source=source, force=force)
+        row = outcome.row
+        in_force = crl_install.effective(session, row.issuer_key, row.scope_key)
+        return {"issuer": outcome.issuer, "scope": row.scope, "action": outcome.action,
+                "crl_number": outcome.number, "entries": row.entries,
+                "next_update": _iso(row.next_update), "note": row.note,
+                "in_force": in_force is not None and in_force.id == row.id}
 
 
-def remove(ctx: ServiceContext, issuer: str, *, fetched: bool = False) -> dict:
+def remove(ctx: ServiceContext, issuer: str, *, fetched: bool = False,
+           scope: str | None = None) -> dict:
     """The manual CRL of an issuer, or (``fetched``) the fetched one, so that a CA rebuilt
-    with its CRL numbers restarted is taken again on the next refresh."""
+    with its CRL numbers restarted is taken again on the next refresh; of its only scope,
+    or of ``scope``."""
     origin = "fetched" if fetched else "manual"
     with ctx.transaction() as session:
-        row = crl_install.remove_current(session, issuer, ctx.clock(), origin=origin)
-        return {"removed": row.issuer, "origin": origin, "crl_number": row.number}
+        row = crl_install.remove_current(session, issuer, ctx.clock(), origin=origin,
+                                         scope=scope)
+        return {"removed": row.issuer, "scope": row.scope, "origin": origin,
+                "crl_number": row.number}
 
 
-def crl_in_force(ctx: ServiceContext, issuer: str
-                 ) -> tuple[dict, x509.CertificateRevocationList]:
-    """The CRL in force for an issuer (by id, issuer key or DN): fetched or manual."""
+def crls_in_force(ctx: ServiceContext, issuer: str, *, scope: str | None = None
+                  ) -> list[tuple[dict, x509.CertificateRevocationList]]:
+    """The CRL in force for each scope of an issuer (by CRL id, issuer key or DN, compared
+    as RFC 5280 7.1 does), complete scope first; or for ``scope`` only."""
     with ctx.transaction() as session:
-        row = crl_install.effective(session, crl_install.find_current(session, issuer)
-                                    .issuer_key)
-        info = {"issuer": row.issuer, "origin": row.origin, "crl_number": row.number,
-                "entries": row.entries, "next_update": _iso(row.next_update)}
-        return info, x509.load_der_x509_crl(row.der)
+        return [(_crl_view(row), x509.load_der_x509_crl(row.der))
+                for row in crl_install.in_force(session, issuer, scope=scope)]
+
+
+def history(ctx: ServiceContext, issuer: str, *, limit: int = 50) -> list[dict]:
+    """The CRLs installed for an issuer, current and replaced, newest first, with any note
+    (an upload forced over a newer CRL)."""
+    with ctx.transaction() as session:
+        return [{**_crl_view(row), "id": row.id, "current": row.current,
+                 "replaced_at": _iso(row.replaced_at)}
+                for row in crl_install.history_of(session, issuer, limit)]

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from ca import authority, crl_install, trust
 from ca.crl_install import CrlRejected
+from ca.crl_scope import COMPLETE_SCOPE
 from ca.errors import BadInput, BadSignature, NotFound, PkiqError
 from ca.models import CrlIssuerStatus, InstalledCrl
 from shell.db import transaction
@@ -171,10 +172,8 @@ def _idp(**kw) -> x509.IssuingDistributionPoint:
 @pytest.mark.parametrize("extensions, entries, match", [
     ([(x509.DeltaCRLIndicator(1), True)], (), "is a delta CRL: pkiq installs complete CRLs"),
     ([(_idp(full_name=None, indirect_crl=True), True)], (), "is an indirect CRL"),
-    ([(_idp(only_contains_user_certs=True), True)], (), "covers only part of the CA's"),
-    ([(_idp(only_contains_ca_certs=True), True)], (), "covers only part of the CA's"),
-    ([(_idp(only_some_reasons=frozenset({x509.ReasonFlags.key_compromise})), True)], (),
-     "covers only part of the CA's"),
+    ([(_idp(only_contains_attribute_certs=True), True)], (),
+     "lists attribute certificates only"),
     ([(x509.UnrecognizedExtension(UNKNOWN_OID, b"\x05\x00"), True)], (),
      "unknown critical extension 1.3.6.1.4.1.55555.1.2; RFC 5280 says it must not be used"),
     ((), [(1001, REASONS), (1002, [(x509.CertificateIssuer(
@@ -186,8 +185,8 @@ def _idp(**kw) -> x509.IssuingDistributionPoint:
     ([(_idp(), True)], [(1001, REASONS), (1002, [
         (x509.UnrecognizedExtension(UNKNOWN_OID, b"\x05\x00"), True)])],
      "has an entry with the critical extension 1.3.6.1.4.1.55555.1.2"),
-], ids=["delta", "indirect", "user-certs-only", "ca-certs-only", "some-reasons",
-        "unknown-critical", "entry-certificate-issuer", "entry-unknown-critical",
+], ids=["delta", "indirect", "attribute-certs-only", "unknown-critical",
+        "entry-certificate-issuer", "entry-unknown-critical",
         "entry-unknown-critical-beside-critical-idp"])
 def test_crls_pkiq_cannot_apply_correctly_are_refused(sessions, clock, installed, extensions,
                                                      entries, match):
@@ -211,7 +210,8 @@ def test_complete_crls_with_ordinary_extensions_pass(sessions, clock, installed,
     outcome = fetch(sessions, clock, good)
     assert (outcome.action, outcome.number, outcome.row.entries) == ("installed", 2,
                                                                       len(entries))
-    assert current_der(sessions) == good
+    with transaction(sessions) as session:  # an IDP naming a point is a scope of its own
+        assert crl_install.current(session, KEY, "fetched", outcome.row.scope_key).der == good
 
 
 def test_a_crl_with_a_malformed_extension_is_refused_with_a_clear_error(sessions, clock,
@@ -373,16 +373,21 @@ def test_an_unknown_origin_is_refused(sessions, clock, installed):
 
 # ---------------------------------------------------------------- manual uploads
 
-def test_an_upload_replaces_the_previous_manual_crl_even_an_older_one(sessions, clock):
+def test_an_upload_replaces_the_previous_manual_crl_an_older_one_only_when_forced(sessions,
+                                                                                  clock):
     """The guide: 'This uploads the selected file and replaces any previously uploaded CRL
-    file.' A manual upload is the operator's choice, so no number comparison."""
+    file.' An older one would roll revocations back, so only with force (recorded)."""
     trust_ca(sessions, clock, CA)
     first = upload(sessions, clock, build_crl(number=5))
     assert (first.action, first.row.origin, first.row.source) == ("installed", "manual",
                                                                    "issuing.crl")
     clock.advance(hours=1)
     older = build_crl(number=3, this_update=T0 - 3 * HOUR)
-    assert upload(sessions, clock, older, name="older.crl").action == "installed"
+    refused(sessions, clock, older, match="lower than the installed 5", via=upload)
+    with transaction(sessions) as session:
+        forced = crl_install.upload(session, x509.load_der_x509_crl(older), older, clock(),
+                                    skew=SKEW, source="older.crl", force=True)
+        assert forced.action == "installed" and "--force" in forced.row.note
     assert current_der(sessions, "manual") == older
     assert upload(sessions, clock, older).action == "unchanged"
     with transaction(sessions) as session:
@@ -431,7 +436,7 @@ def test_removing_the_manual_crl_leaves_the_fetched_one_in_force(sessions, clock
     trust_ca(sessions, clock, CA)
     fetched = build_crl(number=1, this_update=T0 - 2 * HOUR)
     fetch(sessions, clock, fetched)
-    upload(sessions, clock, build_crl(number=1, this_update=T0 - HOUR, entries=[(5, [])]))
+    upload(sessions, clock, build_crl(number=2, this_update=T0 - HOUR, entries=[(5, [])]))
     clock.advance(minutes=5)
     with transaction(sessions) as session:
         row = crl_install.remove_manual(session, LABEL, clock())
@@ -493,7 +498,8 @@ def test_find_current_refuses_a_prefix_shared_by_two_issuers(sessions, clock):
         for suffix, origin in (("a", "fetched"), ("a", "manual"), ("b", "fetched")):
             session.add(InstalledCrl(
                 issuer_key="abcdef01" + suffix * 56, issuer=f"/CN={suffix}", origin=origin,
-                source=None, number="1", this_update=T0, next_update=T0 + WEEK, entries=0,
+                scope="complete", scope_key=COMPLETE_SCOPE.key, source=None, number="1",
+                this_update=T0, next_update=T0 + WEEK, entries=0,
                 sha256="0" * 64, der=b"", current=True, installed_at=T0))
     with transaction(sessions) as session, pytest.raises(BadInput) as caught:
         crl_install.find_current(session, "abcdef01")
@@ -585,7 +591,8 @@ def test_the_database_holds_one_current_crl_per_issuer_and_origin(sessions, cloc
     with pytest.raises(IntegrityError), transaction(sessions) as session:
         row = crl_install.current(session, KEY, "fetched")
         session.add(InstalledCrl(
-            issuer_key=row.issuer_key, issuer=row.issuer, origin="fetched", source=URL,
+            issuer_key=row.issuer_key, issuer=row.issuer, scope=row.scope,
+            scope_key=row.scope_key, origin="fetched", source=URL,
             number="2", this_update=row.this_update, next_update=row.next_update, entries=0,
             sha256="0" * 64, der=b"x", current=True, installed_at=clock()))
         session.flush()

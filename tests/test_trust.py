@@ -201,7 +201,10 @@ def test_an_expired_ca_is_added_with_a_warning(sessions, clock):
     old, _ = make_cert("Old Root", not_after=T0 - dt.timedelta(days=1))
     result = add(sessions, clock, pem(old))
     assert [r.sha256 for r in result.added] == [fp(old)]
-    assert result.warnings == ["/O=Example/CN=Old Root expired on 2026-11-26 10:00Z"]
+    assert result.warnings == ["/O=Example/CN=Old Root expired on 2026-11-26 10:00Z: CRLs it "
+                               "signs are refused (RFC 5280 6.3.3), so the CRLs installed for "
+                               "it are no longer replaced and will lapse; add its renewed "
+                               "certificate"]
     with transaction(sessions) as session:
         assert trust.list_warnings(session, clock()) == result.warnings
 
