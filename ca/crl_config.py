@@ -238,14 +238,18 @@ def replace_points(session: Session, urls: list[str], now: dt.datetime
     return added, removed
 
 
-def sync_cdp_points(session: Session, urls: list[str], now: dt.datetime) -> None:
-    """Keep the CDP-derived entries equal to the URLs the trusted CAs name today."""
-    wanted = set(urls)
+def sync_cdp_points(session: Session, sources: dict[str, list[str]], now: dt.datetime
+                    ) -> None:
+    """Keep the CDP-derived entries equal to the URLs the trusted CAs name today; a point
+    that has not yet learned what it serves knows its issuers from them (any scope)."""
     for point in list_points(session, "cdp"):
-        if point.url not in wanted:
+        if point.url not in sources:
             session.delete(point)
     session.flush()
-    add_points(session, [u for u in urls if _fetchable(u)], now, origin="cdp")
+    add_points(session, [u for u in sources if _fetchable(u)], now, origin="cdp")
+    for point in list_points(session):
+        if not point.serves and sources.get(point.url):
+            point.serves = [[key, None] for key in sources[point.url]]
 
 
 def _fetchable(url: str) -> bool:

@@ -47,6 +47,11 @@ class CrlRejected(PolicyViolation):
     """A CRL that parsed but must not be installed (wrong key, stale, expired, ...)."""
 
 
+class OlderThanInstalled(CrlRejected):
+    """A valid CRL older than the one installed for its scope: a lagging mirror or a replay.
+    Nothing is wrong with the issuer, whose newer CRL is in force."""
+
+
 @dataclass(frozen=True)
 class CheckedCrl:
     """A CRL that passed validation, with the facts the database keeps."""
@@ -288,7 +293,8 @@ def install(session: Session, checked: CheckedCrl, *, origin: str, source: str |
     if origin == "fetched":
         reason = old is not None and _older_than_installed(checked, old)
         if reason:
-            raise CrlRejected(f"CRL from {checked.label}: {reason}; the installed CRL is kept")
+            raise OlderThanInstalled(f"CRL from {checked.label}: {reason}; the installed CRL "
+                                     "is kept")
     else:
         note = _manual_override(session, checked, old, force)
     if old is not None:

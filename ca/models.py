@@ -234,6 +234,9 @@ class DistributionPoint(Base):
     bytes_received: Mapped[int | None] = mapped_column(BigInteger)
     crls_found: Mapped[int | None] = mapped_column(Integer)
     issuers: Mapped[list] = mapped_column(JSON, default=list)  # issuer keys it last served
+    # What it is known to serve: [issuer_key, scope_key or None (any scope)] pairs, learned
+    # at its first success or from the trusted CA whose CDP names it (scheduler.refresh).
+    serves: Mapped[list | None] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text)
     added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 

@@ -257,17 +257,29 @@ def trusted_pem(session: Session) -> bytes:
 
 def cdp_urls(session: Session) -> list[str]:
     """CRL distribution point URLs named in the trusted CA certificates (HTTP(S) only)."""
-    urls: list[str] = []
+    return list(cdp_sources(session))
+
+
+def cdp_sources(session: Session) -> dict[str, list[str]]:
+    """Each HTTP(S) CRL distribution point URL the trusted CA certificates name, with the
+    issuers whose CRL it must serve: the CDP in a certificate points at the CRL of that
+    certificate's issuer (name keys), so a point found this way knows its issuer before its
+    first fetch."""
+    sources: dict[str, list[str]] = {}
     for row in list_entries(session):
         cert = x509.load_der_x509_certificate(row.der)
         try:
             points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
         except x509.ExtensionNotFound:
             continue
+        issuer = name_key(cert.issuer)
         for point in points:
+            if point.crl_issuer:  # an indirect CRL's issuer: pkiq refuses those anyway
+                continue
             for name in point.full_name or []:
                 if isinstance(name, x509.UniformResourceIdentifier) and \
-                        name.value.lower().startswith(("http://", "https://")) and \
-                        name.value not in urls:
-                    urls.append(name.value)
-    return urls
+                        name.value.lower().startswith(("http://", "https://")):
+                    keys = sources.setdefault(name.value, [])
+                    if issuer not in keys:
+                        keys.append(issuer)
+    return sources

@@ -23,8 +23,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ca import crl_config, crl_install, trust
 from ca.crl_decode import DecodeLimits, decode_crls
+from ca.crl_scope import scope_of
 from ca.errors import Conflict, PkiqError
-from ca.models import CertificateAuthority, CrlIssuerStatus, DistributionPoint
+from ca.models import (
+    CertificateAuthority,
+    CrlIssuerStatus,
+    DistributionPoint,
+    InstalledCrl,
+    TrustedCa,
+)
 from shell.db import transaction
 
 from . import lease
@@ -40,6 +47,17 @@ class RefreshBusy(Conflict):
     """Another refresh holds the lease."""
 
 
+@dataclass(frozen=True)
+class Sighting:
+    """What one point said, this run, about one issuer it serves (or started to serve)."""
+
+    issuer_key: str
+    issuer: str
+    refreshed: bool
+    reason: str | None = None
+    expected: bool = True  # the point is known to serve this issuer
+
+
 @dataclass
 class PointReport:
     url: str
@@ -48,6 +66,8 @@ class PointReport:
     bytes_received: int = 0
     crls: list[dict] = field(default_factory=list)  # per CRL: issuer, action, number, error
     error: str | None = None
+    problem: str | None = None  # it served another issuer than the one it is known for
+    sightings: list[Sighting] = field(default_factory=list)
 
     @property
     def failed_crls(self) -> list[str]:
@@ -55,7 +75,8 @@ class PointReport:
 
     def as_dict(self) -> dict:
         return dict(url=self.url, outcome=self.outcome, http_status=self.http_status,
-                    bytes=self.bytes_received, crls=self.crls, error=self.error)
+                    bytes=self.bytes_received, crls=self.crls, error=self.error,
+                    problem=self.problem)
 
 
 @dataclass
@@ -68,7 +89,7 @@ class RefreshReport:
 
     @property
     def failed(self) -> list[PointReport]:
-        return [p for p in self.points if p.outcome == "error" or
+        return [p for p in self.points if p.outcome == "error" or p.problem or
                 any(c.get("error") for c in p.crls)]
 
     def summary(self) -> dict:
@@ -127,7 +148,7 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
         try:  # from here on, whatever stops the run is recorded on it
             with transaction(sessions) as session:
                 crl_config.sync_cdp_points(
-                    session, trust.cdp_urls(session) if policy.use_cdp else [], clock())
+                    session, trust.cdp_sources(session) if policy.use_cdp else {}, clock())
                 points = [(p.url, Validator(p.etag, p.last_modified))
                           for p in crl_config.list_points(session)]
                 trust_pem = _https_anchors(session)
@@ -154,6 +175,7 @@ def _fetch_and_apply(sessions, clock, report, points, trust_pem, policy, holder,
             renew=lambda s: _keep_lease(s, holder, clock(), ttl)))
     with transaction(sessions) as session:
         report.finished_at = clock()
+        judge_issuers(session, report, report.finished_at)
         run = session.get(RefreshRun, report.run_id)
         run.finished_at, run.summary = report.finished_at, report.summary()
     return report
@@ -262,6 +284,7 @@ def _apply(session: Session, result: FetchResult, point: DistributionPoint | Non
            now: dt.datetime, skew: dt.timedelta, decode_limits: DecodeLimits) -> PointReport:
     """Install what one distribution point served; record its status either way."""
     report = PointReport(result.url, result.outcome, result.http_status, result.bytes_received)
+    decoded = None
     if result.outcome == "error":
         report.error = result.error
     elif result.outcome == "fetched":
@@ -275,33 +298,107 @@ def _apply(session: Session, result: FetchResult, point: DistributionPoint | Non
         return report
     point.last_attempt_at, point.http_status = now, result.http_status
     point.bytes_received = result.bytes_received
-    if report.outcome == "error":
-        point.error = report.error
-        for issuer_key in point.issuers or []:
-            label = _issuer_label(session, issuer_key)
-            crl_install.record_attempt(session, issuer_key, label, now, error=report.error,
-                                       source=result.url)
-    else:
-        point.error = None if not report.failed_crls else "; ".join(report.failed_crls)
-        point.last_success_at = now
-        if result.outcome == "fetched":
-            # Remember the validators only when every CRL was taken: a refused one must be
-            # fetched (not answered 304) again next time, e.g. once its CA is trusted.
-            accepted = not report.failed_crls
-            point.etag = _fits(result.validator.etag, 512) if accepted else None
-            point.last_modified = _fits(result.validator.last_modified, 64) \
-                if accepted else None
-            point.crls_found = len(report.crls)
+    serves = [tuple(pair) for pair in point.serves or []]
+    if decoded is not None:
+        changed = report.problem = _judge_point(session, report, point, serves)
+        problems = [*report.failed_crls, *([changed] if changed else [])]
+        point.error = "; ".join(problems) if problems else None
+        point.crls_found = len(report.crls)
+        if report.outcome != "error":
+            point.last_success_at = now
             keys = [c["issuer_key"] for c in report.crls if c.get("issuer_key")]
             point.issuers = list(dict.fromkeys(keys))
-        else:  # 304: what we hold is still what it serves; earlier errors stand
-            for issuer_key in point.issuers or []:
-                status = session.get(CrlIssuerStatus, issuer_key)
-                if status is None or status.error is None or status.source == result.url:
-                    crl_install.record_attempt(session, issuer_key,
-                                               _issuer_label(session, issuer_key), now,
-                                               error=None, source=result.url)
+        # Remember the validators only when every CRL was taken: a refused one must be
+        # fetched (not answered 304) again next time, e.g. once its CA is trusted.
+        accepted = not problems
+        point.etag = _fits(result.validator.etag, 512) if accepted else None
+        point.last_modified = _fits(result.validator.last_modified, 64) if accepted else None
+    elif report.outcome == "error":
+        point.error = report.error
+        report.sightings = [Sighting(key, _issuer_label(session, key), False, report.error)
+                            for key in dict.fromkeys(key for key, _ in serves)]
+    else:  # 304: what we hold is still what it serves; an earlier problem on it stands
+        point.last_success_at = now
+        report.sightings = [Sighting(key, _issuer_label(session, key), point.error is None,
+                                     point.error)
+                            for key in dict.fromkeys(key for key, _ in serves)]
     return report
+
+
+def _judge_point(session: Session, report: PointReport, point: DistributionPoint,
+                 serves: list[tuple]) -> str | None:
+    """Compare what the point served with what it is known to serve, record a sighting per
+    issuer, and learn what it serves at its first success. Returns the point's problem when
+    it served another issuer (or scope) instead of one it used to: that CRL is still
+    installed if valid (it is its own issuer's truth), but it does not count as a refresh of
+    its issuer, and the issuer the point used to serve counts as not refreshed by it."""
+    served = [(c["issuer_key"], c.get("scope_key"), c) for c in report.crls
+              if c.get("issuer_key")]
+    taken = [(key, scope) for key, scope, c in served
+             if not c.get("error") or c.get("stale")]
+    if not serves:  # first success: learn what it serves
+        if taken:
+            point.serves = [list(pair) for pair in dict.fromkeys(taken)]
+        serves = taken
+
+    def expected(key: str, scope: str | None) -> bool:
+        return any(k == key and s in (None, scope) for k, s in serves)
+
+    missing = [(key, scope) for key, scope in serves
+               if not any(k == key and scope in (None, s) for k, s, _ in served)]
+    strays = [(key, scope, c) for key, scope, c in served if not expected(key, scope)]
+    for key, scope, crl in served:
+        ok = not crl.get("error") or crl.get("stale", False)  # a lagging copy: the issuer's
+        report.sightings.append(Sighting(key, crl["issuer"], ok, crl.get("error"),
+                                         expected(key, scope)))
+    if not missing:
+        if strays and taken:  # serves more now (a bundle that grew): learn it too
+            point.serves = [list(p) for p in dict.fromkeys(
+                [*serves, *((key, scope) for key, scope, c in strays if not c.get("error"))])]
+        return None
+    others = ", ".join(dict.fromkeys(c["issuer"] for _, _, c in strays)) or "nothing usable"
+    for key, scope in missing:
+        label = _issuer_label(session, key)
+        what = label if scope is None else f"{label} ({_scope_text(session, key, scope)})"
+        reason = (f"{_short(point.url)} no longer serves the CRL of {what}; it served "
+                  f"{others} instead")
+        report.sightings.append(Sighting(key, label, False, reason))
+    labels = ", ".join(dict.fromkeys(_issuer_label(session, key) for key, _ in missing))
+    return (f"serves {others} instead of {labels}, which it served before; that issuer "
+            "is not refreshed from here (remove and add the point again if the change is "
+            "intended)")
+
+
+def judge_issuers(session: Session, report: RefreshReport, now: dt.datetime) -> None:
+    """Each issuer's status after a run, over all of its points: refreshed when at least one
+    point it is known to be served by refreshed it; otherwise not refreshed, with every
+    point's reason. A point that served an issuer it is not known to serve counts only
+    where no known point spoke of that issuer."""
+    seen: dict[str, list[tuple[str, Sighting]]] = {}
+    for point in report.points:
+        for sighting in point.sightings:
+            seen.setdefault(sighting.issuer_key, []).append((point.url, sighting))
+    for key, said in seen.items():
+        own = [(url, s) for url, s in said if s.expected] or said
+        refreshed = [url for url, s in own if s.refreshed]
+        label = said[0][1].issuer
+        if refreshed:
+            crl_install.record_attempt(session, key, label, now, error=None,
+                                       source=refreshed[0])
+            continue
+        reasons = list(dict.fromkeys(f"{_short(url)}: {s.reason}" for url, s in own))
+        crl_install.record_attempt(session, key, label, now, error="; ".join(reasons),
+                                   source=own[0][0])
+
+
+def _short(url: str, limit: int = 120) -> str:
+    return url if len(url) <= limit else url[:limit - 3] + "..."
+
+
+def _scope_text(session: Session, issuer_key: str, scope_key: str) -> str:
+    text = session.scalar(select(InstalledCrl.scope).where(
+        InstalledCrl.issuer_key == issuer_key, InstalledCrl.scope_key == scope_key).limit(1))
+    return text or "a partition"
 
 
 def _install_all(session, decoded, url, now, skew, report: PointReport) -> None:
@@ -309,21 +406,19 @@ def _install_all(session, decoded, url, now, skew, report: PointReport) -> None:
     for item in decoded:
         issuer_key = trust.name_key(item.crl.issuer)
         label = crl_install.issuer_label(item.crl)
-        entry = dict(issuer=label, issuer_key=issuer_key, source=item.source)
+        entry = dict(issuer=label, issuer_key=issuer_key, source=item.source,
+                     scope_key=_scope_key(item.crl))
         try:
             with session.begin_nested():
                 checked = crl_install.check(session, item.crl, item.der, now, skew=skew)
                 outcome = crl_install.install(session, checked, origin="fetched", source=url,
                                               now=now)
         except PkiqError as exc:
-            entry.update(action="refused", error=str(exc))
-            crl_install.record_attempt(session, issuer_key, label, now, error=str(exc),
-                                       source=url)
+            entry.update(action="refused", error=str(exc),
+                         stale=isinstance(exc, crl_install.OlderThanInstalled))
         else:
             entry.update(action=outcome.action, number=outcome.number,
                          entries=checked.entries, scope=checked.scope.text)
-            crl_install.record_attempt(session, issuer_key, label, now, error=None,
-                                       source=url)
         actions.add(entry["action"])
         report.crls.append(entry)
     if actions == {"refused"}:
@@ -331,6 +426,14 @@ def _install_all(session, decoded, url, now, skew, report: PointReport) -> None:
         report.error = "; ".join(c["error"] for c in report.crls)
     else:
         report.outcome = "installed" if "installed" in actions else "unchanged"
+
+
+def _scope_key(crl: x509.CertificateRevocationList) -> str | None:
+    """The CRL's scope key, or None when its IDP cannot be read (the CRL is refused then)."""
+    try:
+        return scope_of(crl).key
+    except (PkiqError, ValueError):
+        return None
 
 
 def _fits(value: str | None, size: int) -> str | None:
@@ -343,4 +446,8 @@ def _fits(value: str | None, size: int) -> str | None:
 
 def _issuer_label(session: Session, issuer_key: str) -> str:
     status = session.get(CrlIssuerStatus, issuer_key)
-    return status.issuer if status else issuer_key
+    if status is not None:
+        return status.issuer
+    trusted = session.scalar(select(TrustedCa.subject).where(
+        TrustedCa.subject_key == issuer_key).limit(1))
+    return trusted or issuer_key

@@ -115,11 +115,11 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
     """Everything wrong right now: failed distribution points, refused CRLs, CRLs (ours or
     installed from outside) inside the nextUpdate margin or past it."""
     found = []
+    failing_issuers = {status.issuer_key for status in session.scalars(
+        select(CrlIssuerStatus).where(CrlIssuerStatus.error.is_not(None)))}
     for point in session.scalars(select(DistributionPoint).where(
             DistributionPoint.error.is_not(None))):
-        found.append(Problem(f"dp:{point.url}", "critical",
-                             f"CRL distribution point {point.url} failed: {point.error}",
-                             dict(url=point.url, error=point.error)))
+        found.extend(_point_problem(point, failing_issuers))
     for status in session.scalars(select(CrlIssuerStatus).where(
             CrlIssuerStatus.error.is_not(None))):
         found.append(Problem(f"issuer:{status.issuer_key}", "critical",
@@ -157,6 +157,23 @@ def expiry_key(row) -> str:
     if row.scope == COMPLETE:
         return f"expiry:{row.issuer_key}"
     return f"expiry:{row.issuer_key}:{row.scope_key[:16]}"
+
+
+def _point_problem(point: DistributionPoint, failing_issuers: set[str]) -> list[Problem]:
+    """One alert per problem. A point whose issuers were all refreshed this run by their
+    other points is a warning about the point; one whose issuer was not refreshed is told
+    by that issuer's alert, which carries every point's reason; a point that never served
+    anything is the problem itself."""
+    serves = {key for key, _scope in point.serves or []}
+    details = dict(url=point.url, error=point.error)
+    if not serves:
+        return [Problem(f"dp:{point.url}", "critical",
+                        f"CRL distribution point {point.url} failed: {point.error}", details)]
+    if serves & failing_issuers:
+        return []
+    return [Problem(f"dp:{point.url}", "warning",
+                    f"CRL distribution point {point.url} failed: {point.error}; the CRLs it "
+                    "serves were refreshed from their other points", details)]
 
 
 def crl_expiry(next_update: dt.datetime, now: dt.datetime, warn: dt.timedelta) -> str | None:

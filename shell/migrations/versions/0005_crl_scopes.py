@@ -10,7 +10,7 @@ expired: its revocations were lost only because of that bug.
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-04
+Create Date: 2026-11-30
 """
 import datetime as dt
 
