@@ -352,9 +352,14 @@ def _judge_point(session: Session, report: PointReport, point: DistributionPoint
         report.sightings.append(Sighting(key, crl["issuer"], ok, crl.get("error"),
                                          expected(key, scope)))
     if not missing:
-        if strays and taken:  # serves more now (a bundle that grew): learn it too
-            point.serves = [list(p) for p in dict.fromkeys(
-                [*serves, *((key, scope) for key, scope, c in strays if not c.get("error"))])]
+        # an issuer known with any scope (from a CDP, or an older pkiq) learns its scopes;
+        # issuers it serves besides (a bundle that grew) are installed but not learned: they
+        # never become this point's to vouch for without the operator re-adding it
+        refined = [pair for key, scope in serves for pair in (
+            [(key, scope)] if scope is not None else
+            [(k, s) for k, s in taken if k == key] or [(key, None)])]
+        if refined != serves:
+            point.serves = [list(pair) for pair in dict.fromkeys(refined)]
         return None
     others = ", ".join(dict.fromkeys(c["issuer"] for _, _, c in strays)) or "nothing usable"
     for key, scope in missing:

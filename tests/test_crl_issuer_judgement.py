@@ -182,3 +182,30 @@ def test_a_cdp_point_knows_its_issuer_before_its_first_fetch(sessions, clock, ht
     clock.advance(hours=1)
     assert not run(sessions, clock).failed
     assert status(sessions, A).error is None
+
+
+def test_a_point_learns_scopes_but_never_vouches_for_issuers_it_serves_besides(
+        sessions, clock, http_server):
+    """A point known for A (any scope, from an older pkiq) learns A's scope at its next
+    success; a bundle that now also holds B's CRL installs it, but the point does not become
+    one of B's points, so B is still judged by its own."""
+    http_server.route("/a.crl", crl(A, 1, cf.T0))
+    http_server.route("/b.crl", crl(B, 1, cf.T0))
+    url_a, url_b = http_server.url("/a.crl"), http_server.url("/b.crl")
+    world(sessions, clock, [url_a, url_b])
+    with transaction(sessions) as s:
+        s.query(DistributionPoint).filter_by(url=url_a).one().serves = [[key(A), None]]
+    run(sessions, clock)
+    with transaction(sessions) as s:
+        [[issuer, scope]] = s.query(DistributionPoint).filter_by(url=url_a).one().serves
+    assert issuer == key(A) and scope is not None
+    clock.advance(hours=1)
+    later = cf.T0 + dt.timedelta(minutes=30)
+    http_server.route("/a.crl", cf.pem(crl(A, 2, later)) + cf.pem(crl(B, 2, later)))
+    http_server.route("/b.crl", Reply(status=500))
+    report = run(sessions, clock)
+    assert not next(p for p in report.points if p.url == url_a).problem
+    with transaction(sessions) as s:
+        assert s.query(DistributionPoint).filter_by(url=url_a).one().serves == [[key(A), scope]]
+    assert status(sessions, A).error is None
+    assert "500" in status(sessions, B).error  # B's own point failed: B is not refreshed
