@@ -11,20 +11,25 @@ what is too big: callers count and refuse; this only decides where the bytes liv
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import threading
 from typing import BinaryIO
 
-DEFAULT_BUDGET = 16 * 2**20
+DEFAULT_BUDGET = 8 * 2**20
+DEFAULT_PER_SPOOL = 256 * 1024
 
 
 class MemoryBudget:
-    """Bytes that all the spools sharing this object may hold in memory at once."""
+    """Bytes that all the spools sharing this object may hold in memory at once, and at
+    most ``per_spool`` of them for any one: a body bigger than that (a big CRL, or an
+    endless answer) goes to disk at once. Large buffers freed by many threads stay with
+    the allocator's per-thread arenas; keeping each spool's memory small is what keeps the
+    process's real footprint near the budget rather than a multiple of it."""
 
-    def __init__(self, limit: int = DEFAULT_BUDGET):
+    def __init__(self, limit: int = DEFAULT_BUDGET, per_spool: int = DEFAULT_PER_SPOOL):
         self.limit = limit
+        self.per_spool = per_spool
         self.used = 0
         self.peak = 0
         self._lock = threading.Lock()
@@ -48,12 +53,14 @@ class MemoryBudget:
 class Spool:
     """Written once, then read; ``close()`` gives the memory back or deletes the file.
 
-    ``source()`` is what ``ca.crl_decode.decode_crls`` reads: the bytes themselves while in
-    memory (``BytesIO.getvalue`` hands over its buffer, no copy), else the file."""
+    In memory the chunks are kept as written (a list, joined once when read: growing one
+    buffer by reallocation left the allocator holding about twice the budget); beyond the
+    budget, an anonymous temporary file. ``source()`` is what
+    ``ca.crl_decode.decode_crls`` reads: bytes while in memory, else the file."""
 
     def __init__(self, budget: MemoryBudget):
         self._budget = budget
-        self._memory: io.BytesIO | None = io.BytesIO()
+        self._chunks: list[bytes] | None = []
         self._held = 0  # bytes taken from the budget
         self._file: BinaryIO | None = None
         self.size = 0
@@ -63,9 +70,10 @@ class Spool:
         return self._file is not None
 
     def write(self, data: bytes) -> None:
-        if self._memory is not None:
-            if self._budget.take(len(data)):
-                self._memory.write(data)
+        if self._chunks is not None:
+            if self.size + len(data) <= self._budget.per_spool and \
+                    self._budget.take(len(data)):
+                self._chunks.append(bytes(data))
                 self._held += len(data)
                 self.size += len(data)
                 return
@@ -75,15 +83,18 @@ class Spool:
 
     def _to_disk(self) -> None:
         self._file = tempfile.TemporaryFile(prefix="pkiq-spool-", buffering=0)  # noqa: SIM115
-        self._file.write(self._memory.getbuffer())
-        self._memory = None
+        for chunk in self._chunks:
+            self._file.write(chunk)
+        self._chunks = None
         self._budget.give(self._held)
         self._held = 0
 
     def source(self) -> bytes | BinaryIO:
         """The content: bytes when in memory, else the file at its start."""
-        if self._memory is not None:
-            return self._memory.getvalue()
+        if self._chunks is not None:
+            if len(self._chunks) != 1:
+                self._chunks = [b"".join(self._chunks)]
+            return self._chunks[0]
         self._file.seek(0)
         return self._file
 
@@ -93,8 +104,8 @@ class Spool:
         return source if isinstance(source, bytes) else source.read()
 
     def close(self) -> None:
-        if self._memory is not None:
-            self._memory = None
+        if self._chunks is not None:
+            self._chunks = None
             self._budget.give(self._held)
             self._held = 0
         if self._file is not None:

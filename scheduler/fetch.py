@@ -246,14 +246,15 @@ class _Run:
     _internal: dict = field(default_factory=dict)  # host -> is it internal (per run)
 
     def internal_point(self, url: str) -> bool:
-        """Whether a configured point is itself in an internal network (then it may lead
-        anywhere, as the operator chose it there); a name that does not resolve here (a
-        proxy may resolve it) counts as public."""
+        """Whether a configured point is itself in an internal network: every address of
+        its host is (then it may lead anywhere there, as the operator chose it). A name with
+        one public address counts as public, whatever else its owner adds to it, and so does
+        a name that does not resolve here (a proxy may resolve it)."""
         host = urlsplit(url).hostname or ""
         if host not in self._internal:
             try:
-                self._internal[host] = any(internal_kind(a) for a in _resolve(host, 0))
-            except (OSError, UnicodeError):
+                self._internal[host] = all(internal_kind(a) for a in _resolve(host, 0))
+            except (OSError, UnicodeError, ValueError):
                 self._internal[host] = False
         return self._internal[host]
 
@@ -336,15 +337,15 @@ def _redirect_target(run: _Run, chain: list[str], location: str, guarded: bool) 
             _Guard(run.network).addresses(host, 0)
         except InternalAddress as exc:
             raise _Failed(f"{short_url(chain[-1])} redirects to {short_url(target)}, "
-                          f"{exc.which}: {_NOT_INTERNAL}") from None
+                          f"{exc.which}: redirects into {_INTERNAL_NETWORKS} are not followed "
+                          f"from a distribution point outside them {_EXCEPTIONS}") from None
         except (OSError, UnicodeError):
             pass  # the connection says so (or, through a proxy, the proxy resolves it)
     return target
 
 
-_NOT_INTERNAL = ("a distribution point outside them is not followed into loopback, private, "
-                 "link-local or unique-local networks (PKIQ_CRL_ALLOW_INTERNAL lists "
-                 "exceptions)")
+_INTERNAL_NETWORKS = "loopback, private, link-local or unique-local networks"
+_EXCEPTIONS = "(PKIQ_CRL_ALLOW_INTERNAL lists exceptions)"
 
 
 def _get(run: _Run, chain: list[str], validator: Validator, deadline: float,
@@ -377,7 +378,9 @@ def _get(run: _Run, chain: list[str], validator: Validator, deadline: float,
     except requests.exceptions.ConnectionError as exc:
         internal = find_cause(exc, InternalAddress)
         if internal is not None:
-            raise _Failed(f"{_host_port(url)} {internal.which}: {_NOT_INTERNAL}") from None
+            raise _Failed(f"{_host_port(url)} {internal.which}: pkiq does not connect into "
+                          f"{_INTERNAL_NETWORKS} for a distribution point outside them "
+                          f"{_EXCEPTIONS}") from None
         raise _Failed(f"cannot connect to {_host_port(url)}: {_reason(exc)}",
                       retry=True) from None
     except requests.exceptions.RequestException as exc:
