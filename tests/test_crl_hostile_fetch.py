@@ -7,7 +7,6 @@ nothing from the environment is."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import gzip
 import io
@@ -16,13 +15,11 @@ import os
 import shutil
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import tarfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -37,6 +34,15 @@ from tests import crlfactory as cf
 from tests.netns_child import ADDRESSES, HOSTS, SECRET
 
 from . import httpd
+from .hostile import (
+    TWO_MIB_OF_BOMB,
+    big_junk,
+    deflate_of_zeros,
+    endless_points,
+    gzip_of_zeros,
+    tar_gz_of_zeros,
+    zip_of,
+)
 from .httpd import LocalServer, Reply, redirect, unused_port
 
 http_server = httpd.http_server
@@ -70,47 +76,6 @@ def database_text(path: Path) -> str:
 # ---------------------------------------------------------------- bombs
 
 
-def deflate_of_zeros(mebibytes: int) -> bytes:
-    """Raw deflate of ``mebibytes`` MiB of zeros, made in a blink: one compressed MiB,
-    byte-aligned by a full flush, repeated, then an empty final block."""
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
-    one = deflate.compress(bytes(MiB)) + deflate.flush(zlib.Z_FULL_FLUSH)
-    return one * mebibytes + b"\x03\x00"
-
-
-def zip_of(members: list[tuple[str, bytes, int]], *, declared: int | None = None) -> bytes:
-    """A zip built by hand: (name, deflated data, inflated size) per member; ``declared``:
-    the compressed size each member claims, if not its own."""
-    out, central = b"", b""
-    for name, data, size in members:
-        offset, raw = len(out), name.encode()
-        claimed = len(data) if declared is None else declared
-        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0, 0, claimed,
-                           size, len(raw), 0) + raw + data
-        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0,
-                               0, claimed, size, len(raw), 0, 0, 0, 0, 0, offset) + raw
-    return out + central + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members),
-                                       len(members), len(central), len(out), 0)
-
-
-def gzip_of_zeros(mebibytes: int) -> bytes:
-    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + deflate_of_zeros(mebibytes)
-            + struct.pack("<II", 0, 0))
-
-
-def tar_gz_of_zeros(mebibytes: int) -> bytes:
-    header = tarfile.TarInfo("zeros.crl")
-    header.size = mebibytes * MiB
-    head = header.tobuf(format=tarfile.USTAR_FORMAT)
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
-    start = deflate.compress(head) + deflate.flush(zlib.Z_FULL_FLUSH)
-    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + start + deflate_of_zeros(mebibytes)
-            + struct.pack("<II", 0, 0))
-
-
-TWO_MIB_OF_BOMB = 2048  # MiB of zeros in about 2 MiB of deflate
-
-
 @pytest.mark.parametrize(("name", "build", "refusal"), [
     ("a 2 MiB zip bomb", lambda: zip_of([("bomb.crl", deflate_of_zeros(TWO_MIB_OF_BOMB),
                                           TWO_MIB_OF_BOMB * MiB)]),
@@ -137,29 +102,6 @@ def test_bombs_are_refused_on_the_bytes_they_consume(tmp_path, name, build, refu
     assert found["outcome"].startswith(refusal), (name, found["outcome"])
     growth = found["rss_peak"] - found["rss_before"]
     assert growth < 24 * MiB, (name, growth / MiB)
-
-
-def endless_points(server: LocalServer, count: int) -> list[str]:
-    junk = os.urandom(256 * 1024)
-    for n in range(count):
-        server.route(f"/endless/{n}", Reply(body=junk, repeat=10**6))
-    return [server.url(f"/endless/{n}") for n in range(count)]
-
-
-def big_junk(server: LocalServer) -> dict[str, str]:
-    """Near the 64 MiB cap: a DER SEQUENCE of random bytes, a PEM block of them, and that
-    PEM gzipped: each must be read whole (DER) or decoded (PEM) before the parser says no."""
-    size = 60 * MiB
-    der = b"\x30\x84" + struct.pack(">I", size - 6) + os.urandom(size - 6)
-    text = base64.encodebytes(os.urandom(44 * MiB))
-    pem = b"-----BEGIN X509 CRL-----\n" + text + b"-----END X509 CRL-----\n"
-    bodies = {"/junk.der": der, "/junk.pem": pem, "/junk.pem.gz": gzip.compress(pem, 1),
-              "/bomb.zip": zip_of([("bomb.crl", deflate_of_zeros(TWO_MIB_OF_BOMB),
-                                    TWO_MIB_OF_BOMB * MiB)]),
-              "/bomb.gz": gzip_of_zeros(TWO_MIB_OF_BOMB)}
-    for path, body in bodies.items():
-        server.route(path, Reply(body=body))
-    return {path: server.url(path) for path in bodies}
 
 
 def test_hostile_points_at_full_parallelism_stay_under_200_mb(tmp_path, http_server):
