@@ -366,7 +366,7 @@ def _get(run: _Run, chain: list[str], validator: Validator, deadline: float,
         return session.get(url, headers=headers, stream=True, allow_redirects=False,
                            timeout=(connect, read), proxies=proxies)
     except requests.exceptions.ProxyError as exc:
-        raise _Failed(_proxy_problem(proxy, url, exc), retry=True) from None
+        raise _proxy_failure(proxy, url, exc) from None
     except requests.exceptions.SSLError as exc:
         raise _Failed(_tls_problem(url, exc)) from None
     except requests.exceptions.ConnectTimeout:
@@ -605,15 +605,18 @@ def _tls_problem(url: str, exc: BaseException) -> str:
     return f"TLS handshake with {_host_port(url)} failed: {_reason(exc)}"
 
 
-def _proxy_problem(proxy: str | None, url: str, exc: BaseException) -> str:
+def _proxy_failure(proxy: str | None, url: str, exc: BaseException) -> _Failed:
+    """A proxy that cannot be reached (retried), or that refuses the tunnel (not: it will
+    refuse again). Its status is read from http.client's message, its words not quoted."""
     where = _host_port(proxy) if proxy else "the proxy"
     refused = re.search(r"Tunnel connection failed: (\d{3})", " ".join(
         str(e) for e in causes(exc)))
     if refused:
         status = int(refused[1])
-        return (f"the proxy {where} refused the connection to {_host_port(url)}: HTTP "
-                f"{status}{_phrase(status)}")
-    return f"cannot reach {short_url(url)} through the proxy {where}: {_reason(exc)}"
+        return _Failed(f"the proxy {where} refused the connection to {_host_port(url)}: "
+                       f"HTTP {status}{_phrase(status)}")
+    return _Failed(f"cannot reach {short_url(url)} through the proxy {where}: "
+                   f"{_reason(exc)}", retry=True)
 
 
 def _reason(exc: BaseException) -> str:

@@ -52,13 +52,13 @@ def refresh(spec_file: str) -> dict:
 def decode(path: str) -> dict:
     from ca.crl_decode import CrlFormatError, decode_crls
 
+    data = Path(path).read_bytes()  # as an upload gives it; the refresh gives a spool
     before = vm_hwm()
-    with open(path, "rb") as file:
-        try:
-            crls, _notes = decode_crls(file)
-            outcome = f"{len(crls)} CRLs"
-        except CrlFormatError as exc:
-            outcome = str(exc)
+    try:
+        crls, _notes = decode_crls(data)
+        outcome = f"{len(crls)} CRLs"
+    except CrlFormatError as exc:
+        outcome = str(exc)
     return {"rss_before": before, "rss_peak": vm_hwm(), "outcome": outcome}
 
 
