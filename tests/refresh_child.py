@@ -3,6 +3,7 @@ peak RSS (``VmHWM``, which starts afresh at exec) before and after, not a traced
 
     python -m tests.refresh_child refresh SPEC.json   one CRL refresh (spec: below)
     python -m tests.refresh_child decode FILE         ca.crl_decode.decode_crls on a file
+    python -m tests.refresh_child fetch-decode URL    fetch one URL and decode what it sent
 
 Prints one JSON line. The refresh spec: ``database`` (a SQLite file, made here), ``now``
 (ISO time: the clock), ``trusted`` (CA PEMs), ``urls``, ``settings`` (``crl settings``
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -42,10 +44,12 @@ def refresh(spec_file: str) -> dict:
             crl_config.update_settings(session, now, **spec["settings"])
         crl_config.add_points(session, spec["urls"], now)
     before = vm_hwm()
+    started = time.perf_counter()
     report = run_refresh(sessions, lambda: now, trigger="manual")
+    seconds = time.perf_counter() - started
     peak = vm_hwm()
     engine.dispose()
-    return {"rss_before": before, "rss_peak": peak,
+    return {"rss_before": before, "rss_peak": peak, "seconds": seconds,
             "points": [p.as_dict() for p in report.points]}
 
 
@@ -62,6 +66,22 @@ def decode(path: str) -> dict:
     return {"rss_before": before, "rss_peak": vm_hwm(), "outcome": outcome}
 
 
+def fetch_decode(url: str) -> dict:
+    """What the refresh does with a body before the database sees it, alone."""
+    from ca.crl_decode import decode_crls
+    from scheduler.fetch import Fetcher, Validator
+
+    before = vm_hwm()
+    with Fetcher([(url, Validator())]) as fetcher:
+        [result] = list(fetcher)
+        crls, _notes = decode_crls(result.content.source())
+        entries = len(crls[0].crl)
+        result.close()
+    return {"rss_before": before, "rss_peak": vm_hwm(), "entries": entries,
+            "bytes": result.bytes_received}
+
+
 if __name__ == "__main__":
     action, argument = sys.argv[1], sys.argv[2]
-    print(json.dumps({"refresh": refresh, "decode": decode}[action](argument)))
+    print(json.dumps({"refresh": refresh, "decode": decode,
+                      "fetch-decode": fetch_decode}[action](argument)))
