@@ -242,8 +242,13 @@ class RawServer:
             with conn:
                 conn.settimeout(2)
                 try:
-                    conn.recv(65536)
+                    request = b""
+                    while b"\r\n\r\n" not in request and (more := conn.recv(65536)):
+                        request += more
                     conn.sendall(self.answer)
+                    conn.shutdown(socket.SHUT_WR)  # a clean end, never a reset
+                    while conn.recv(65536):
+                        pass
                 except OSError:
                     pass
 
@@ -255,9 +260,11 @@ SECRET_TEXT = SECRET.decode().strip()
 RAW_ANSWERS = {
     "a service that does not speak HTTP": SECRET,
     "an HTTP status line with a secret as its reason": (
-        b"HTTP/1.1 500 " + SECRET.strip() + b"\r\nContent-Length: 0\r\n\r\n"),
+        b"HTTP/1.1 500 " + SECRET.strip() + b"\r\nContent-Length: 0\r\nConnection: close\r\n"
+        b"\r\n"),
     "a chunked body whose chunk size is a secret": (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + SECRET.strip()
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + SECRET.strip()
         + b"\r\n\r\n"),
     "a header line too long": b"HTTP/1.1 200 OK\r\nX-A: " + SECRET.strip() * 3000 + b"\r\n",
 }
