@@ -16,6 +16,10 @@ its CPU is charged to neither tool, and both tools face the same server):
     CA -verify`` on the same DER file in the same run.
 (c) The same world as (a) refreshed by ``fetch-crl`` (the Debian package), with pkiq's
     parallelism and with its own default, from empty directories, unchanged, and changed.
+(d) Hostile points at default settings (16 at once, 64 MiB each): 16 endless bodies, a
+    2 MiB zip bomb, a gzip bomb, and 60 MiB of junk as DER, as PEM and as gzipped PEM,
+    served by a process of their own (``python -m tests.hostile``); the peak RSS of a
+    refresh of them all in a child process, beside the 200 MB goal.
 
 Run through ``bench/run crl``; results go to ``bench/results/crl-<time>.json`` and to stdout
 as a table, progress to stderr.
@@ -70,6 +74,10 @@ GOAL_SPEEDUP = 5.0  # (a) pkiq >= 5x faster than fetch-crl on the same world
 GOAL_304_SECONDS = 3.0  # (a) an all-304 refresh under 3 s
 GOAL_BIG_TIME = 2.0  # (b) <= 2x openssl's time
 GOAL_RSS_FACTOR, GOAL_RSS_EXTRA = 3, 100 * 10**6  # (b) peak RSS <= 3x DER size + 100 MB (10**6)
+# Issue 10, item 3: (b) <= 1.2x openssl's time with peak RSS <= DER size + 100 MB; (d) any
+# set of hostile points at default settings keeps the refresh under 200 MB of peak RSS.
+GOAL2_BIG_TIME, GOAL2_RSS_FACTOR = 1.2, 1
+GOAL_HOSTILE_RSS = 200 * 10**6
 PARALLELISM = 16  # pkiq's default (ca.crl_config.DEFAULTS)
 SERVER_HOST = "127.0.0.1"
 FETCH_CRL_INSTALL = "apt-get update && apt-get install -y fetch-crl"
@@ -649,22 +657,34 @@ def fetch_crl_runs(world: World, server: ServerProcess, workdir: Path, tree: tup
 
 # ---------------------------------------------------------------- (b) one big CRL
 
-PHASES = ("fetch_all", "decode_crls", "verify_signature", "check_entry_extensions", "check",
+PHASES = ("fetch", "decode_crls", "verify_signature", "check_entry_extensions", "check",
           "install")
+
+
+def big_setup(url: str, database_url: str, ca_pem: Path) -> int:
+    """In a process of its own, before ``big_child``: the database made and migrated, the
+    CA trusted, the point added, so the measured process starts as a nightly run does,
+    on a database that exists."""
+    from shell.db import make_engine, migrate, session_factory
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    pkiq_setup(session_factory(engine), [ca_pem.read_bytes()], [url], PARALLELISM)
+    engine.dispose()
+    return 0
 
 
 def big_child(url: str, database_url: str, ca_pem: Path, result: Path,
               profile_to: Path | None) -> int:
-    """In a fresh process: set up the database (untimed), then one refresh of one
+    """In a fresh process, on the database ``big_setup`` made: one refresh of one
     distribution point, timed; a breakdown by wrapping the stages the refresh calls."""
     from ca import crl_install
     from scheduler import refresh as refresh_module
     from shell.db import make_engine, migrate, session_factory
 
     engine = make_engine(database_url)
-    migrate(engine)
+    migrate(engine)  # a check only: the schema is there
     sessions = session_factory(engine)
-    pkiq_setup(sessions, [ca_pem.read_bytes()], [url], PARALLELISM)
     spent = dict.fromkeys(PHASES, 0.0)
 
     def timed(name, function):
@@ -676,7 +696,9 @@ def big_child(url: str, database_url: str, ca_pem: Path, result: Path,
                 spent[name] += time.perf_counter() - t0
         return wrapper
 
-    refresh_module.fetch_all = timed("fetch_all", refresh_module.fetch_all)
+    # Fetching runs in threads while results are applied: "fetch" is the time the refresh
+    # waited for the next result.
+    refresh_module.Fetcher.next = timed("fetch", refresh_module.Fetcher.next)
     refresh_module.decode_crls = timed("decode_crls", refresh_module.decode_crls)
     crl_install.verify_signature = timed("verify_signature", crl_install.verify_signature)
     crl_install._check_entry_extensions = timed("check_entry_extensions",
@@ -714,6 +736,10 @@ def big_pkiq_once(url: str, backend: Backend, world: World, workdir: Path, label
             engine = stack.enter_context(backend.database(workdir, label))
             database_url = engine.url.render_as_string(hide_password=False)
         result = workdir / f"{label}.json"
+        setup = run_child([sys.executable, "-m", "bench.bench_crl", "--big-setup", url,
+                           database_url, str(world.big_ca_pem)], cwd=ROOT)
+        if setup.returncode:
+            raise RuntimeError(f"big CRL set-up failed: {setup.stderr.strip()[-800:]}")
         cmd = [sys.executable, "-m", "bench.bench_crl", "--big-child", url, database_url,
                str(world.big_ca_pem), str(result)]
         if profile_to is not None:
@@ -768,7 +794,8 @@ def bench_big(world: World, server: ServerProcess, backends: list[Backend], work
     out = {"entries": world.big_entries, "der_bytes": der_size, "gzip_bytes": gz_size,
            "rounds": rounds, "loadavg_start": load0, "loadavg_end": loadavg(),
            "machine_cpu_busy_percent": machine.busy_percent(),
-           "rss_limit_bytes": GOAL_RSS_FACTOR * der_size + GOAL_RSS_EXTRA}
+           "rss_limit_bytes": GOAL_RSS_FACTOR * der_size + GOAL_RSS_EXTRA,
+           "rss_limit2_bytes": GOAL2_RSS_FACTOR * der_size + GOAL_RSS_EXTRA}
     ossl = runs["openssl"]
     out["openssl"] = {
         "command": "openssl crl -in big.crl -inform DER -noout -CAfile ca.pem -verify",
@@ -793,7 +820,11 @@ def bench_big(world: World, server: ServerProcess, backends: list[Backend], work
             "time_vs_openssl": round(refresh_s / openssl_s, 2),
             "time_goal_met": refresh_s <= GOAL_BIG_TIME * openssl_s,
             "peak_rss_bytes": peak,
-            "rss_goal_met": peak <= out["rss_limit_bytes"]}
+            "rss_goal_met": peak <= out["rss_limit_bytes"],
+            "refresh_rss_growth_mb": spread([(r["rss_peak_bytes"] - r["rss_before_bytes"])
+                                             / 2**20 for r in rs]),
+            "time_goal2_met": refresh_s <= GOAL2_BIG_TIME * openssl_s,
+            "rss_goal2_met": peak <= out["rss_limit2_bytes"]}
     if profile is not None:
         for key, backend, url in variants[:2]:
             stats_file = workdir / f"{key}.prof"
@@ -802,6 +833,97 @@ def bench_big(world: World, server: ServerProcess, backends: list[Backend], work
             pstats.Stats(str(stats_file), stream=text).sort_stats("cumulative").print_stats(30)
             profile[f"big {key} (main thread)"] = text.getvalue()
     return out
+
+
+# ---------------------------------------------------------------- (d) hostile points
+
+HOSTILE_EXPECTED = {  # path -> how its refusal starts or what it contains
+    "/junk.der": "truncated or malformed DER CRL", "/junk.pem": "PEM block #1: truncated",
+    "/junk.pem.gz": "gzip: PEM block #1: truncated", "/bomb.zip": "zip member 1 (bomb.crl) "
+    "expands more than", "/bomb.gz": "the gzip file expands more than"}
+
+
+def hostile_child(database_url: str, urls_file: Path, result: Path) -> int:
+    """In a fresh process: a database with the default settings and the hostile points,
+    then one refresh, timed; this process's peak RSS before and after it."""
+    from ca import crl_config
+    from scheduler import refresh as refresh_module
+    from shell.db import make_engine, migrate, session_factory, transaction
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    urls = json.loads(urls_file.read_text())
+    with transaction(sessions) as session:
+        crl_config.add_points(session, urls["endless"] + list(urls["others"].values()),
+                              now_utc())
+    before = vm_hwm_bytes()
+    t0 = time.perf_counter()
+    report = refresh_module.refresh(sessions, now_utc, trigger="manual")
+    seconds = time.perf_counter() - t0
+    engine.dispose()
+    result.write_text(json.dumps({"seconds": seconds, "rss_before_bytes": before,
+                                  "rss_peak_bytes": vm_hwm_bytes(),
+                                  "points": [p.as_dict() for p in report.points]}))
+    return 0
+
+
+def hostile_problem(urls: dict, points: list[dict]) -> str | None:
+    """Why a hostile run does not count (a point not refused as expected), or None."""
+    errors = {p["url"]: p["error"] or "" for p in points}
+    for url in urls["endless"]:
+        if "exceeds the limit of 67,108,864 bytes" not in errors.get(url, ""):
+            return f"{url}: {errors.get(url)!r}"
+    for path, url in urls["others"].items():
+        if HOSTILE_EXPECTED[path] not in errors.get(url, ""):
+            return f"{url}: {errors.get(url)!r}"
+    return None
+
+
+def bench_hostile(workdir: Path, rounds: int) -> dict:
+    """``rounds`` refreshes of the hostile points (a fresh database each), each in a child
+    process under GNU time, against one server process (``python -m tests.hostile``)."""
+    server = subprocess.Popen([sys.executable, "-m", "tests.hostile"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        urls = json.loads(server.stdout.readline())
+        urls_file = workdir / "hostile-urls.json"
+        urls_file.write_text(json.dumps(urls))
+        runs = []
+        load0, machine = loadavg(), MachineCpu()
+        for number in range(rounds):
+            result = workdir / f"hostile-{number}.json"
+            done = run_child([sys.executable, "-m", "bench.bench_crl", "--hostile-child",
+                              f"sqlite:///{workdir / f'hostile-{number}.db'}", str(urls_file),
+                              str(result)], cwd=ROOT)
+            if done.returncode:
+                raise RuntimeError(f"hostile child failed: {done.stderr.strip()[-800:]}")
+            facts = json.loads(result.read_text())
+            problem = hostile_problem(urls, facts["points"])
+            if problem:
+                raise RuntimeError(f"hostile run {number + 1} does not count: {problem}")
+            runs.append({"seconds": facts["seconds"], "rss_before_bytes":
+                         facts["rss_before_bytes"], "rss_peak_bytes": facts["rss_peak_bytes"],
+                         "process_max_rss_bytes": done.max_rss_bytes,
+                         "process_seconds": done.seconds})
+            log(f"  hostile round {number + 1}: {facts['seconds']:.2f} s, peak RSS "
+                f"{done.max_rss_bytes / 2**20:.1f} MiB (process), "
+                f"{facts['rss_before_bytes'] / 2**20:.1f} MiB before the refresh")
+    finally:
+        server.terminate()
+        server.wait(10)
+        server.stdout.close()
+    peak = max(r["process_max_rss_bytes"] for r in runs)
+    return {"points": len(urls["endless"]) + len(urls["others"]),
+            "served": {"endless": len(urls["endless"]), "others": sorted(urls["others"])},
+            "settings": "defaults: parallelism 16, max_bytes 64 MiB, memory budget 8 MiB",
+            "rounds": rounds, "loadavg_start": load0, "loadavg_end": loadavg(),
+            "machine_cpu_busy_percent": machine.busy_percent(),
+            "seconds": spread([r["seconds"] for r in runs]),
+            "max_rss_mb": spread([r["process_max_rss_bytes"] / 2**20 for r in runs]),
+            "rss_before_refresh_mb": spread([r["rss_before_bytes"] / 2**20 for r in runs]),
+            "peak_rss_bytes": peak, "goal_bytes": GOAL_HOSTILE_RSS,
+            "goal_met": peak < GOAL_HOSTILE_RSS}
 
 
 # ---------------------------------------------------------------- report
@@ -916,13 +1038,33 @@ def render_table(report: dict) -> str:
                      "validate + install + commit); process s adds")
         lines.append("  interpreter start-up and database set-up; peak RSS: the whole child "
                      "process (GNU time %M)")
+        lines.append(f"  issue 10 goal: <= {GOAL2_BIG_TIME:g}x openssl's time and peak RSS <= "
+                     f"DER + 100 MB = {big['rss_limit2_bytes'] / 2**20:.1f} MiB (whole "
+                     "process):")
+        for key, r in big["pkiq"].items():
+            growth = r["refresh_rss_growth_mb"]["median"]
+            lines.append(f"    {key}: time {'MET' if r['time_goal2_met'] else 'NOT MET'}, RSS "
+                         f"{'MET' if r['rss_goal2_met'] else 'NOT MET'} (peak "
+                         f"{r['max_rss_mb']['max']:.1f} MiB; the refresh itself added "
+                         f"{growth:.1f} MiB to the {r['rss_before_refresh_mb']['median']:.0f} "
+                         "MiB the process held before it)")
         for key, r in big["pkiq"].items():
             ph = r["phases_seconds"]
-            lines.append(f"  {key}: fetch {ph['fetch_all']:.2f}, decode {ph['decode_crls']:.2f}, "
+            lines.append(f"  {key}: fetch {ph['fetch']:.2f}, decode {ph['decode_crls']:.2f}, "
                          f"check {ph['check']:.2f} (signature {ph['verify_signature']:.2f}, "
                          f"entry extensions {ph['check_entry_extensions']:.2f}), install "
                          f"{ph['install']:.2f} s; RSS before refresh "
                          f"{r['rss_before_refresh_mb']['median']:.0f} MiB")
+    hostile = report.get("hostile")
+    if hostile:
+        lines += ["", f"(d) {hostile['points']} hostile points at once, {hostile['settings']}: "
+                  f"{hostile['served']['endless']} endless bodies, "
+                  f"{', '.join(hostile['served']['others'])}; {hostile['rounds']} rounds",
+                  f"  refresh {hostile['seconds']['median']:.2f} s, peak RSS (whole process) "
+                  f"{hostile['max_rss_mb']['median']:.1f} MiB median, "
+                  f"{hostile['peak_rss_bytes'] / 10**6:.1f} MB at most -> goal < "
+                  f"{GOAL_HOSTILE_RSS / 10**6:.0f} MB: "
+                  f"{'MET' if hostile['goal_met'] else 'NOT MET'}"]
     return "\n".join(lines)
 
 
@@ -951,6 +1093,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-fetch-crl", action="store_true", help="skip (c)")
     parser.add_argument("--no-cli", action="store_true", help="skip `pkiq crl refresh` runs")
     parser.add_argument("--no-big", action="store_true", help="skip (b)")
+    parser.add_argument("--no-hostile", action="store_true", help="skip (d)")
+    parser.add_argument("--hostile-rounds", type=int, help="rounds of (d) (default 3; "
+                        "--quick: 1)")
     parser.add_argument("--postgres", action="store_true",
                         help="also run pkiq in-process and (b) against PostgreSQL (a schema "
                         "of its own, dropped afterwards)")
@@ -972,6 +1117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.big_entries = args.big_entries or (100_000 if quick else 1_000_000)
     args.repeat = args.repeat or (1 if quick else 3)
     args.big_rounds = args.big_rounds or (1 if quick else 3)
+    args.hostile_rounds = args.hostile_rounds or (1 if quick else 3)
     if args.fetch_crl_default is None:
         args.fetch_crl_default = not quick
     return args
@@ -990,6 +1136,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = list(argv if argv is not None else sys.argv[1:])
     if raw[:1] == ["--serve"]:
         return serve(Path(raw[1]))
+    if raw[:1] == ["--big-setup"]:
+        return big_setup(raw[1], raw[2], Path(raw[3]))
+    if raw[:1] == ["--hostile-child"]:
+        return hostile_child(raw[1], Path(raw[2]), Path(raw[3]))
     if raw[:1] == ["--big-child"]:
         return big_child(raw[1], raw[2], Path(raw[3]), Path(raw[4]),
                          Path(raw[5]) if len(raw) > 5 else None)
@@ -1017,7 +1167,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"quick": args.quick, "points": args.points,
                    "big_share_entries": args.big_share_entries,
                    "big_entries": args.big_entries, "repeat": args.repeat,
-                   "big_rounds": args.big_rounds, "parallel": args.parallel,
+                   "big_rounds": args.big_rounds, "hostile_rounds": args.hostile_rounds,
+                   "parallel": args.parallel,
                    "postgres": args.postgres, "seed": args.seed},
         "machine": machine_facts(), "fetch_crl_version": fetch_crl, "waited_for_load": waited,
         "loadavg_start": loadavg(), "pkiq": {}, "fetch_crl": {}, "parallelism": {},
@@ -1079,6 +1230,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{world.big_gz.stat().st_size:,} gzip")
                 report["big"] = bench_big(world, server, backends, workdir, args.big_rounds,
                                           profile)
+            if not args.no_hostile:
+                log(f"(d) hostile points, {args.hostile_rounds} rounds")
+                report["hostile"] = bench_hostile(workdir, args.hostile_rounds)
         finally:
             server.stop()
     report["summary"] = summarise(report)

@@ -4,6 +4,7 @@ distribution points, the daily update time in UTC, and the limits every fetch ru
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass, fields
@@ -24,6 +25,7 @@ LIMITS = dict(spread_seconds=(0, 6 * 3600), timeout_seconds=(1, 3600),
               max_bytes=(1024, 2 * 2**30), parallelism=(1, 128), skew_seconds=(0, 86400),
               warn_hours=(1, 24 * 30), overlap_hours=(1, 24 * 30))
 MAX_URL = 2048
+SHOWN_URL = 120  # characters of a URL a message quotes
 SCHEMES = ("http", "https")
 
 
@@ -123,15 +125,15 @@ def check_url(url: str, base: str | None = None) -> str:
     characters. Messages never show a password given in the URL."""
     text = _short_enough(url.strip())
     if any(ch.isspace() or not ch.isprintable() for ch in text):
-        raise BadInput(f"{safe_url(text)!r}: a distribution point URL must not contain spaces "
+        raise BadInput(f"{short_url(text)!r}: a distribution point URL must not contain spaces "
                        "or control characters")
     try:
         text = urljoin(base, text) if base else text
         parts = urlsplit(text)
         host, _port = parts.hostname, parts.port
     except ValueError as exc:
-        raise BadInput(f"{safe_url(text)!r}: {exc}") from None
-    shown = safe_url(_short_enough(text))  # resolved, the length again
+        raise BadInput(f"{short_url(text)!r}: {_plain_words(exc)}") from None
+    shown = short_url(_short_enough(text))  # resolved, the length again
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise BadInput("only HTTP(S) distribution points are supported (the Expressway guide); "
@@ -148,6 +150,23 @@ def _short_enough(url: str) -> str:
     if len(url) > MAX_URL:
         raise BadInput(f"distribution point URL longer than {MAX_URL} characters")
     return url
+
+
+def short_url(url: str, limit: int = SHOWN_URL) -> str:
+    """The URL for a message: no password (``safe_url``) and at most ``limit`` characters
+    (a redirect may name a ``data:`` URL of kilobytes, or a query full of someone's
+    secrets: an operator needs the start to recognise it, not the whole)."""
+    shown = safe_url(url)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
+def _plain_words(exc: BaseException) -> str:
+    """urllib's complaint about a URL ("Port out of range 0-65535"), without the part of
+    the URL it may quote."""
+    text = str(exc)
+    if "cast to integer" in text:
+        return "the port is not a number"
+    return text.split("'", 1)[0].strip(" :") or "not a valid URL"
 
 
 def safe_url(url: str) -> str:
@@ -259,3 +278,96 @@ def _fetchable(url: str) -> bool:
         return False
     return True
 
+
+
+# ---------------------------------------------------------------- the network
+
+
+@dataclass(frozen=True)
+class CrlNetwork:
+    """How fetches reach distribution points, from pkiq's own settings (``PKIQ_CRL_PROXY``,
+    ``PKIQ_CRL_NO_PROXY``, ``PKIQ_CRL_ALLOW_INTERNAL``), never from ``HTTP_PROXY`` and its
+    kin: a proxy taken silently from a service's environment would see every fetch and
+    could answer for any CRL. ``no_proxy`` and ``allow_internal`` hold host names (a name
+    also covers its subdomains, as curl reads NO_PROXY), IP addresses, networks, or "*"."""
+
+    proxy: str | None = None  # http://[user:password@]host:port
+    no_proxy: tuple[str, ...] = ()  # reached directly, not through the proxy
+    allow_internal: tuple[str, ...] = ()  # internal hosts a public point may redirect to
+
+    def proxy_for(self, url: str) -> str | None:
+        if self.proxy is None or host_listed(urlsplit(url).hostname or "", self.no_proxy):
+            return None
+        return self.proxy
+
+    def internal_allowed(self, host: str, address: str) -> bool:
+        return host_listed(host, self.allow_internal) or \
+            host_listed(address, self.allow_internal)
+
+    def __repr__(self) -> str:
+        proxy = safe_url(self.proxy) if self.proxy else None
+        return (f"CrlNetwork(proxy={proxy!r}, no_proxy={self.no_proxy!r}, "
+                f"allow_internal={self.allow_internal!r})")
+
+
+def crl_network(proxy: str | None = None, no_proxy: str | None = None,
+                allow_internal: str | None = None) -> CrlNetwork:
+    """The settings' text, checked (BadInput naming the value that is wrong)."""
+    return CrlNetwork(check_proxy(proxy) if proxy and proxy.strip() else None,
+                      host_list(no_proxy or ""), host_list(allow_internal or ""))
+
+
+def check_proxy(url: str) -> str:
+    """An HTTP proxy URL: ``http://host:port`` (HTTPS distribution points go through it with
+    CONNECT), optionally with ``user:password@`` for the proxy's Basic authentication."""
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        host, _port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise BadInput(f"proxy {short_url(text)!r}: {_plain_words(exc)}") from None
+    if parts.scheme.lower() != "http" or not host:
+        raise BadInput(f"proxy {short_url(text)!r}: give it as http://HOST:PORT (an HTTP "
+                       "proxy; HTTPS distribution points are reached through it by CONNECT)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BadInput(f"proxy {short_url(text)!r}: a proxy URL has no path or query")
+    return text
+
+
+def host_list(text: str) -> tuple[str, ...]:
+    """Host names, IP addresses or networks separated by commas or spaces, normalised
+    (lower case, no leading dot, networks in their canonical form)."""
+    entries = []
+    for raw in re.split(r"[,\s]+", text.strip()):
+        if not raw:
+            continue
+        entry = raw.lower().strip("[]")
+        try:
+            entries.append(str(ipaddress.ip_network(entry, strict=False)))
+            continue
+        except ValueError:
+            pass
+        name = entry.removeprefix(".")
+        if entry != "*" and not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+                                             r"(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*", name):
+            raise BadInput(f"{raw[:60]!r} is not a host name, an IP address or a network")
+        entries.append(name)
+    return tuple(dict.fromkeys(entries))
+
+
+def host_listed(host: str, entries: tuple[str, ...]) -> bool:
+    """Whether ``host`` (a name or an address) is one of ``entries`` (``host_list``)."""
+    host = host.lower().strip("[]").rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in entries:
+        if entry == "*":
+            return True
+        if "/" in entry:
+            if address is not None and address in ipaddress.ip_network(entry):
+                return True
+        elif host == entry or host.endswith("." + entry):
+            return True
+    return False

@@ -10,6 +10,7 @@ on what a block is and refuse a damaged one with the same sentence.
 from __future__ import annotations
 
 import binascii
+import io
 from collections.abc import Collection, Iterator
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ _BEGIN = b"-----BEGIN "
 _DASHES = b"-----"
 _MAX_LABEL = 80
 _WHITESPACE = b" \t\r\n\v\f"
+_STEP = 1 << 20  # base64 text decoded per step of a large block
 
 
 class EncodingError(BadInput):
@@ -129,7 +131,7 @@ def _next_begin(data: bytes, at: int) -> tuple[bytes, int] | None:
     while start != -1:
         label_start = start + len(_BEGIN)
         label_end = data.find(_DASHES, label_start, label_start + _MAX_LABEL + len(_DASHES))
-        label = data[label_start:label_end]
+        label = data[label_start:label_end] if label_end != -1 else b""
         if label_end != -1 and label.isascii() and b"\n" not in label:
             return label, label_end + len(_DASHES)
         start = data.find(_BEGIN, label_start)
@@ -137,10 +139,30 @@ def _next_begin(data: bytes, at: int) -> tuple[bytes, int] | None:
 
 
 def _base64(data: bytes, body: int, end: int, number: int) -> bytes:
-    text = data[body:end]
-    if data.find(b":", body, end) != -1:  # RFC 1421 headers (Proc-Type: ...), not base64
-        text = b"\n".join(line for line in text.splitlines() if b":" not in line)
     try:
+        if end - body > _STEP and data.find(b":", body, end) == -1:
+            return _base64_in_steps(data, body, end)
+        text = data[body:end]
+        if b":" in text:  # RFC 1421 headers (Proc-Type: ...), not base64
+            text = b"\n".join(line for line in text.splitlines() if b":" not in line)
         return binascii.a2b_base64(text.translate(None, _WHITESPACE), strict_mode=True)
     except binascii.Error as exc:
         raise EncodingError(f"PEM block #{number}: not valid base64: {exc}") from None
+
+
+def _base64_in_steps(data, body: int, end: int) -> bytes:
+    """A large block (a CRL of millions of entries) decoded a window at a time into one
+    buffer, so neither its text nor a white-space-free copy of it is ever held whole; works
+    on ``bytes`` and on ``ca.spool.FileView`` alike. Strict as the one-step decode: padding
+    anywhere but at the very end is refused."""
+    out = io.BytesIO()
+    carry = b""
+    for start in range(body, end, _STEP):
+        last = start + _STEP >= end
+        piece = carry + data[start:min(start + _STEP, end)].translate(None, _WHITESPACE)
+        cut = len(piece) if last else len(piece) - len(piece) % 4
+        if not last and b"=" in piece[:cut]:
+            raise binascii.Error("Excess data after padding")
+        out.write(binascii.a2b_base64(piece[:cut], strict_mode=True))
+        carry = piece[cut:]
+    return out.getvalue()

@@ -2,6 +2,11 @@
 what happened per distribution point and per issuer. Nothing here can make things worse: a
 failed fetch, a bad file or a stale CRL leaves the installed CRL in place with the reason.
 
+Results are applied as they arrive, a group at a time, while the other downloads go on; the
+bodies waiting in a group, the downloads in flight and the archives being inflated all draw
+on one ``ca.spool.MemoryBudget`` (beyond it they wait in temporary files), so the memory a
+refresh takes does not grow with the number of points, the parallelism or what they send.
+
 Runs under the ``crl-refresh`` lease, so a manual refresh, a scheduled one and a second
 beat never overlap. Each distribution point commits on its own: a crash half-way keeps what
 was already installed, and the database is never left half-written for one CRL.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ca import crl_config, crl_install, trust
+from ca.crl_config import CrlNetwork, short_url
 from ca.crl_decode import DecodeLimits, decode_crls
 from ca.crl_scope import scope_of
 from ca.errors import Conflict, PkiqError
@@ -32,10 +39,11 @@ from ca.models import (
     InstalledCrl,
     TrustedCa,
 )
+from ca.spool import MemoryBudget
 from shell.db import transaction
 
 from . import lease
-from .fetch import FetchLimits, FetchResult, Validator, fetch_all
+from .fetch import DIRECT, Fetcher, FetchLimits, FetchResult, Validator
 from .models import RefreshRun
 
 log = logging.getLogger("pkiq.scheduler")
@@ -124,10 +132,12 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
             scheduled_for: dt.datetime | None = None, holder: str | None = None,
             sleep: Callable[[float], None] = time.sleep,
             still_due: Callable[[Session], bool] | None = None,
-            policy: crl_config.CrlPolicy | None = None) -> RefreshReport | None:
+            policy: crl_config.CrlPolicy | None = None,
+            network: CrlNetwork = DIRECT) -> RefreshReport | None:
     """Run one refresh under the lease. ``still_due`` is checked once the lease is held (a
     second beat's tick that waited finds the run done and returns None). ``policy``: the
-    settings the caller decided on (a beat tick); by default they are read here, once."""
+    settings the caller decided on (a beat tick); by default they are read here, once.
+    ``network``: the proxy and internal-network settings (``Settings.crl_network``)."""
     holder = holder or lease.holder_id()
     with transaction(sessions) as session:
         policy = policy or crl_config.snapshot(session, clock())
@@ -155,7 +165,7 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
                 ttl = lease_ttl(policy, len(points))
                 _keep_lease(session, holder, clock(), ttl)
             return _fetch_and_apply(sessions, clock, report, points, trust_pem, policy,
-                                    holder, ttl, sleep)
+                                    holder, ttl, sleep, network)
         except Exception as exc:
             _record_failure(sessions, report.run_id, clock(), exc)
             raise
@@ -165,14 +175,23 @@ def refresh(sessions: sessionmaker, clock: Clock, *, trigger: str = "manual",
 
 
 def _fetch_and_apply(sessions, clock, report, points, trust_pem, policy, holder, ttl,
-                     sleep) -> RefreshReport:
-    results = fetch_all(points, limits=limits_from(policy), extra_trust_pem=trust_pem or None,
-                        sleep=sleep) if points else []
-    decode_limits = DecodeLimits(max_total_bytes=max(policy.max_bytes * 8, 2**26))
-    for chunk in _chunks(results):
-        report.points.extend(_apply_chunk(
-            sessions, chunk, clock(), policy.skew, decode_limits,
-            renew=lambda s: _keep_lease(s, holder, clock(), ttl)))
+                     sleep, network) -> RefreshReport:
+    limits = limits_from(policy)
+    budget = MemoryBudget(limits.memory_bytes)
+    # An archive inflates to at most what a plain download may be.
+    decode_limits = DecodeLimits(max_total_bytes=policy.max_bytes)
+    with Fetcher(points, limits=limits, extra_trust_pem=trust_pem or None, sleep=sleep,
+                 network=network, budget=budget) as fetcher:
+        for chunk in _chunks(fetcher):
+            try:
+                report.points.extend(_apply_chunk(
+                    sessions, chunk, clock(), policy.skew, decode_limits, budget,
+                    renew=lambda s: _keep_lease(s, holder, clock(), ttl)))
+            finally:
+                for result in chunk:
+                    result.close()
+    order = {url: number for number, (url, _validator) in enumerate(points)}
+    report.points.sort(key=lambda p: order.get(p.url, len(order)))  # as configured
     with transaction(sessions) as session:
         report.finished_at = clock()
         judge_issuers(session, report, report.finished_at)
@@ -214,16 +233,30 @@ def _https_anchors(session: Session) -> bytes:
 
 
 CHUNK_POINTS = 200  # distribution points per transaction...
-CHUNK_BYTES = 16 * 2**20  # ...or fewer when their bodies are large
+CHUNK_BYTES = 16 * 2**20  # ...or fewer when their bodies are large...
+CHUNK_WAIT = 0.5  # ...or those that arrived within this many seconds of the group's first
 
 
-def _chunks(results: list[FetchResult]):
-    """Results in groups written in one transaction each: a commit per point made 1,000
-    unchanged points cost seconds; a group keeps what is done safe if the run dies."""
-    chunk, size = [], 0
-    for result in results:
-        chunk.append(result)
-        size += result.bytes_received
+def _chunks(fetcher: Fetcher):
+    """Results, as they arrive, in groups written in one transaction each: a commit per
+    point made 1,000 unchanged points cost seconds; a group keeps what is done safe if the
+    run dies, and a slow point never holds back what arrived before it for long."""
+    chunk: list[FetchResult] = []
+    size, since = 0, 0.0
+    while True:
+        wait = max(0.0, since + CHUNK_WAIT - time.monotonic()) if chunk else None
+        try:
+            item = fetcher.next(wait)
+        except queue.Empty:
+            yield chunk
+            chunk, size = [], 0
+            continue
+        if item is None:
+            break
+        if not chunk:
+            since = time.monotonic()
+        chunk.append(item[1])
+        size += item[1].bytes_received
         if len(chunk) >= CHUNK_POINTS or size >= CHUNK_BYTES:
             yield chunk
             chunk, size = [], 0
@@ -232,7 +265,8 @@ def _chunks(results: list[FetchResult]):
 
 
 def _apply_chunk(sessions: sessionmaker, chunk: list[FetchResult], now: dt.datetime,
-                 skew: dt.timedelta, decode_limits: DecodeLimits, renew) -> list[PointReport]:
+                 skew: dt.timedelta, decode_limits: DecodeLimits, budget: MemoryBudget,
+                 renew) -> list[PointReport]:
     """A group of points in one transaction (each CRL still in its own savepoint). Should a
     bug surface on one point's content, the group is rolled back and done again one point
     per transaction, so only that point is marked failed."""
@@ -246,26 +280,28 @@ def _apply_chunk(sessions: sessionmaker, chunk: list[FetchResult], now: dt.datet
             statuses = list(session.scalars(select(CrlIssuerStatus).where(
                 CrlIssuerStatus.issuer_key.in_(keys))))
             with session.no_autoflush:
-                reports = [_apply(session, r, points.get(r.url), now, skew, decode_limits)
-                           for r in chunk]
+                reports = [_apply(session, r, points.get(r.url), now, skew, decode_limits,
+                                  budget) for r in chunk]
             del statuses
             renew(session)
             return reports
     except (SQLAlchemyError, PkiqError):
         raise
     except Exception:  # noqa: BLE001 - find the point that trips it, spare the others
-        return [_apply_safely(sessions, result, now, skew, decode_limits) for result in chunk]
+        return [_apply_safely(sessions, result, now, skew, decode_limits, budget)
+                for result in chunk]
 
 
 def _apply_safely(sessions: sessionmaker, result: FetchResult, now: dt.datetime,
-                  skew: dt.timedelta, decode_limits: DecodeLimits) -> PointReport:
+                  skew: dt.timedelta, decode_limits: DecodeLimits,
+                  budget: MemoryBudget) -> PointReport:
     """One distribution point in its own transaction. A bug met on one point's content is
     logged with its traceback and recorded on that point; the others still run."""
     try:
         with transaction(sessions) as session:
             point = session.scalar(select(DistributionPoint).where(
                 DistributionPoint.url == result.url))
-            return _apply(session, result, point, now, skew, decode_limits)
+            return _apply(session, result, point, now, skew, decode_limits, budget)
     except (SQLAlchemyError, PkiqError):
         raise
     except Exception as exc:  # noqa: BLE001 - a bug must not end the nightly run
@@ -281,17 +317,19 @@ def _apply_safely(sessions: sessionmaker, result: FetchResult, now: dt.datetime,
 
 
 def _apply(session: Session, result: FetchResult, point: DistributionPoint | None,
-           now: dt.datetime, skew: dt.timedelta, decode_limits: DecodeLimits) -> PointReport:
+           now: dt.datetime, skew: dt.timedelta, decode_limits: DecodeLimits,
+           budget: MemoryBudget) -> PointReport:
     """Install what one distribution point served; record its status either way."""
     report = PointReport(result.url, result.outcome, result.http_status, result.bytes_received)
     decoded = None
     if result.outcome == "error":
         report.error = result.error
     elif result.outcome == "fetched":
+        body = result.content.source() if result.content is not None else result.body
         try:
-            decoded, _notes = decode_crls(result.body, decode_limits)
+            decoded, _notes = decode_crls(body, decode_limits, budget=budget)
         except PkiqError as exc:
-            report.outcome, report.error = "error", f"{exc} (from {result.url})"
+            report.outcome, report.error = "error", f"{exc} (from {short_url(result.url)})"
         else:
             _install_all(session, decoded, result.url, now, skew, report)
     if point is None:  # removed while we fetched
@@ -365,7 +403,7 @@ def _judge_point(session: Session, report: PointReport, point: DistributionPoint
     for key, scope in missing:
         label = _issuer_label(session, key)
         what = label if scope is None else f"{label} ({_scope_text(session, key, scope)})"
-        reason = (f"{_short(point.url)} no longer serves the CRL of {what}; it served "
+        reason = (f"{short_url(point.url)} no longer serves the CRL of {what}; it served "
                   f"{others} instead")
         report.sightings.append(Sighting(key, label, False, reason))
     labels = ", ".join(dict.fromkeys(_issuer_label(session, key) for key, _ in missing))
@@ -391,13 +429,9 @@ def judge_issuers(session: Session, report: RefreshReport, now: dt.datetime) -> 
             crl_install.record_attempt(session, key, label, now, error=None,
                                        source=refreshed[0])
             continue
-        reasons = list(dict.fromkeys(f"{_short(url)}: {s.reason}" for url, s in own))
+        reasons = list(dict.fromkeys(f"{short_url(url)}: {s.reason}" for url, s in own))
         crl_install.record_attempt(session, key, label, now, error="; ".join(reasons),
                                    source=own[0][0])
-
-
-def _short(url: str, limit: int = 120) -> str:
-    return url if len(url) <= limit else url[:limit - 3] + "..."
 
 
 def _scope_text(session: Session, issuer_key: str, scope_key: str) -> str:
@@ -442,9 +476,9 @@ def _scope_key(crl: x509.CertificateRevocationList) -> str | None:
 
 
 def _fits(value: str | None, size: int) -> str | None:
-    """A validator header longer than its column (or not ASCII) is not kept: the next fetch
-    is then a plain GET, never a failed commit."""
-    if value is None or len(value) > size or not value.isascii():
+    """A validator header longer than its column (or not printable ASCII) is not kept: the
+    next fetch is then a plain GET, never a failed commit."""
+    if value is None or len(value) > size or not (value.isascii() and value.isprintable()):
         return None
     return value
 

@@ -72,9 +72,10 @@ def _slots(session: Session, now: dt.datetime, policy: crl_config.CrlPolicy | No
 
 def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
          signer_for: Callable[[CertificateAuthority], Signer] | None, send: Callable,
-         sleep=None) -> TickReport:
+         sleep=None, network: crl_config.CrlNetwork | None = None) -> TickReport:
     """One beat tick. ``signer_for(ca)`` loads a CA's key (None: own CRLs are not renewed
-    here, and say so as a problem); ``send(problem, severity)`` delivers an alert."""
+    here, and say so as a problem); ``send(problem, severity)`` delivers an alert;
+    ``network``: the fetches' proxy and internal-network settings."""
     report = TickReport()
     with transaction(sessions) as session:  # the settings, once: one tick, one set of them
         policy = crl_config.snapshot(session, clock())
@@ -82,6 +83,8 @@ def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
     if slot is not None:
         trigger = "schedule" if clock() - slot <= ON_TIME else "missed"
         kwargs = {"sleep": sleep} if sleep else {}
+        if network is not None:
+            kwargs["network"] = network
         try:
             report.refresh = refresh_mod.refresh(
                 sessions, clock, trigger=trigger, scheduled_for=slot, policy=policy,

@@ -88,7 +88,8 @@ def update_settings(ctx: ServiceContext, *, spread_minutes: int | None = None,
 
 def refresh_now(ctx: ServiceContext) -> RefreshReport:
     """Every distribution point now; refused (RefreshBusy) while another refresh runs."""
-    return refresh(ctx.sessions, ctx.clock, trigger="manual")
+    return refresh(ctx.sessions, ctx.clock, trigger="manual",
+                   network=ctx.settings.crl_network())
 
 
 def _freshness(next_update: dt.datetime, now: dt.datetime, warn: dt.timedelta) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ca import crl_config
 from ca.errors import BadInput, ConfigError, WrongPassphrase
 from shell.files import read_regular
 
@@ -53,6 +54,16 @@ BROKER_SCHEMES = ("redis", "rediss", "filesystem")
 MAX_ALERT_TIMEOUT = 300.0  # scheduler.alerts.MAX_TIMEOUT
 
 
+def _checked(check, value: str | None):
+    """A ``ca.crl_config`` check as a pydantic validator (ValueError, its sentence)."""
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except BadInput as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _check_scheme(value: str, schemes: tuple[str, ...]) -> str:
     scheme, sep, _ = value.partition("://")
     if not sep:
@@ -70,6 +81,8 @@ def _seconds(default: int, low: int, high: int):
 _TIMEOUT = {"gt": 0, "le": MAX_ALERT_TIMEOUT, "allow_inf_nan": False,
             "description": f"seconds, above 0 and at most {MAX_ALERT_TIMEOUT:g}"}
 _FLAG = "true or false, also 1/0, yes/no, on/off"
+_HOSTS = ("host names (each with its subdomains), IP addresses or networks such as "
+          "10.0.0.0/8, separated by commas")
 
 
 class Settings(BaseSettings):
@@ -105,6 +118,12 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: str | None = Field(default=None, repr=False)
     smtp_timeout: float | None = Field(default=None, **_TIMEOUT)
+    # How CRL fetches reach distribution points (ca.crl_config.CrlNetwork). Only these:
+    # HTTP_PROXY and the like are never read.
+    crl_proxy: str | None = Field(default=None, repr=False,  # may carry a password
+                                  description="http://HOST:PORT, optionally user:password@")
+    crl_no_proxy: str | None = Field(default=None, description=_HOSTS)
+    crl_allow_internal: str | None = Field(default=None, description=_HOSTS)
 
     @field_validator("data_dir")
     @classmethod
@@ -123,6 +142,17 @@ class Settings(BaseSettings):
     def _a_broker(cls, value: str | None) -> str | None:
         return None if value is None else _check_scheme(value, BROKER_SCHEMES)
 
+    @field_validator("crl_proxy")
+    @classmethod
+    def _a_proxy(cls, value: str | None) -> str | None:
+        return _checked(crl_config.check_proxy, value)
+
+    @field_validator("crl_no_proxy", "crl_allow_internal")
+    @classmethod
+    def _hosts(cls, value: str | None) -> str | None:
+        _checked(crl_config.host_list, value)
+        return value
+
     @field_validator("*")
     @classmethod
     def _utf8(cls, value, info):
@@ -134,6 +164,10 @@ class Settings(BaseSettings):
             except UnicodeEncodeError:
                 raise ValueError("not valid UTF-8") from None
         return value
+
+    def crl_network(self) -> crl_config.CrlNetwork:
+        return crl_config.crl_network(self.crl_proxy, self.crl_no_proxy,
+                                      self.crl_allow_internal)
 
     def alert_config(self) -> dict:
         return {name: getattr(self, name) for name in type(self).model_fields

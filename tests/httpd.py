@@ -60,6 +60,7 @@ class Reply:
     drip: float = 0.0  # seconds between body bytes, sent one at a time
     truncate_at: int | None = None  # send this many body bytes, then close the connection
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
+    repeat: int = 1  # send the body this many times (chunked): an endless answer, in effect
 
 
 def redirect(location: str, status: int = 302) -> Reply:
@@ -82,9 +83,10 @@ class LocalServer:
     """A ThreadingHTTPServer on 127.0.0.1, port chosen by the OS, HTTP/1.1 keep-alive."""
 
     def __init__(self, tls_ca: LocalCa | None = None, *, cert_ip: str = HOST,
-                 cert_dns: tuple[str, ...] = ("localhost",)):
+                 cert_dns: tuple[str, ...] = ("localhost",), host: str = HOST):
         """With ``tls_ca``, serve HTTPS with a certificate for ``cert_ip`` and ``cert_dns``
-        issued by that CA (name another IP to test a host mismatch)."""
+        issued by that CA (name another IP to test a host mismatch). ``host``: the address
+        to listen on (an IPv6 one too)."""
         self.ca_pem = tls_ca.cert_pem if tls_ca else None
         self.requests: list[Seen] = []
         self.connections = 0
@@ -92,7 +94,9 @@ class LocalServer:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
-        self._httpd = _Server((HOST, 0), _Handler)
+        self.host = host
+        server_class = _Server6 if ":" in host else _Server
+        self._httpd = server_class((host, 0), _Handler)
         self._httpd.owner = self
         self._httpd.tls = _server_context(tls_ca, cert_ip, cert_dns) if tls_ca else None
         self.port = self._httpd.server_address[1]
@@ -105,7 +109,8 @@ class LocalServer:
         self._routes[path] = reply
 
     def url(self, path: str = "/") -> str:
-        return f"{self.scheme}://{HOST}:{self.port}{path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def paths(self) -> list[str]:
         return [seen.path for seen in self.requests]
@@ -169,6 +174,10 @@ class _Server(ThreadingHTTPServer):
         """Clients that hang up or reject our certificate are expected in these tests."""
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -212,7 +221,7 @@ def _send(handler: _Handler, reply: Reply, stopping: threading.Event) -> None:
     handler.send_response(reply.status)
     _validators(handler, reply)
     headers = dict(reply.headers)
-    if reply.chunked:
+    if reply.chunked or reply.repeat > 1:
         headers["Transfer-Encoding"] = "chunked"
     else:
         headers.setdefault("Content-Length", str(len(reply.body)))
@@ -226,8 +235,11 @@ def _send(handler: _Handler, reply: Reply, stopping: threading.Event) -> None:
             if stopping.wait(reply.drip):
                 break
     elif body:
-        _write(handler, body, reply.chunked)
-    if reply.chunked and reply.truncate_at is None:
+        for _ in range(reply.repeat):
+            if stopping.is_set():
+                break
+            _write(handler, body, reply.chunked or reply.repeat > 1)
+    if (reply.chunked or reply.repeat > 1) and reply.truncate_at is None:
         handler.wfile.write(b"0\r\n\r\n")
     if reply.truncate_at is not None:
         handler.close_connection = True

@@ -89,24 +89,28 @@ def _tar_gz(members: dict[str, bytes]) -> bytes:
 
 
 def test_every_format_installs(sessions, clock, http_server):
-    a, b, c = cf.issuer("CRL Test CA"), cf.issuer("Second CA"), cf.issuer("Third CA")
+    """One issuer per point: results are applied in the order they arrive, so two points
+    serving one issuer would make this test about which answered first."""
+    names = ("CRL Test CA", "Second CA", "Third CA", "Fourth CA", "Fifth CA")
+    a, b, c, d, e = (cf.issuer(name) for name in names)
     bodies = {
         "/pem.crl": cf.crl_pem(3, number=1, ca=a),
         "/b.der": cf.crl_der(4, number=7, ca=b),
         "/bundle.zip": _zip({"readme.txt": b"not a CRL",
                              "../../x.crl": cf.crl_der(2, number=9, ca=c)}),
-        "/one.gz": gzip.compress(cf.crl_der(5, number=2, ca=a)),
-        "/many.tar.gz": _tar_gz({"b.crl": cf.crl_pem(6, number=8, ca=b)}),
+        "/one.gz": gzip.compress(cf.crl_der(5, number=2, ca=d)),
+        "/many.tar.gz": _tar_gz({"b.crl": cf.crl_pem(6, number=8, ca=e)}),
     }
     for path, body in bodies.items():
         http_server.route(path, Reply(body=body, headers={"Content-Type": "text/html"}))
     urls = [http_server.url(p) for p in bodies]
-    setup_world(sessions, clock, urls, issuers=("CRL Test CA", "Second CA", "Third CA"))
+    setup_world(sessions, clock, urls, issuers=names)
     report = run(sessions, clock)
     assert not report.failed, report.as_dict()
     assert installed_numbers(sessions) == {
-        "/O=Example/CN=CRL Test CA": "2", "/O=Example/CN=Second CA": "8",
-        "/O=Example/CN=Third CA": "9"}
+        "/O=Example/CN=CRL Test CA": "1", "/O=Example/CN=Second CA": "7",
+        "/O=Example/CN=Third CA": "9", "/O=Example/CN=Fourth CA": "2",
+        "/O=Example/CN=Fifth CA": "8"}
     # The zip member's name was never used as a path: nothing but the database changed.
     assert report.points[2].crls[0]["action"] == "installed"
 

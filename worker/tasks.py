@@ -163,7 +163,8 @@ def crl_tick() -> dict:
         send = undeliverable(f"alert channels are misconfigured: {exc}")
     # Without a passphrase signer_for raises WrongPassphrase for the CA that needs a CRL:
     # that becomes an alert ("cannot renew the CRL of pkiq CA ..."), not a failed tick.
-    report = tick.tick(process_sessions(), utc_now, signer_for=signer_for, send=send)
+    report = tick.tick(process_sessions(), utc_now, signer_for=signer_for, send=send,
+                       network=settings.crl_network())
     if report.refresh is not None:
         log.info("CRL refresh %s: %s", report.refresh.trigger, report.refresh.summary())
     return {"refresh": report.refresh.summary() if report.refresh else None,
