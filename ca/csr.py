@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import warnings
 
 from cryptography import x509
@@ -12,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509.oid import ExtendedKeyUsageOID, PublicKeyAlgorithmOID
 
 from .errors import BadInput, BadSignature, PolicyViolation
-from .general_names import check_dns_name, describe
+from .general_names import check_dns_name, describe, is_ip
 from .names import check_name, common_name
 from .profiles import Profile
 
@@ -157,14 +156,14 @@ def check_expressway_names(subject: x509.Name, sans: list[x509.GeneralName],
         raise PolicyViolation(f"wildcard name {cn!r} refused: Expressway does not support "
                               "wildcard certificates; list each FQDN as a SAN",
                               "commonName", "no-wildcard")
-    if ExtendedKeyUsageOID.SERVER_AUTH in profile.extended_key_usage and not _is_ip(cn):
+    if ExtendedKeyUsageOID.SERVER_AUTH in profile.extended_key_usage and not is_ip(cn):
         check_dns_name(cn, what="commonName")
     dns_names = [n.value.lower() for n in sans if isinstance(n, x509.DNSName)]
-    if dns_names and cn.lower() not in dns_names and not _is_ip(cn):
+    if dns_names and cn.lower() not in dns_names and not is_ip(cn):
         warnings.append(f"CN {cn} is not among the SAN DNS names; TLS clients that follow "
                         "RFC 6125 ignore the CN when SANs are present, so list it as a SAN too "
                         "(for a cluster: the cluster FQDN and every peer FQDN)")
-    if _is_ip(cn):
+    if is_ip(cn):
         warnings.append(f"CN {cn} is an IP address; Expressway zones should use FQDNs as "
                         "peer addresses")
     text = ",".join(describe(n) for n in sans)
@@ -172,11 +171,3 @@ def check_expressway_names(subject: x509.Name, sans: list[x509.GeneralName],
         warnings.append(f"the subjectAltName list is {len(text)} characters; Expressway warns "
                         f"past {SAN_WARN_CHARS} and may truncate it")
     return warnings
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False

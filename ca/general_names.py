@@ -97,7 +97,7 @@ def check_dns_name(name: str, what: str = "subjectAltName DNS") -> None:
             hint = ""
         raise PolicyViolation(f"{what} {shown} is not ASCII: internationalised names go in "
                               f"their xn-- A-label form{hint}", "subjectAltName", "dns-idna")
-    if _is_ip(name):
+    if is_ip(name):
         raise PolicyViolation(f"{what} {shown} is an IP address: request it as an IP "
                               "subjectAltName, not a DNS one", "subjectAltName", "dns-syntax")
     labels = name.split(".")
@@ -177,14 +177,15 @@ def _check_uri(name: x509.UniformResourceIdentifier) -> None:
     if parts.username is not None or parts.password is not None:
         raise PolicyViolation(f"subjectAltName URI:{shown} refused: it carries user "
                               "information (credentials)", "subjectAltName", "uri-syntax")
-    if not _is_ip(host):
+    if not is_ip(host):
         check_dns_name(host, what=f"the host of subjectAltName URI:{shown}:")
 
 
 _CHECKS = {DNS: _check_dns, IP: _check_ip, EMAIL: _check_email, URI: _check_uri}
 
 
-def _is_ip(name: str) -> bool:
+def is_ip(name: str) -> bool:
+    """Whether ``name`` is an IPv4 or IPv6 address written as text."""
     try:
         ipaddress.ip_address(name)
         return True
