@@ -69,6 +69,7 @@ from bench.bench_sign import (
     postgres_facts,
     run_text,
 )
+from bench.crl_child import PHASES, rusage_cpu, vm_hwm_bytes
 
 GOAL_SPEEDUP = 5.0  # (a) pkiq >= 5x faster than fetch-crl on the same world
 GOAL_304_SECONDS = 3.0  # (a) an all-304 refresh under 3 s
@@ -86,10 +87,6 @@ CHILD_TIMEOUT = 1800  # seconds, for any one child process
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def rusage_cpu(usage) -> float:
-    return usage.ru_utime + usage.ru_stime
 
 
 def median(values: list[float]) -> float:
@@ -156,15 +153,6 @@ def run_child(cmd: list[str], *, env: dict | None = None, cwd: Path | None = Non
         return ChildRun(proc.returncode, seconds, float(user) + float(system),
                         int(rss_kb) * 1024, out.read().decode(errors="replace"),
                         err.read().decode(errors="replace"))
-
-
-def vm_hwm_bytes() -> int:
-    """This process's peak RSS since its exec (``ru_maxrss`` would include the RSS of the
-    process it was forked from)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---------------------------------------------------------------- the world
@@ -657,12 +645,8 @@ def fetch_crl_runs(world: World, server: ServerProcess, workdir: Path, tree: tup
 
 # ---------------------------------------------------------------- (b) one big CRL
 
-PHASES = ("fetch", "decode_crls", "verify_signature", "check_entry_extensions", "check",
-          "install")
-
-
 def big_setup(url: str, database_url: str, ca_pem: Path) -> int:
-    """In a process of its own, before ``big_child``: the database made and migrated, the
+    """In a process of its own, before ``crl_child.big_child``: the database made and migrated, the
     CA trusted, the point added, so the measured process starts as a nightly run does,
     on a database that exists."""
     from shell.db import make_engine, migrate, session_factory
@@ -671,59 +655,6 @@ def big_setup(url: str, database_url: str, ca_pem: Path) -> int:
     migrate(engine)
     pkiq_setup(session_factory(engine), [ca_pem.read_bytes()], [url], PARALLELISM)
     engine.dispose()
-    return 0
-
-
-def big_child(url: str, database_url: str, ca_pem: Path, result: Path,
-              profile_to: Path | None) -> int:
-    """In a fresh process, on the database ``big_setup`` made: one refresh of one
-    distribution point, timed; a breakdown by wrapping the stages the refresh calls."""
-    from ca import crl_install
-    from scheduler import refresh as refresh_module
-    from shell.db import make_engine, migrate, session_factory
-
-    engine = make_engine(database_url)
-    migrate(engine)  # a check only: the schema is there
-    sessions = session_factory(engine)
-    spent = dict.fromkeys(PHASES, 0.0)
-
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                spent[name] += time.perf_counter() - t0
-        return wrapper
-
-    # Fetching runs in threads while results are applied: "fetch" is the time the refresh
-    # waited for the next result.
-    refresh_module.Fetcher.next = timed("fetch", refresh_module.Fetcher.next)
-    refresh_module.decode_crls = timed("decode_crls", refresh_module.decode_crls)
-    crl_install.verify_signature = timed("verify_signature", crl_install.verify_signature)
-    crl_install._check_entry_extensions = timed("check_entry_extensions",
-                                                crl_install._check_entry_extensions)
-    crl_install.check = timed("check", crl_install.check)
-    crl_install.install = timed("install", crl_install.install)
-    rss_before = vm_hwm_bytes()
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
-    if profile_to is not None:
-        profile = cProfile.Profile()
-        report = profile.runcall(refresh_module.refresh, sessions, now_utc, trigger="manual")
-        profile.dump_stats(profile_to)
-    else:
-        report = refresh_module.refresh(sessions, now_utc, trigger="manual")
-    seconds = time.perf_counter() - t0
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    engine.dispose()
-    crls = report.points[0].crls if report.points else []
-    result.write_text(json.dumps({
-        "refresh_seconds": seconds, "refresh_cpu_seconds": rusage_cpu(cpu1) - rusage_cpu(cpu0),
-        "rss_before_bytes": rss_before,
-        "rss_peak_bytes": vm_hwm_bytes(),
-        "summary": report.summary(), "crls": crls, "phases": spent,
-        "bytes_received": report.points[0].bytes_received if report.points else 0}))
     return 0
 
 
@@ -740,7 +671,7 @@ def big_pkiq_once(url: str, backend: Backend, world: World, workdir: Path, label
                            database_url, str(world.big_ca_pem)], cwd=ROOT)
         if setup.returncode:
             raise RuntimeError(f"big CRL set-up failed: {setup.stderr.strip()[-800:]}")
-        cmd = [sys.executable, "-m", "bench.bench_crl", "--big-child", url, database_url,
+        cmd = [sys.executable, "-m", "bench.crl_child", url, database_url,
                str(world.big_ca_pem), str(result)]
         if profile_to is not None:
             cmd.append(str(profile_to))
@@ -1140,9 +1071,6 @@ def main(argv: list[str] | None = None) -> int:
         return big_setup(raw[1], raw[2], Path(raw[3]))
     if raw[:1] == ["--hostile-child"]:
         return hostile_child(raw[1], Path(raw[2]), Path(raw[3]))
-    if raw[:1] == ["--big-child"]:
-        return big_child(raw[1], raw[2], Path(raw[3]), Path(raw[4]),
-                         Path(raw[5]) if len(raw) > 5 else None)
     args = parse_args(argv)
     if not shutil.which("openssl"):
         print("bench_crl: the openssl binary is required", file=sys.stderr)

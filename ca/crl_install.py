@@ -22,18 +22,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from . import trust
 from .crl_scope import COMPLETE, COMPLETE_SCOPE, Scope, scope_of
 from .encoding import der_element, der_length
 from .errors import BadInput, BadSignature, Conflict, NotFound, PolicyViolation
-from .models import CrlIssuerStatus, InstalledCrl
+from .models import CrlIssuerStatus, InstalledCrl, InstalledCrlChunk
 from .names import openssl_oneline
 
 ORIGINS = ("fetched", "manual")
 HISTORY_KEEP = 30  # replaced CRLs kept per issuer, scope and origin (a big CRL: tens of MB)
 MAX_ERROR = 2000
+CHUNK = 1 << 20  # bytes of DER per stored chunk: what one statement binds at most
 
 # Extensions a complete CRL may mark critical that we understand (RFC 5280 5.2).
 _UNDERSTOOD = {ExtensionOID.CRL_NUMBER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
@@ -306,15 +307,31 @@ def install(session: Session, checked: CheckedCrl, *, origin: str, source: str |
                        source=source, number=None if checked.number is None
                        else str(checked.number), this_update=checked.this_update,
                        next_update=checked.next_update, entries=checked.entries,
-                       sha256=checked.sha256, der=checked.der, current=True, installed_at=now,
-                       note=note)
+                       sha256=checked.sha256, current=True, installed_at=now, note=note)
     session.add(row)
     try:
         session.flush()
     except IntegrityError:  # another process installed one for this issuer in between
         raise Conflict(f"another CRL for {checked.issuer} was installed at the same moment; "
                        "nothing was changed, try again") from None
+    _store_der(session, row.id, checked.der)
     return InstallOutcome(checked.issuer, "installed", checked.number, row)
+
+
+def _store_der(session: Session, crl_id: int, der: bytes) -> None:
+    """One chunk per statement, each a view into ``der``: bound whole, a million-entry CRL
+    was copied once by the driver and once more into SQLite's row record (issue 10's goal
+    allows the DER and 100 MB)."""
+    conn, table, view = session.connection(), InstalledCrlChunk.__table__, memoryview(der)
+    for seq, start in enumerate(range(0, len(der), CHUNK)):
+        conn.execute(table.insert(), {"crl_id": crl_id, "seq": seq,
+                                      "data": view[start:start + CHUNK]})
+
+
+def stored_der(session: Session, row: InstalledCrl) -> bytes:
+    """The DER of an installed CRL, as it was received."""
+    return b"".join(session.scalars(select(InstalledCrlChunk.data).where(
+        InstalledCrlChunk.crl_id == row.id).order_by(InstalledCrlChunk.seq)))
 
 
 def _manual_override(session: Session, checked: CheckedCrl, manual: InstalledCrl | None,
@@ -406,8 +423,7 @@ def current_crls(session: Session, ref: str, *, origin: str | None = None,
     query = select(InstalledCrl).where(InstalledCrl.current, _named(ref))
     if origin:
         query = query.where(InstalledCrl.origin == origin)
-    rows = _one_issuer(list(session.scalars(query.options(defer(InstalledCrl.der))
-                                            .order_by(InstalledCrl.id))), ref, origin)
+    rows = _one_issuer(list(session.scalars(query.order_by(InstalledCrl.id))), ref, origin)
     if scope is not None:
         wanted = scope.strip()
         scoped = [r for r in rows if r.scope == wanted]
@@ -483,8 +499,7 @@ def installed(session: Session) -> list[InstalledCrl]:
     """The CRL in force for every issuer and scope: one query, without the CRLs themselves
     (beat asks every tick; a big CRL is tens of MB)."""
     by_scope: dict[tuple[str, str], dict[str, InstalledCrl]] = {}
-    for row in session.scalars(select(InstalledCrl).where(InstalledCrl.current)
-                               .options(defer(InstalledCrl.der))):
+    for row in session.scalars(select(InstalledCrl).where(InstalledCrl.current)):
         by_scope.setdefault((row.issuer_key, row.scope_key), {})[row.origin] = row
     rows = [_in_force(pair.get("fetched"), pair.get("manual")) for pair in by_scope.values()]
     return sorted(rows, key=_scope_order)
@@ -493,8 +508,7 @@ def installed(session: Session) -> list[InstalledCrl]:
 def history(session: Session, issuer_key: str, limit: int = 50) -> list[InstalledCrl]:
     """Every scope and origin, newest first."""
     return list(session.scalars(select(InstalledCrl).where(
-        InstalledCrl.issuer_key == issuer_key).options(defer(InstalledCrl.der))
-        .order_by(InstalledCrl.id.desc()).limit(limit)))
+        InstalledCrl.issuer_key == issuer_key).order_by(InstalledCrl.id.desc()).limit(limit)))
 
 
 def history_of(session: Session, ref: str, limit: int = 50) -> list[InstalledCrl]:
@@ -514,4 +528,5 @@ def _trim_history(session: Session, issuer_key: str, scope_key: str, origin: str
         InstalledCrl.origin == origin, ~InstalledCrl.current)
         .order_by(InstalledCrl.id.desc()).offset(HISTORY_KEEP)))
     if old:
+        session.execute(delete(InstalledCrlChunk).where(InstalledCrlChunk.crl_id.in_(old)))
         session.execute(delete(InstalledCrl).where(InstalledCrl.id.in_(old)))

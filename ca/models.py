@@ -266,12 +266,25 @@ class InstalledCrl(Base):
     next_update: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     entries: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
-    der: Mapped[bytes] = mapped_column(LargeBinary)
+    # The DER is in InstalledCrlChunk (ca.crl_install.stored_der reads it back).
     current: Mapped[bool] = mapped_column(Boolean)
     installed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     replaced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Why this CRL was taken against the rules (an upload with --force over a newer one).
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class InstalledCrlChunk(Base):
+    """An installed CRL's DER in pieces (ca.crl_install.CHUNK bytes, the last shorter), so
+    that no statement binds a whole CRL of tens of MB: the driver and SQLite would each copy
+    it. No foreign key: SQLite (foreign_keys on) would empty or refuse this table whenever a
+    migration rebuilds installed_crls; ca.crl_install writes and deletes both together."""
+
+    __tablename__ = "installed_crl_chunks"
+
+    crl_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # installed_crls.id
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class CrlIssuerStatus(Base):

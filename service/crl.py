@@ -196,7 +196,7 @@ def crls_in_force(ctx: ServiceContext, issuer: str, *, scope: str | None = None
     """The CRL in force for each scope of an issuer (by CRL id, issuer key or DN, compared
     as RFC 5280 7.1 does), complete scope first; or for ``scope`` only."""
     with ctx.transaction() as session:
-        return [(_crl_view(row), x509.load_der_x509_crl(row.der))
+        return [(_crl_view(row), x509.load_der_x509_crl(crl_install.stored_der(session, row)))
                 for row in crl_install.in_force(session, issuer, scope=scope)]
 
 

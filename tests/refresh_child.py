@@ -1,13 +1,16 @@
 """Work done in a process of its own, so that a test measures real memory: the process's
 peak RSS (``VmHWM``, which starts afresh at exec) before and after, not a traced estimate.
 
+    python -m tests.refresh_child prepare SPEC.json   the database for ``refresh``, made here
     python -m tests.refresh_child refresh SPEC.json   one CRL refresh (spec: below)
     python -m tests.refresh_child decode FILE         ca.crl_decode.decode_crls on a file
     python -m tests.refresh_child fetch-decode URL    fetch one URL and decode what it sent
 
-Prints one JSON line. The refresh spec: ``database`` (a SQLite file, made here), ``now``
-(ISO time: the clock), ``trusted`` (CA PEMs), ``urls``, ``settings`` (``crl settings``
-names; the defaults otherwise).
+Prints one JSON line. The refresh spec: ``database`` (a SQLite file, or a database URL),
+``now`` (ISO time: the clock), ``trusted`` (CA PEMs), ``urls``, ``settings`` (``crl
+settings`` names; the defaults otherwise), ``prepared`` (true: ``prepare`` made the database
+in a process of its own, so that the refresh's process starts as a nightly run does, without
+Alembic and the set-up in it).
 """
 
 from __future__ import annotations
@@ -27,22 +30,46 @@ def vm_hwm() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def refresh(spec_file: str) -> dict:
-    from ca import crl_config, trust
-    from scheduler.refresh import refresh as run_refresh
-    from shell.db import make_engine, migrate, session_factory, transaction
+def _database_url(spec: dict) -> str:
+    database = spec["database"]
+    return database if "://" in database else f"sqlite:///{database}"
+
+
+def prepare(spec_file: str) -> dict:
+    from shell.db import make_engine, migrate, session_factory
 
     spec = json.loads(Path(spec_file).read_text())
-    now = dt.datetime.fromisoformat(spec["now"])
-    engine = make_engine(f"sqlite:///{spec['database']}")
+    engine = make_engine(_database_url(spec))
     migrate(engine)
-    sessions = session_factory(engine)
+    _set_up(session_factory(engine), spec)
+    engine.dispose()
+    return {"prepared": spec["database"]}
+
+
+def _set_up(sessions, spec: dict) -> None:
+    from ca import crl_config, trust
+    from shell.db import transaction
+
+    now = dt.datetime.fromisoformat(spec["now"])
     with transaction(sessions) as session:
         for pem in spec.get("trusted", []):
             trust.add(session, pem.encode("ascii"), now)
         if spec.get("settings"):
             crl_config.update_settings(session, now, **spec["settings"])
         crl_config.add_points(session, spec["urls"], now)
+
+
+def refresh(spec_file: str) -> dict:
+    from scheduler.refresh import refresh as run_refresh
+    from shell.db import make_engine, migrate, session_factory
+
+    spec = json.loads(Path(spec_file).read_text())
+    now = dt.datetime.fromisoformat(spec["now"])
+    engine = make_engine(_database_url(spec))
+    migrate(engine)  # prepared: only the one-row check that the schema is there
+    sessions = session_factory(engine)
+    if not spec.get("prepared"):
+        _set_up(sessions, spec)
     before = vm_hwm()
     started = time.perf_counter()
     report = run_refresh(sessions, lambda: now, trigger="manual")
@@ -83,5 +110,5 @@ def fetch_decode(url: str) -> dict:
 
 if __name__ == "__main__":
     action, argument = sys.argv[1], sys.argv[2]
-    print(json.dumps({"refresh": refresh, "decode": decode,
+    print(json.dumps({"prepare": prepare, "refresh": refresh, "decode": decode,
                       "fetch-decode": fetch_decode}[action](argument)))

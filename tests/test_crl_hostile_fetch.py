@@ -152,10 +152,34 @@ def test_a_million_entries_are_fetched_and_decoded_holding_the_der_once(million,
         assert growth < len(der) + 16 * MiB, (path, growth / MiB)
 
 
-def test_a_million_entries_install_within_the_goal(tmp_path, million, http_server):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_databases(request, tmp_path):
+    """Makes a new empty database at each call: a file, or a PostgreSQL schema of its own."""
+    from .conftest import _postgres_url
+
+    made: list[str] = []
+
+    def make() -> str:
+        if request.param == "sqlite":
+            return str(tmp_path / f"p{len(list(tmp_path.glob('p*.db')))}.db")
+        url, schema = _postgres_url(request.getfixturevalue("postgres_admin"))
+        made.append(schema)
+        return url
+
+    yield make
+    if made:
+        with request.getfixturevalue("postgres_admin").connect() as conn:
+            for schema in made:
+                conn.exec_driver_sql(f'drop schema "{schema}" cascade')
+
+
+def test_a_million_entries_install_within_the_goal(tmp_path, million, http_server,
+                                                   fresh_databases):
     """Issue 10's goal for the 1,000,000-entry CRL: installed in at most 1.2x the wall time
-    of `openssl crl -verify` on the same DER, the refresh adding at most the DER size +
-    100 MB to the process (whole-process figures: bench/bench_crl.py, part (b))."""
+    of `openssl crl -verify` on the same DER, the whole process's peak RSS at most the DER
+    size + 100 MB. Before, the install bound the DER as one parameter: one more copy on
+    PostgreSQL, two on SQLite (152 MiB there). The database is made beforehand in another
+    process, as a nightly run finds it (bench/bench_crl.py, part (b), measures the same)."""
     der, ca_pem = million
     http_server.route("/big.crl", Reply(body=der))
     (tmp_path / "big.crl").write_bytes(der)
@@ -170,14 +194,16 @@ def test_a_million_entries_install_within_the_goal(tmp_path, million, http_serve
     runs = []
     for number in range(2):
         spec = tmp_path / f"spec{number}.json"
-        spec.write_text(json.dumps({"database": str(tmp_path / f"p{number}.db"),
-                                    "now": NOW.isoformat(), "trusted": [ca_pem.decode()],
+        spec.write_text(json.dumps({"database": fresh_databases(), "now": NOW.isoformat(),
+                                    "trusted": [ca_pem.decode()], "prepared": True,
                                     "urls": [http_server.url("/big.crl")]}))
+        child("prepare", str(spec))
         runs.append(child("refresh", str(spec)))
     [point] = runs[0]["points"]
     assert point["outcome"] == "installed" and point["crls"][0]["entries"] == 1_000_000
-    growth = min(r["rss_peak"] - r["rss_before"] for r in runs)
-    assert growth <= len(der) + 100 * MB, growth / MiB
+    peak = min(r["rss_peak"] for r in runs)
+    assert peak <= len(der) + 100 * MB, [(r["rss_before"] / MiB, r["rss_peak"] / MiB)
+                                        for r in runs]
     seconds = min(r["seconds"] for r in runs)
     assert seconds <= 1.2 * min(openssl), (seconds, openssl)
 

@@ -135,7 +135,7 @@ def snapshot(sessions) -> list[tuple]:
 def current_der(sessions, origin="fetched", key=KEY) -> bytes | None:
     with transaction(sessions) as session:
         row = crl_install.current(session, key, origin)
-        return row.der if row else None
+        return crl_install.stored_der(session, row) if row else None
 
 
 def refused(sessions, clock, der: bytes, exc_type=CrlRejected, match: str | None = None,
@@ -211,7 +211,8 @@ def test_complete_crls_with_ordinary_extensions_pass(sessions, clock, installed,
     assert (outcome.action, outcome.number, outcome.row.entries) == ("installed", 2,
                                                                       len(entries))
     with transaction(sessions) as session:  # an IDP naming a point is a scope of its own
-        assert crl_install.current(session, KEY, "fetched", outcome.row.scope_key).der == good
+        row = crl_install.current(session, KEY, "fetched", outcome.row.scope_key)
+        assert crl_install.stored_der(session, row) == good
 
 
 def test_a_crl_with_a_malformed_extension_is_refused_with_a_clear_error(sessions, clock,
@@ -316,7 +317,7 @@ def test_a_newer_crl_replaces_the_installed_one_and_the_old_one_is_history(sessi
         rows = crl_install.history(session, KEY)
         assert [(r.number, r.current, r.replaced_at, r.source) for r in rows] == [
             ("2", True, None, URL), ("1", False, clock(), URL)]
-        assert rows[0].der == newer and rows[1].der == installed
+        assert [crl_install.stored_der(session, r) for r in rows[:2]] == [newer, installed]
         assert (rows[0].entries, rows[0].this_update, rows[0].next_update) == (
             0, T0, T0 + WEEK)
 
@@ -416,7 +417,7 @@ def test_a_fetched_crl_overrides_the_manual_one_only_once_newer(sessions, clock)
         with transaction(sessions) as session:
             row = crl_install.effective(session, KEY)
             assert [r.id for r in crl_install.installed(session)] == [row.id]
-            return row.der
+            return crl_install.stored_der(session, row)
 
     assert in_force() == manual
     older = build_crl(number=1, this_update=T0 - 2 * HOUR)
@@ -442,7 +443,7 @@ def test_removing_the_manual_crl_leaves_the_fetched_one_in_force(sessions, clock
         row = crl_install.remove_manual(session, LABEL, clock())
         assert (row.origin, row.current, row.replaced_at) == ("manual", False, clock())
     with transaction(sessions) as session:
-        assert crl_install.effective(session, KEY).der == fetched
+        assert crl_install.stored_der(session, crl_install.effective(session, KEY)) == fetched
 
     def remove_again(sessions, clock, _der):
         with transaction(sessions) as session:
@@ -500,7 +501,7 @@ def test_find_current_refuses_a_prefix_shared_by_two_issuers(sessions, clock):
                 issuer_key="abcdef01" + suffix * 56, issuer=f"/CN={suffix}", origin=origin,
                 scope="complete", scope_key=COMPLETE_SCOPE.key, source=None, number="1",
                 this_update=T0, next_update=T0 + WEEK, entries=0,
-                sha256="0" * 64, der=b"", current=True, installed_at=T0))
+                sha256="0" * 64, current=True, installed_at=T0))
     with transaction(sessions) as session, pytest.raises(BadInput) as caught:
         crl_install.find_current(session, "abcdef01")
     assert one_sentence(caught.value) == "'abcdef01' matches CRLs of 2 issuers; be more specific"
@@ -594,7 +595,7 @@ def test_the_database_holds_one_current_crl_per_issuer_and_origin(sessions, cloc
             issuer_key=row.issuer_key, issuer=row.issuer, scope=row.scope,
             scope_key=row.scope_key, origin="fetched", source=URL,
             number="2", this_update=row.this_update, next_update=row.next_update, entries=0,
-            sha256="0" * 64, der=b"x", current=True, installed_at=clock()))
+            sha256="0" * 64, current=True, installed_at=clock()))
         session.flush()
 
 

@@ -76,8 +76,9 @@ def revoked_anywhere(sessions, serial: int, key: str = KEY) -> bool:
     """Whether any CRL in force for the issuer lists ``serial`` (what a relying party that
     loads them all would find)."""
     with transaction(sessions) as session:
-        return any(x509.load_der_x509_crl(r.der).get_revoked_certificate_by_serial_number(
-            serial) is not None for r in crl_install.installed(session) if r.issuer_key == key)
+        return any(x509.load_der_x509_crl(crl_install.stored_der(session, r))
+                   .get_revoked_certificate_by_serial_number(serial) is not None
+                   for r in crl_install.installed(session) if r.issuer_key == key)
 
 
 def revoked_in_force(sessions, serial: int, key: str = KEY) -> list[str]:
@@ -85,8 +86,8 @@ def revoked_in_force(sessions, serial: int, key: str = KEY) -> list[str]:
     with transaction(sessions) as session:
         rows = [r for r in crl_install.installed(session) if r.issuer_key == key]
         return [r.scope for r in rows
-                if x509.load_der_x509_crl(r.der).get_revoked_certificate_by_serial_number(
-                    serial) is not None]
+                if x509.load_der_x509_crl(crl_install.stored_der(session, r))
+                .get_revoked_certificate_by_serial_number(serial) is not None]
 
 
 def scopes_in_force(sessions, key: str = KEY) -> dict[str, str]:
@@ -651,7 +652,7 @@ def test_the_migration_gives_rows_their_scope_and_restores_a_displaced_complete_
             session.add(InstalledCrl(**{
                 c: getattr(row, c) for c in ("issuer_key", "issuer", "scope", "scope_key",
                                              "origin", "number", "this_update",
-                                             "next_update", "entries", "sha256", "der")},
+                                             "next_update", "entries", "sha256")},
                 current=True, installed_at=T0))
             session.flush()
         # and back: one current CRL per issuer and origin again, the complete one kept
