@@ -257,7 +257,8 @@ def _status_text(info: dict) -> str:
             if p["last_success"] else "not fetched yet")
         lines.append(f"  {p['url']}\n    last attempt {p['last_attempt'] or '-'}, "
                      f"last success {p['last_success'] or '-'}: {state}")
-    lines.append("\nissuers:")
+    lines.append("\nissuers (each judged after a run over all of its distribution points: "
+                 "refreshed when one of them refreshed it):")
     lines.extend(_issuer_lines(issuers))
     return "\n".join(lines)
 
@@ -280,7 +281,11 @@ def _issuer_lines(issuers: list[dict]) -> list[str]:
             lines.append("    " + (f"scope {i['scope']}: " if scoped and i.get("scope") else "")
                          + crl + (f" ({i['note']})" if i.get("note") else ""))
         if rows[0].get("error"):
-            lines.append(f"    last attempt {rows[0]['last_attempt']}: error: {rows[0]['error']}")
+            lines.append(f"    last run {rows[0]['last_attempt']}: not refreshed by any of its "
+                         f"distribution points: {rows[0]['error']}")
+        elif rows[0].get("refreshed_from"):
+            lines.append(f"    last run {rows[0]['last_attempt']}: refreshed from "
+                         f"{rows[0]['refreshed_from']}")
     if partitioned:
         lines.append("\nA scope is what a CRL's issuingDistributionPoint says it covers (one "
                      "distribution point, user or CA certificates, some reasons; 'complete' "

@@ -133,7 +133,8 @@ def _issuer_rows(session, now: dt.datetime, warn: dt.timedelta) -> list[dict]:
                                                    "scope": None, "crl_number": None})]
         for row in found:
             row.update(last_attempt=_iso(status.last_attempt_at),
-                       last_success=_iso(status.last_success_at), error=status.error)
+                       last_success=_iso(status.last_success_at), error=status.error,
+                       refreshed_from=None if status.error else status.source)
     return sorted(rows.values(), key=lambda r: (r["issuer"], r["scope"] != COMPLETE,
                                                 r["scope"] or ""))
 

@@ -5,6 +5,7 @@ judged after a run over all of its points, with one alert per problem. Real HTTP
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from cryptography import x509
@@ -211,3 +212,22 @@ def test_a_point_learns_scopes_but_never_vouches_for_issuers_it_serves_besides(
         assert s.query(DistributionPoint).filter_by(url=url_a).one().serves == [[key(A), scope]]
     assert status(sessions, A).error is None
     assert "500" in status(sessions, B).error  # B's own point failed: B is not refreshed
+
+
+def test_crl_status_says_how_each_issuer_was_judged(sessions, clock, http_server, pkiq):
+    same = crl(A, 1, cf.T0)
+    http_server.route("/one.crl", same)
+    http_server.route("/two.crl", Reply(status=500))
+    one, two = http_server.url("/one.crl"), http_server.url("/two.crl")
+    world(sessions, clock, [one, two], issuers=(A, B))
+    with transaction(sessions) as s:
+        s.query(DistributionPoint).filter_by(url=two).one().serves = [[key(B), None]]
+    run(sessions, clock)
+    text = pkiq("crl", "status").output
+    assert "judged after a run over all of its distribution points" in text
+    assert f"refreshed from {one}" in text
+    assert f"not refreshed by any of its distribution points: {two}" in text
+    info = {r["issuer"]: r for r in json.loads(
+        pkiq("crl", "status", "--json").output)["issuers"]}
+    assert info[f"/O=Example/CN={A}"]["refreshed_from"] == one
+    assert "500" in info[f"/O=Example/CN={B}"]["error"]
