@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import idna
 from cryptography import x509
 
+from .confined import shown as quoted
 from .errors import PolicyViolation
 
 # The short names OpenSSL's config and ``-text`` use, which the profiles list.
@@ -85,7 +86,7 @@ def check_dns_name(name: str, what: str = "subjectAltName DNS") -> None:
     characters, at most 253 in all, internationalised labels in their ``xn--`` A-label
     form (IDNA 2008) and valid as such, no wildcard (Expressway supports none), no trailing
     dot and no IP address written as a name."""
-    shown = _shown(name)
+    shown = quoted(name, 80)
     if "*" in name:
         raise PolicyViolation(f"wildcard name {shown} refused: Expressway does not support "
                               "wildcard certificates; list each FQDN as a SAN",
@@ -141,7 +142,7 @@ def _check_ip(name: x509.IPAddress) -> None:
 def check_mailbox(value: str, what: str = "subjectAltName email") -> None:
     """An RFC 5321 mailbox: ASCII ``local-part@domain``, the local part a dot-string of at
     most 64 characters, the domain a host name."""
-    shown = _shown(value)
+    shown = quoted(value, 80)
     local, at, domain = value.rpartition("@")
     if not at or not value.isascii() or len(value) > MAX_MAILBOX or len(local) > 64 \
             or not _DOT_STRING.match(local):
@@ -157,7 +158,7 @@ def _check_email(name: x509.RFC822Name) -> None:
 
 def _check_uri(name: x509.UniformResourceIdentifier) -> None:
     value = name.value
-    shown = _shown(value)
+    shown = quoted(value, 80)
     rule = ("is not an absolute RFC 3986 URI with a host (RFC 5280 4.2.1.6: scheme://host..., "
             "ASCII, at most 2048 characters)")
     if len(value) > MAX_URI or not value.isascii() or not _URI_CHARS.match(value) or \
@@ -191,9 +192,3 @@ def is_ip(name: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _shown(value: str) -> str:
-    """A requester's value in a message: quoted, non-printables escaped, cut short."""
-    text = repr(value[:80])
-    return text if len(value) <= 80 else text + "..."
