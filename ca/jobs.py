@@ -23,6 +23,7 @@ from .errors import BadInput, Conflict, NotFound, PkiqError
 from .keys import Signer
 from .models import CertificateAuthority, SigningJob
 from .names import canonical_name, openssl_oneline
+from .node_credentials import pair_issued
 from .profiles import get_profile
 from .sql import InsertIgnoringConflicts
 
@@ -221,6 +222,8 @@ def _sign(session: Session, job: SigningJob,
         job.state, job.error = "failed", str(exc)[:MAX_ERROR]
     else:
         job.state, job.serial, job.error = "issued", result.record.serial, None
+        if job.node is not None:  # a node's CSR (pkiq node csr --submit): pair it with its key
+            pair_issued(session, job, result.certificate, clock())
     job.finished_at = job.updated_at = clock()  # after signing: what latency should measure
 
 

@@ -298,3 +298,98 @@ class CrlIssuerStatus(Base):
     last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str | None] = mapped_column(String(2048))
+
+
+# ---------------------------------------------------------------- Expressway nodes and stores
+
+class TrustedSet(Base):
+    """A named trusted CA list for nodes: pkiq CAs (by name, with their chains) and entries
+    of the trusted CA list (by fingerprint). Members are kept by name and fingerprint, not
+    by row, so a CA removed from the list shows up as a coverage gap, not a silent drop."""
+
+    __tablename__ = "trusted_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    members: Mapped[list] = mapped_column(JSON, default=list)  # {"ca": name} | {"sha256": fp}
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ExpresswayCluster(Base):
+    __tablename__ = "expressway_clusters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    fqdn: Mapped[str] = mapped_column(String(253))
+    model: Mapped[str] = mapped_column(String(20))  # ca.expressway.MODELS, clustered ones
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ExpresswayNode(Base):
+    """One Expressway peer: its names (the guide's Generate CSR page), the trusted CA list it
+    should hold, where its store is written, and how its last publication went."""
+
+    __tablename__ = "expressway_nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fqdn: Mapped[str] = mapped_column(String(253), unique=True)
+    role: Mapped[str] = mapped_column(String(1))  # C | E
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("expressway_clusters.id"))
+    chat_node_aliases: Mapped[list] = mapped_column(JSON, default=list)
+    phone_security_profiles: Mapped[list] = mapped_column(JSON, default=list)
+    uc_domains: Mapped[list] = mapped_column(JSON, default=list)
+    uc_domain_format: Mapped[str] = mapped_column(String(12), default="collab-edge")
+    trusted_set_id: Mapped[int | None] = mapped_column(ForeignKey("trusted_sets.id"))
+    store_dir: Mapped[str | None] = mapped_column(Text)  # None: <data dir>/stores/<fqdn>
+    keep_generations: Mapped[int] = mapped_column(Integer, default=5)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # publishing: what is due and how the last attempt went
+    publish_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    publish_reason: Mapped[str | None] = mapped_column(Text)
+    publish_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    published_generation: Mapped[int | None] = mapped_column(Integer)
+    published_digest: Mapped[str | None] = mapped_column(String(64))  # the store's content
+    published_inputs: Mapped[str | None] = mapped_column(String(64))  # what it was made of
+    publish_error: Mapped[str | None] = mapped_column(Text)
+    coverage_gaps: Mapped[list] = mapped_column(JSON, default=list)
+
+    cluster: Mapped[ExpresswayCluster | None] = relationship()
+    trusted_set: Mapped[TrustedSet | None] = relationship()
+
+
+class NodeCredential(Base):
+    """A node's server key and certificate. ``pending``: a CSR in progress (the guide: one
+    at a time per peer); ``active``: what the store publishes; ``retired`` / ``discarded``:
+    history. The key is PKCS#8 under the service passphrase, like CA keys; only the store's
+    privkey.pem holds it in clear, because Expressway demands that."""
+
+    __tablename__ = "node_credentials"
+    __table_args__ = (
+        Index("uq_node_credentials_one_pending", "node_id", unique=True,
+              sqlite_where=text("state = 'pending'"),
+              postgresql_where=text("state = 'pending'")),
+        Index("uq_node_credentials_one_active", "node_id", unique=True,
+              sqlite_where=text("state = 'active'"),
+              postgresql_where=text("state = 'active'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("expressway_nodes.id"), index=True)
+    state: Mapped[str] = mapped_column(String(10))  # pending | active | retired | discarded
+    source: Mapped[str] = mapped_column(String(10))  # generated | uploaded
+    key_type: Mapped[str] = mapped_column(String(16))
+    key_pem: Mapped[str] = mapped_column(Text)  # PKCS#8, PBES2 AES-256: never clear
+    spki_sha256: Mapped[str] = mapped_column(String(64))
+    csr_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    cert_der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    chain_pem: Mapped[str | None] = mapped_column(Text)  # what came with an uploaded cert
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("signing_jobs.id"))
+    warnings: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    activated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    node: Mapped[ExpresswayNode] = relationship()

@@ -38,6 +38,12 @@ COMMANDS = {
     "serve": ("pkiq.cli_jobs", "serve_cmd",
               "The whole service on one host: workers and beat."),
     "db": ("pkiq.cli_db", "db_group", "The database schema: create or upgrade it."),
+    "node": ("pkiq.cli_nodes", "node_group",
+             "Expressway peers: names, CSRs, server certificates, stores."),
+    "cluster": ("pkiq.cli_nodes", "cluster_group",
+                "Expressway clusters: name, cluster FQDN, certificate model."),
+    "trustset": ("pkiq.cli_nodes", "trustset_group",
+                 "Named trusted CA lists for nodes: pkiq CAs and trusted CA list entries."),
     "x509": ("pkiq.cli_x509", "x509_group",
              "Decode and convert certificates, requests and CRLs (no database needed)."),
 }

@@ -97,7 +97,7 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-SCHEMA_HEAD = "0007"  # the newest migration; tests/test_db.py checks it against Alembic's
+SCHEMA_HEAD = "0008"  # the newest migration; tests/test_db.py checks it against Alembic's
 
 
 def alembic_config(engine: Engine, connection: Connection | None = None):

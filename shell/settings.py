@@ -124,6 +124,15 @@ class Settings(BaseSettings):
                                   description="http://HOST:PORT, optionally user:password@")
     crl_no_proxy: str | None = Field(default=None, description=_HOSTS)
     crl_allow_internal: str | None = Field(default=None, description=_HOSTS)
+    # Expressway stores (service.stores): where per-node stores go unless a node names its
+    # own folder, how often beat publishes the due ones, and how long every CRL a store
+    # carries must stay valid (an Expressway fetches once a day: a CRL with less left may
+    # lapse before its next fetch, and then every certificate of that CA counts as revoked).
+    stores_dir: Path | None = Field(default=None, description="a folder; unset, "
+                                    "<data dir>/stores")
+    store_tick_seconds: int = _seconds(30, 5, 3600)
+    store_crl_headroom_hours: int = Field(default=26, ge=0, le=24 * 90,
+                                          description="whole hours from 0 to 2160")
 
     @field_validator("data_dir")
     @classmethod
@@ -180,6 +189,10 @@ class Settings(BaseSettings):
     @property
     def queue_dir(self) -> Path:
         return self.data_dir / "queue"
+
+    @property
+    def effective_stores_dir(self) -> Path:
+        return self.stores_dir or self.data_dir / "stores"
 
     def passphrase(self) -> bytes | None:
         """The CA passphrase when no command-line option names one (workers, beat, and the
