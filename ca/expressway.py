@@ -3,7 +3,7 @@ key and request pkiq makes for it, and what an upload of a certificate made else
 be before it is stored for the node.
 
 Sources: Cisco Expressway Certificate Creation and Use Deployment Guide (the X8 text in
-docs/reference, and the X14 edition where it has moved on), RFC 6125 (host names in TLS
+shared/reference, and the X14 edition where it has moved on), RFC 6125 (host names in TLS
 certificates), RFC 5280.
 """
 
@@ -25,8 +25,12 @@ from .errors import BadInput, Conflict, PolicyViolation
 from .general_names import check_dns_name, describe
 from .keys import describe_key, generate_key, signature_hash
 from .names import checked_attribute, common_name
+from .trust import is_ca
 
 # ---------------------------------------------------------------- node names
+
+# Cisco Expressway Cluster Creation and Maintenance Deployment Guide: up to 6 peers.
+MAX_CLUSTER_PEERS = 6
 
 ROLES = ("C", "E")  # Expressway-C (inside), Expressway-E (edge)
 MODELS = ("standalone", "cluster-per-peer", "cluster-shared")
@@ -85,6 +89,9 @@ def check_node_profile(p: NodeProfile) -> None:
                               "them (guide: 'If a certificate is shared across cluster peers, "
                               "it must list all possible peer FQDNs'); give the other peers",
                               "peers", "required")
+    if len({peer.lower() for peer in p.peers} - {p.fqdn.lower()}) > MAX_CLUSTER_PEERS - 1:
+        raise PolicyViolation(f"{len(p.peers)} other peers given; an Expressway cluster has at "
+                              f"most {MAX_CLUSTER_PEERS} peers in all", "peers", "max-peers")
     for peer in p.peers:
         _check_fqdn(peer, "peer FQDN")
     for alias in p.chat_node_aliases:
@@ -283,6 +290,8 @@ def check_server_upload(cert_data: bytes, key_data: bytes | None, *, node_fqdn: 
 
 
 def _check_size(data: bytes, what: str) -> None:
+    if not data.strip():
+        raise BadInput(f"the {what} is empty")
     if len(data) > MAX_UPLOAD_BYTES:
         raise BadInput(f"the {what} is {len(data):,} bytes; pkiq reads at most "
                        f"{MAX_UPLOAD_BYTES:,} (1 MiB)")
@@ -303,9 +312,12 @@ def load_server_certificates(data: bytes) -> tuple[x509.Certificate,
                 certs.append(_certificate(block.der, f"PEM block #{number}"))
         except EncodingError as exc:
             raise BadInput(f"the server certificate file cannot be read: {exc}") from None
+        if not certs:
+            raise BadInput("the server certificate file has no complete PEM block; upload "
+                           "the certificate the CA issued (PEM or DER)")
     else:
         certs = [_certificate(data, None)]
-    leaf = next((c for c in certs if not _is_ca(c)), None)
+    leaf = next((c for c in certs if not is_ca(c)), None)
     if leaf is None:
         raise PolicyViolation("the server certificate file holds only CA certificates "
                               "(basicConstraints CA:TRUE); upload the node's own certificate, "
@@ -330,8 +342,9 @@ def _certificate(der: bytes, where: str | None) -> x509.Certificate:
 
 
 def _der_what(der: bytes) -> str | None:
-    """What a DER blob that is not a certificate is, for the message."""
-    for loader, what in ((x509.load_der_x509_csr, "a certificate request (CSR)"),
+    """What a DER blob that is not the expected thing is, for the message."""
+    for loader, what in ((x509.load_der_x509_certificate, "a certificate"),
+                         (x509.load_der_x509_csr, "a certificate request (CSR)"),
                          (x509.load_der_x509_crl, "a CRL")):
         try:
             loader(der)
@@ -357,13 +370,6 @@ def _pem_hint(label: str) -> str:
     if "PRIVATE KEY" in label:
         return " (a private key: upload it as the key, in a file of its own)"
     return ""
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return cert.version == x509.Version.v1  # old v1 roots carry no extensions at all
 
 
 def load_server_key(data: bytes):
@@ -477,6 +483,10 @@ def _check_names(cert: x509.Certificate, node_fqdn: str) -> list[str]:
                                   "support wildcard certificates; list each FQDN as a SAN",
                                   "subjectAltName", "no-wildcard")
     lowered = {n.lower() for n in dns}
+    if not dns:
+        warnings.append("the certificate has no DNS subjectAltName: browsers (Chrome since "
+                        "version 58) and RFC 9525 clients no longer fall back to the CN; have "
+                        "it re-issued with the node FQDN as a SAN")
     if not cn:
         warnings.append("the certificate has no commonName; Expressway raises an alarm, and "
                         "MRA, Jabber Guest and the Web Proxy for Meeting Server need the CN "

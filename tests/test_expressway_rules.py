@@ -94,6 +94,12 @@ def test_expressway_e_adds_uc_domains_in_the_chosen_format(fmt, expected):
                                                "chatroom1.example.com", *expected]
 
 
+def test_a_shared_certificate_lists_up_to_six_peers_the_node_included():
+    peers = tuple(f"expc{i}.example.com" for i in range(1, 7))
+    p = NodeProfile(NODE, "C", "cluster-shared", CLUSTER, peers=peers)
+    assert dns(csr_subject_and_sans(p)[1]) == [CLUSTER, *peers]
+
+
 def test_names_are_listed_once_whatever_their_case_in_first_order():
     p = NodeProfile(NODE, "C", "cluster-shared", CLUSTER,
                     peers=(NODE.upper(), PEERS[0], PEERS[0].upper()),
@@ -116,6 +122,9 @@ def test_names_are_listed_once_whatever_their_case_in_first_order():
     (NodeProfile(NODE, "C", "cluster-per-peer", NODE.upper()), PolicyViolation,
      "is the node's own FQDN"),
     (NodeProfile("expc1", "C"), PolicyViolation, "single label"),
+    (NodeProfile(NODE, "C", "cluster-shared", CLUSTER,
+                 peers=tuple(f"expc{i}.example.com" for i in range(2, 8))), PolicyViolation,
+     "at most 6 peers"),
     (NodeProfile(NODE, "C", "cluster-per-peer", CLUSTER, peers=("exp c2.example.com",)),
      PolicyViolation, "not a valid host name"),
     (NodeProfile(NODE, "E", phone_security_profiles=("secure.example.com",)),
@@ -423,7 +432,9 @@ def _crl(ca, encoding) -> bytes:
 
 @pytest.mark.parametrize(("make", "words"), [
     (lambda ca, leaf, key: b"\x00\x01garbage bytes" * 10, "neither PEM nor a DER certificate"),
-    (lambda ca, leaf, key: b"", "neither PEM nor a DER certificate"),
+    (lambda ca, leaf, key: b"\n", "the server certificate file is empty"),
+    (lambda ca, leaf, key: b"-----BEGIN is all there is", "has no complete PEM block"),
+    (lambda ca, leaf, key: key_bytes(key, DER), "file is a private key; upload the"),
     (lambda ca, leaf, key: leaf.public_bytes(PEM)[:300], "no '-----END CERTIFICATE-----' line"),
     (lambda ca, leaf, key: leaf.public_bytes(DER)[:300], "neither PEM nor a DER certificate"),
     (lambda ca, leaf, key: _csr_pem(key), "certificate request: have the CA sign it"),
@@ -448,7 +459,8 @@ def test_what_is_not_a_certificate_gets_one_clear_message(ca, leaf, node_key, ma
     (lambda ca, leaf, key: _crl(ca, DER), "is a CRL"),
     (lambda ca, leaf, key: _crl(ca, PEM), "holds a 'X509 CRL' block, not a private key"),
     (lambda ca, leaf, key: leaf.public_bytes(PEM), "holds a 'CERTIFICATE' block"),
-    (lambda ca, leaf, key: leaf.public_bytes(DER), "not a private key pkiq can read"),
+    (lambda ca, leaf, key: leaf.public_bytes(DER), "the private key file is a certificate"),
+    (lambda ca, leaf, key: b" \n", "the private key file is empty"),
     (lambda ca, leaf, key: key_bytes(key)[:200], "no '-----END PRIVATE KEY-----' line"),
     (lambda ca, leaf, key: key_bytes(key) * 2, "holds 2 private keys"),
     (lambda ca, leaf, key: b"-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----\n",
@@ -481,6 +493,11 @@ def test_a_certificate_for_another_peer_is_warned_about(ca, node_key):
 def test_the_node_named_as_a_san_of_a_shared_certificate_is_enough(ca, node_key):
     cert = ca.issue(node_key.public_key(), CLUSTER, (CLUSTER, NODE, *PEERS))
     assert _warnings(ca, cert, node_key) == []
+
+
+def test_a_certificate_without_san_is_warned_about(ca, node_key):
+    [warning] = _warnings(ca, ca.issue(node_key.public_key(), NODE, ()), node_key)
+    assert "no DNS subjectAltName" in warning and "fall back to the CN" in warning
 
 
 def test_a_certificate_without_cn_is_warned_about(ca, node_key):
