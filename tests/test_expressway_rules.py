@@ -33,16 +33,21 @@ from ca.expressway import (
     load_server_key,
     san_warnings,
 )
-from ca.names import canonical_name, common_name
+from ca.issuance import build_certificate
+from ca.keys import SoftwareSigner
+from ca.names import canonical_name, common_name, parse_name
 from ca.profiles import get_profile
+from ca.serials import random_serial
 
 from .conftest import T0, cached_key
+from .test_pkilint import errors, lint_certificate
 
 NODE = "expc1.example.com"
 CLUSTER = "expc.example.com"
 PEERS = ("expc2.example.com", "expc3.example.com")
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER
+ONE_DAY = dt.timedelta(days=1)
 
 
 def dns(names) -> list[str]:
@@ -215,6 +220,35 @@ def test_node_request_passes_pkiqs_own_checks_and_openssl(model, tmp_path):
     assert "verify OK" in done.stdout + done.stderr
 
 
+def test_node_request_signed_by_pkiq_lints_clean_and_uploads_without_warnings():
+    """The whole round: pkiq makes the node's request, its own CA signs it with the
+    Expressway profile, pkilint finds no RFC 5280 error, and the upload for the CSR in
+    progress (its key pending) is accepted with nothing to warn about."""
+    ca_key, node_key = cached_key("ec-p256"), cached_key("rsa2048")
+    root = build_certificate(
+        signer=SoftwareSigner(ca_key), issuer_cert=None, subject=parse_name("/O=Example/CN=Root"),
+        public_key=ca_key.public_key(), serial=random_serial(), not_before=T0 - ONE_DAY,
+        not_after=T0 + 3650 * ONE_DAY, profile=get_profile("subca")).certificate
+    p = NodeProfile("expe1.example.com", "E", "cluster-per-peer", "expe.example.com",
+                    chat_node_aliases=("chatroom1.example.com",), uc_domains=("example.com",))
+    csr = load_csr(build_node_csr(p, node_key, organization="Example").public_bytes(PEM))
+    profile = get_profile("webclientandserver")
+    requested, _ = check_request(csr, profile, "copy", canonical_name(csr.subject))
+    cert = build_certificate(
+        signer=SoftwareSigner(ca_key), issuer_cert=root, subject=canonical_name(csr.subject),
+        public_key=csr.public_key(), serial=random_serial(), not_before=T0 - ONE_DAY,
+        not_after=T0 + 365 * ONE_DAY, profile=profile, requested=requested).certificate
+    assert errors(lint_certificate(cert.public_bytes(DER))) == []
+    checked = check_server_upload(cert.public_bytes(PEM), None, node_fqdn="expe1.example.com",
+                                  csr_in_progress=True, now=T0, pending_key=node_key,
+                                  trusted=[root])
+    assert checked.warnings == () and checked.certificate == cert
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.DNSName) == ["expe1.example.com", "expe.example.com",
+                                               "chatroom1.example.com",
+                                               "collab-edge.example.com"]
+
+
 def test_ec_node_request_asks_no_key_encipherment():
     csr = load_csr(build_node_csr(NodeProfile(NODE, "E"), cached_key("ec-p256"))
                    .public_bytes(DER))
@@ -231,8 +265,6 @@ def test_node_requests_refuse_keys_expressway_cannot_use(key, words):
 
 
 # ---------------------------------------------------------------- uploads: set-up
-
-ONE_DAY = dt.timedelta(days=1)
 
 
 class Ca:
