@@ -1,0 +1,552 @@
+"""The Expressway rules for one node's server certificate: the names it must carry, the
+key and request pkiq makes for it, and what an upload of a certificate made elsewhere must
+be before it is stored for the node.
+
+Sources: Cisco Expressway Certificate Creation and Use Deployment Guide (the X8 text in
+shared/reference, and the X14 edition where it has moved on), RFC 6125 (host names in TLS
+certificates), RFC 5280.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .csr import MAX_RSA_BITS, SAN_WARN_CHARS, check_key
+from .encoding import EncodingError, pem_blocks
+from .errors import BadInput, Conflict, PolicyViolation
+from .general_names import check_dns_name, describe
+from .keys import describe_key, generate_key, signature_hash
+from .names import checked_attribute, common_name
+from .trust import is_ca
+
+# ---------------------------------------------------------------- node names
+
+# Cisco Expressway Cluster Creation and Maintenance Deployment Guide: up to 6 peers.
+MAX_CLUSTER_PEERS = 6
+
+ROLES = ("C", "E")  # Expressway-C (inside), Expressway-E (edge)
+MODELS = ("standalone", "cluster-per-peer", "cluster-shared")
+UC_DOMAIN_FORMATS = ("collab-edge", "domain")
+_C_SECTION = "'Expressway-C server certificate requirements'"
+_E_SECTION = "'Expressway-E server certificate requirements'"
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """What one Expressway node's certificate must name. ``peers`` are the other peers of
+    its cluster (only a shared certificate lists them); the extras are the guide's
+    "Server certificates and Unified Communications" names."""
+
+    fqdn: str
+    role: str  # "C" or "E"
+    model: str = "standalone"
+    cluster_fqdn: str | None = None
+    peers: tuple[str, ...] = ()
+    chat_node_aliases: tuple[str, ...] = ()  # C, and E for XMPP federation (the same set)
+    phone_security_profiles: tuple[str, ...] = ()  # C only, in FQDN format
+    uc_domains: tuple[str, ...] = ()  # E only
+    uc_domain_format: str = "collab-edge"  # E: collab-edge.<domain>, or <domain> itself
+
+
+def check_node_profile(p: NodeProfile) -> None:
+    """Refuse a profile Expressway could not use: unknown role or model, a name that is no
+    host name (wildcards included: "Expressway does not support wildcard certificates"),
+    cluster names where there is no cluster or none where there is, and one role's
+    Unified Communications names on the other role."""
+    if p.role not in ROLES:
+        raise BadInput(f"node role {p.role!r} is not C (Expressway-C) or E (Expressway-E)")
+    if p.model not in MODELS:
+        raise BadInput(f"deployment model {p.model!r} is unknown; choose one of "
+                       f"{', '.join(MODELS)}")
+    if p.uc_domain_format not in UC_DOMAIN_FORMATS:
+        raise BadInput(f"UC domain format {p.uc_domain_format!r} is unknown; choose "
+                       f"{' or '.join(UC_DOMAIN_FORMATS)}")
+    _check_fqdn(p.fqdn, "node FQDN")
+    if p.model == "standalone":
+        if p.cluster_fqdn or p.peers:
+            raise PolicyViolation(f"node {p.fqdn} is standalone but a cluster FQDN or peers "
+                                  "are given; choose model cluster-per-peer or "
+                                  "cluster-shared for a clustered node", "model", "standalone")
+    else:
+        if not p.cluster_fqdn:
+            raise PolicyViolation(f"node {p.fqdn} is clustered ({p.model}) but has no cluster "
+                                  "FQDN: the guide puts the FQDN of the cluster in every "
+                                  "clustered peer's certificate", "cluster_fqdn", "required")
+        _check_fqdn(p.cluster_fqdn, "cluster FQDN")
+        if p.cluster_fqdn.lower() == p.fqdn.lower():
+            raise PolicyViolation(f"the cluster FQDN {p.cluster_fqdn} is the node's own FQDN; "
+                                  "a cluster has a name of its own", "cluster_fqdn", "distinct")
+    if p.model == "cluster-shared" and not p.peers:
+        raise PolicyViolation("a certificate shared across cluster peers must list all of "
+                              "them (guide: 'If a certificate is shared across cluster peers, "
+                              "it must list all possible peer FQDNs'); give the other peers",
+                              "peers", "required")
+    if len({peer.lower() for peer in p.peers} - {p.fqdn.lower()}) > MAX_CLUSTER_PEERS - 1:
+        raise PolicyViolation(f"{len(p.peers)} other peers given; an Expressway cluster has at "
+                              f"most {MAX_CLUSTER_PEERS} peers in all", "peers", "max-peers")
+    for peer in p.peers:
+        _check_fqdn(peer, "peer FQDN")
+    for alias in p.chat_node_aliases:
+        _check_fqdn(alias, "chat node alias")
+    if p.role == "E" and p.phone_security_profiles:
+        raise PolicyViolation("phone security profiles belong in the Expressway-C certificate "
+                              f"(guide: {_C_SECTION}), not the Expressway-E's",
+                              "phone_security_profiles", "role-C")
+    if p.role == "C" and p.uc_domains:
+        raise PolicyViolation("Unified Communications domains belong in the Expressway-E "
+                              f"certificate (guide: {_E_SECTION}), not the Expressway-C's",
+                              "uc_domains", "role-E")
+    for name in p.phone_security_profiles:
+        try:
+            _check_fqdn(name, "phone security profile")
+        except PolicyViolation:
+            raise PolicyViolation(
+                f"phone security profile {name[:80]!r} is not in FQDN format: the guide lists "
+                f"only profiles named as FQDNs (such as secure.example.com; {_C_SECTION}), "
+                "which Unified CM checks against the Expressway-C certificate; rename the "
+                "profile in Unified CM or leave it out", "phone_security_profiles",
+                "fqdn-format") from None
+    for domain in p.uc_domains:
+        check_dns_name(domain, what="UC domain")
+        _check_fqdn(_uc_name(domain, p.uc_domain_format), "UC domain name")
+
+
+def _check_fqdn(name: str, what: str) -> None:
+    check_dns_name(name, what=what)
+    if "." not in name:
+        raise PolicyViolation(f"{what} {name!r} is a single label; give the fully qualified "
+                              "name (host.example.com)", "subjectAltName", "fqdn")
+
+
+def _uc_name(domain: str, fmt: str) -> str:
+    # The Expressway-E Generate CSR page offers the domains as collab-edge.<domain> (the
+    # name of the _collab-edge SRV target) or as the domain itself.
+    return f"collab-edge.{domain}" if fmt == "collab-edge" else domain
+
+
+def node_common_name(p: NodeProfile) -> str:
+    """The CN: the node's FQDN, except for a certificate shared by every peer, whose CN is
+    the cluster FQDN (the guide's OpenSSL appendix: "Common name - this is the Expressway
+    cluster FQDN if the certificate is for a cluster of Expressways"; the same certificate
+    on every peer cannot carry one peer's name as its CN)."""
+    return p.cluster_fqdn if p.model == "cluster-shared" else p.fqdn
+
+
+def node_san_names(p: NodeProfile) -> list[str]:
+    """The DNS names, in order, each once (compared case-insensitively).
+
+    The node's own FQDN is always the first, standalone too: the old guide's "Subject
+    Alternate Names = leave blank" for a standalone node is outdated, because TLS clients
+    that follow RFC 6125 (section 6.4.4) do not look at the CN once a certificate carries
+    any DNS SAN, and a UC certificate always carries some; current Cisco guidance lists the
+    FQDN as a SAN too."""
+    if p.model == "cluster-shared":  # the CN first, as the guide's OpenSSL appendix lists
+        names = [p.cluster_fqdn, p.fqdn, *p.peers]
+    elif p.model == "cluster-per-peer":  # its own peer only: the others have their own
+        names = [p.fqdn, p.cluster_fqdn]
+    else:
+        names = [p.fqdn]
+    names += p.chat_node_aliases
+    names += p.phone_security_profiles
+    names += [_uc_name(d, p.uc_domain_format) for d in p.uc_domains]
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            out.append(name)
+    return out
+
+
+def csr_subject_and_sans(p: NodeProfile, *, organization: str | None = None,
+                         unit: str | None = None, locality: str | None = None,
+                         state: str | None = None, country: str | None = None
+                         ) -> tuple[x509.Name, list[x509.DNSName]]:
+    """Subject (C, ST, L, O, OU, CN: most significant first, each value checked as every
+    name pkiq issues is) and subjectAltNames for the node's request."""
+    check_node_profile(p)
+    fields = [(NameOID.COUNTRY_NAME, country), (NameOID.STATE_OR_PROVINCE_NAME, state),
+              (NameOID.LOCALITY_NAME, locality), (NameOID.ORGANIZATION_NAME, organization),
+              (NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+              (NameOID.COMMON_NAME, node_common_name(p))]
+    subject = x509.Name([checked_attribute(oid, value) for oid, value in fields if value])
+    return subject, [x509.DNSName(name) for name in node_san_names(p)]
+
+
+def san_warnings(sans: Sequence[x509.GeneralName]) -> list[str]:
+    """What Expressway's Generate CSR page warns about a long subjectAltName list."""
+    text = ",".join(describe(n) for n in sans)
+    if len(text) > SAN_WARN_CHARS:
+        return [f"the subjectAltName list is {len(text)} characters; Expressway warns "
+                f"past {SAN_WARN_CHARS} and may truncate it"]
+    return []
+
+
+# ---------------------------------------------------------------- keys and requests
+
+NODE_KEY_TYPES = ("rsa2048", "rsa4096")
+_SIP_TLS_8192 = ("SIP TLS zones may fail to become active with 8192-bit keys (guide, "
+                 "'Certificates with key length of 8192 bits'); use rsa4096, which the guide "
+                 "recommends")
+
+
+def check_node_key_type(kind: str) -> None:
+    """The keys pkiq generates for a node: RSA, as Expressway's own Generate CSR page makes."""
+    if kind == "rsa8192":
+        raise PolicyViolation(f"rsa8192 is refused: {_SIP_TLS_8192}", "key_type", "max-rsa")
+    if kind not in NODE_KEY_TYPES:
+        raise BadInput(f"node key type {kind!r} is not offered; choose one of "
+                       f"{', '.join(NODE_KEY_TYPES)}")
+
+
+def generate_node_key(kind: str = "rsa4096") -> rsa.RSAPrivateKey:
+    check_node_key_type(kind)
+    return generate_key(kind)
+
+
+def build_node_csr(p: NodeProfile, key, **subject_fields) -> x509.CertificateSigningRequest:
+    """The request Expressway's Generate CSR page would make for the node: its subject and
+    names, serverAuth + clientAuth (mutual TLS in TLS verify mode needs both, guide
+    Appendix 5) and the key usages of a TLS key. ``subject_fields`` are those of
+    ``csr_subject_and_sans``."""
+    public_key = key.public_key()
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size >= 8192:
+        raise PolicyViolation(f"an RSA {public_key.key_size}-bit node key is refused: "
+                              f"{_SIP_TLS_8192}", "publicKey", "max-rsa")
+    check_key(public_key)
+    subject, sans = csr_subject_and_sans(p, **subject_fields)
+    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+    usage = x509.KeyUsage(digital_signature=True, key_encipherment=is_rsa,
+                          content_commitment=False, data_encipherment=False,
+                          key_agreement=False, key_cert_sign=False, crl_sign=False,
+                          encipher_only=False, decipher_only=False)
+    builder = (x509.CertificateSigningRequestBuilder().subject_name(subject)
+               .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+               .add_extension(usage, critical=True)  # RFC 5280 4.2.1.3: SHOULD be critical
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                     ExtendedKeyUsageOID.CLIENT_AUTH]),
+                              critical=False))
+    # SHA-256 (SHA-384 for P-384), not the guide's ``-sha1``: SHA-1 collisions are practical
+    # (SHAttered, 2017) and current CAs and OpenSSL security levels refuse SHA-1 requests.
+    return builder.sign(key, signature_hash(public_key))
+
+
+# ---------------------------------------------------------------- uploads
+
+MAX_UPLOAD_BYTES = 1 << 20
+EXPIRY_WARN_DAYS = 30
+_CERT_LABELS = ("CERTIFICATE", "X509 CERTIFICATE")
+_KEY_LABELS = ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY")
+_ENCRYPTED = ("the server private key must not be password protected (guide, 'Loading a "
+              "server certificate and private key onto Expressway'); decrypt it first: "
+              "openssl pkey -in key.pem -out key-clear.pem")
+
+
+@dataclass(frozen=True)
+class CheckedServerCertificate:
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]  # the other certificates of the uploaded file
+    private_key: object | None  # the uploaded key; None when the pending one is used
+    warnings: tuple[str, ...]
+
+
+def check_server_upload(cert_data: bytes, key_data: bytes | None, *, node_fqdn: str,
+                        csr_in_progress: bool, now: dt.datetime, pending_key=None,
+                        trusted: Sequence[x509.Certificate] = ()) -> CheckedServerCertificate:
+    """A server certificate (and perhaps its key) made elsewhere, checked as the guide's
+    "Loading a server certificate and private key onto Expressway" and Expressway's upload
+    page do: refusals for what cannot work, warnings where Expressway warns. The key must be
+    the uploaded one, or else ``pending_key`` (the key of this node's CSR in progress)."""
+    _check_size(cert_data, "server certificate file")
+    if key_data is not None:
+        _check_size(key_data, "private key file")
+        if csr_in_progress:
+            raise Conflict(f"a certificate signing request is in progress for {node_fqdn}, "
+                           "and the guide says 'You cannot upload a server private key if a "
+                           "certificate signing request is in progress'; upload the "
+                           "certificate alone (it is matched to the request's key) or "
+                           "discard the request first")
+    leaf, chain = load_server_certificates(cert_data)
+    warnings = check_server_certificate(leaf, node_fqdn, now=now, trusted=trusted)
+    if key_data is not None:
+        private_key = load_server_key(key_data)
+        _check_match(leaf, private_key, node_fqdn, "the uploaded private key")
+    elif pending_key is not None:
+        private_key = None
+        _check_match(leaf, pending_key, node_fqdn, f"the key of the CSR made for {node_fqdn}")
+    else:
+        raise PolicyViolation(f"no private key: no certificate signing request is pending for "
+                              f"{node_fqdn}, so upload the private key the certificate was "
+                              "issued for (unencrypted PEM)", "privateKey", "required")
+    return CheckedServerCertificate(leaf, chain, private_key, tuple(warnings))
+
+
+def _check_size(data: bytes, what: str) -> None:
+    if not data.strip():
+        raise BadInput(f"the {what} is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise BadInput(f"the {what} is {len(data):,} bytes; pkiq reads at most "
+                       f"{MAX_UPLOAD_BYTES:,} (1 MiB)")
+
+
+def load_server_certificates(data: bytes) -> tuple[x509.Certificate,
+                                                    tuple[x509.Certificate, ...]]:
+    """(leaf, the rest) from PEM (the leaf perhaps followed by its chain) or one DER
+    certificate; the leaf is the first certificate that is not a CA's."""
+    if b"-----BEGIN" in data:
+        certs = []
+        try:
+            for number, block in enumerate(pem_blocks(data, max_blocks=100), 1):
+                if block.label not in _CERT_LABELS:
+                    raise BadInput(f"the server certificate file holds {_pem_what(block.label)}"
+                                   f"{_pem_hint(block.label)}; upload the certificate the CA "
+                                   "issued (PEM 'CERTIFICATE', its chain after it if any)")
+                certs.append(_certificate(block.der, f"PEM block #{number}"))
+        except EncodingError as exc:
+            raise BadInput(f"the server certificate file cannot be read: {exc}") from None
+        if not certs:
+            raise BadInput("the server certificate file has no complete PEM block; upload "
+                           "the certificate the CA issued (PEM or DER)")
+    else:
+        certs = [_certificate(data, None)]
+    leaf = next((c for c in certs if not is_ca(c)), None)
+    if leaf is None:
+        raise PolicyViolation("the server certificate file holds only CA certificates "
+                              "(basicConstraints CA:TRUE); upload the node's own certificate, "
+                              "and CA certificates to the trusted CA list", "certificate",
+                              "not-ca")
+    return leaf, tuple(c for c in certs if c is not leaf)
+
+
+def _certificate(der: bytes, where: str | None) -> x509.Certificate:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert.extensions  # noqa: B018 -- parse them now, so a bad one fails here
+        return cert
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    found = _der_what(der) or "neither PEM nor a DER certificate"
+    if where is None:
+        raise BadInput(f"the server certificate file is {found}; upload the certificate the "
+                       "CA issued (PEM or DER)")
+    raise BadInput(f"{where} of the server certificate file is not a readable X.509 "
+                   "certificate")
+
+
+def _der_what(der: bytes) -> str | None:
+    """What a DER blob that is not the expected thing is, for the message."""
+    for loader, what in ((x509.load_der_x509_certificate, "a certificate"),
+                         (x509.load_der_x509_csr, "a certificate request (CSR)"),
+                         (x509.load_der_x509_crl, "a CRL")):
+        try:
+            loader(der)
+            return what
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+    try:
+        serialization.load_der_private_key(der, None)
+        return "a private key"
+    except TypeError:
+        return "an encrypted private key"
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+
+
+def _pem_what(label: str) -> str:
+    return f"a '{label}' block" if label else "a PEM block without a label"
+
+
+def _pem_hint(label: str) -> str:
+    if "REQUEST" in label:
+        return " (a certificate request: have the CA sign it and upload what it returns)"
+    if "PRIVATE KEY" in label:
+        return " (a private key: upload it as the key, in a file of its own)"
+    return ""
+
+
+def load_server_key(data: bytes):
+    """An unencrypted private key: PEM (PKCS#8, PKCS#1 RSA, SEC1 EC) or DER of the same."""
+    if b"-----BEGIN" in data:
+        if b"Proc-Type: 4,ENCRYPTED" in data:  # OpenSSL's legacy encrypted PEM (RFC 1421)
+            raise PolicyViolation(_ENCRYPTED, "privateKey", "not-encrypted")
+        try:
+            blocks = [b for b in pem_blocks(data, max_blocks=16) if b.label != "EC PARAMETERS"]
+        except EncodingError as exc:
+            raise BadInput(f"the private key file cannot be read: {exc}") from None
+        if any(b.label == "ENCRYPTED PRIVATE KEY" for b in blocks):
+            raise PolicyViolation(_ENCRYPTED, "privateKey", "not-encrypted")
+        keys = [b for b in blocks if b.label in _KEY_LABELS]
+        if not keys:
+            raise BadInput(f"the private key file holds {_pem_what(blocks[0].label)}, not a "
+                           "private key (PEM 'PRIVATE KEY', 'RSA PRIVATE KEY' or "
+                           "'EC PRIVATE KEY')" if blocks else
+                           "the private key file has no complete PEM block")
+        if len(keys) > 1:
+            raise BadInput(f"the private key file holds {len(keys)} private keys; upload the "
+                           "one the certificate was issued for")
+        der = keys[0].der
+    else:
+        der = data
+    try:
+        return serialization.load_der_private_key(der, None)
+    except TypeError:  # PKCS#8 EncryptedPrivateKeyInfo, in DER
+        raise PolicyViolation(_ENCRYPTED, "privateKey", "not-encrypted") from None
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    found = _der_what(der) if der is data else None
+    raise BadInput(f"the private key file is {found or 'not a private key pkiq can read'}; "
+                   "expected an unencrypted PEM or DER key (PKCS#8, PKCS#1 RSA or SEC1 EC)")
+
+
+def _check_match(cert: x509.Certificate, private_key, node_fqdn: str, what: str) -> None:
+    if private_key.public_key() != cert.public_key():
+        raise PolicyViolation(
+            f"the certificate does not match {what}: was it issued for another peer? (guide: "
+            "'You must ensure that the correct server certificate is uploaded to the "
+            "appropriate peer, otherwise the stored private key on each peer will not "
+            f"correspond to the uploaded certificate'); upload {node_fqdn}'s own certificate",
+            "privateKey", "key-match")
+
+
+def check_server_certificate(cert: x509.Certificate, node_fqdn: str, *, now: dt.datetime,
+                             trusted: Sequence[x509.Certificate] = ()) -> list[str]:
+    """The certificate's own rules, without its key: refusals (key type and size, wildcard
+    names, expired) raise; the warnings Expressway's upload page would give are returned."""
+    warnings = _check_public_key(cert.public_key())
+    warnings += _check_names(cert, node_fqdn)
+    if now >= cert.not_valid_after_utc:
+        expired = cert.not_valid_after_utc
+        raise PolicyViolation(f"the certificate expired on {expired:%Y-%m-%d %H:%M}Z; have it "
+                              "re-issued", "notAfter", "not-expired")
+    if now < cert.not_valid_before_utc:
+        warnings.append(f"the certificate is not valid until "
+                        f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z; TLS peers refuse it "
+                        "before then")
+    if cert.not_valid_after_utc - now < dt.timedelta(days=EXPIRY_WARN_DAYS):
+        warnings.append(f"the certificate expires on {cert.not_valid_after_utc:%Y-%m-%d}, "
+                        f"within {EXPIRY_WARN_DAYS} days; plan its renewal")
+    if _signature_hash_name(cert) == "sha1":
+        warnings.append("the certificate is signed with SHA-1, which browsers and Expressway "
+                        "X14 reject (SHA-1 collisions are practical); have it re-issued "
+                        "with SHA-256")
+    warnings += _check_usage(cert)
+    if not any(_issued_by(cert, anchor) for anchor in trusted):
+        warnings.append(f"the issuer ({cert.issuer.rfc4514_string()[:120]}) is not in the "
+                        "trusted CA list; add its CA certificate (and any intermediates), "
+                        "or TLS peers and Expressway itself will not trust this certificate")
+    return warnings
+
+
+def _check_public_key(public_key) -> list[str]:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        bits = public_key.key_size
+        if bits < 2048:
+            raise PolicyViolation(f"the certificate's RSA {bits}-bit key is refused: use 2048 "
+                                  "bits or more (4096 is what the guide recommends)",
+                                  "publicKey", "min-rsa-2048")
+        if bits > MAX_RSA_BITS:
+            raise PolicyViolation(f"the certificate's RSA {bits}-bit key is refused: "
+                                  f"{_SIP_TLS_8192}", "publicKey", "max-rsa")
+        if bits == 8192:
+            return [f"RSA 8192-bit key: {_SIP_TLS_8192}"]
+        return []
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and \
+            public_key.curve.name in ("secp256r1", "secp384r1", "secp521r1"):
+        return []
+    kind = describe_key(public_key)
+    if isinstance(public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        kind = f"an EdDSA ({kind})"
+    raise PolicyViolation(f"the certificate's key is {kind}, which Expressway cannot use for "
+                          "its server certificate; use RSA (4096 bits, as the guide "
+                          "recommends) or EC P-256/P-384", "publicKey", "type")
+
+
+def _check_names(cert: x509.Certificate, node_fqdn: str) -> list[str]:
+    warnings = []
+    cn = common_name(cert.subject)
+    try:
+        sans = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        sans = []
+    dns = [n.value for n in sans if isinstance(n, x509.DNSName)]
+    for name in ([cn] if cn else []) + dns:
+        if "*" in name:
+            raise PolicyViolation(f"wildcard name {name[:80]!r} refused: Expressway does not "
+                                  "support wildcard certificates; list each FQDN as a SAN",
+                                  "subjectAltName", "no-wildcard")
+    lowered = {n.lower() for n in dns}
+    if not dns:
+        warnings.append("the certificate has no DNS subjectAltName: browsers (Chrome since "
+                        "version 58) and RFC 9525 clients no longer fall back to the CN; have "
+                        "it re-issued with the node FQDN as a SAN")
+    if not cn:
+        warnings.append("the certificate has no commonName; Expressway raises an alarm, and "
+                        "MRA, Jabber Guest and the Web Proxy for Meeting Server need the CN "
+                        "(X14 guide, 'Loading Certificates and Keys Onto Expressway')")
+    elif dns and cn.lower() not in lowered:
+        warnings.append(f"CN {cn} is not among the SAN DNS names; TLS clients that follow "
+                        "RFC 6125 ignore the CN when SANs are present, so list it as a SAN too")
+    if node_fqdn.lower() not in lowered | {(cn or "").lower()}:
+        warnings.append(f"{node_fqdn} is in neither the CN nor the SAN DNS names: this looks "
+                        "like another peer's certificate; TLS peers connecting to "
+                        f"{node_fqdn} will refuse it")
+    return warnings + san_warnings(sans)
+
+
+def _signature_hash_name(cert: x509.Certificate) -> str | None:
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return None
+    return algorithm.name if algorithm else None
+
+
+def _check_usage(cert: x509.Certificate) -> list[str]:
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return []  # no EKU: any use (RFC 5280 4.2.1.12)
+    warnings = []
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+        warnings.append("the certificate has no serverAuth extended key usage; TLS clients "
+                        "will refuse it as a server certificate")
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        warnings.append("the certificate has no clientAuth extended key usage: neighbor and "
+                        "traversal zones in TLS verify mode (mutual TLS) need it; issue it "
+                        "from a client-and-server profile (the guide's Webclientandserver)")
+    return warnings
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s subject is the certificate's issuer and its key signed it. SHA-1
+    signatures are verified by hand: the library refuses SHA-1 outright, and a SHA-1
+    certificate is warned about, not treated as untrusted as well."""
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        pass
+    if _signature_hash_name(cert) != "sha1":
+        return False
+    key = issuer.public_key()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
+                       hashes.SHA1())
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA1()))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
