@@ -107,7 +107,9 @@ def check_node_profile(p: NodeProfile) -> None:
     for name in p.phone_security_profiles:
         try:
             _check_fqdn(name, "phone security profile")
-        except PolicyViolation:
+        except PolicyViolation as exc:
+            if exc.rule == "no-wildcard":
+                raise
             raise PolicyViolation(
                 f"phone security profile {name[:80]!r} is not in FQDN format: the guide lists "
                 f"only profiles named as FQDNs (such as secure.example.com; {_C_SECTION}), "
@@ -127,8 +129,8 @@ def _check_fqdn(name: str, what: str) -> None:
 
 
 def _uc_name(domain: str, fmt: str) -> str:
-    # The Expressway-E Generate CSR page offers the domains as collab-edge.<domain> (the
-    # name of the _collab-edge SRV target) or as the domain itself.
+    # The Expressway-E Generate CSR page offers the UC domains either prefixed
+    # (CollabEdgeDNS format: collab-edge.<domain>) or as the domain itself.
     return f"collab-edge.{domain}" if fmt == "collab-edge" else domain
 
 
@@ -141,13 +143,14 @@ def node_common_name(p: NodeProfile) -> str:
 
 
 def node_san_names(p: NodeProfile) -> list[str]:
-    """The DNS names, in order, each once (compared case-insensitively).
+    """The DNS names of a checked profile, in order, each once (compared
+    case-insensitively).
 
-    The node's own FQDN is always the first, standalone too: the old guide's "Subject
-    Alternate Names = leave blank" for a standalone node is outdated, because TLS clients
-    that follow RFC 6125 (section 6.4.4) do not look at the CN once a certificate carries
-    any DNS SAN, and a UC certificate always carries some; current Cisco guidance lists the
-    FQDN as a SAN too."""
+    The node's own FQDN is always among them, standalone too: the old guide's "Subject
+    Alternate Names = leave blank" for a standalone node is outdated. TLS clients that
+    follow RFC 6125 (section 6.4.4) do not look at the CN once a certificate carries any
+    DNS SAN (and a clustered or UC certificate carries some), RFC 9525 and browsers do not
+    look at it at all; current (X14) Cisco guidance lists the node FQDN as a SAN too."""
     if p.model == "cluster-shared":  # the CN first, as the guide's OpenSSL appendix lists
         names = [p.cluster_fqdn, p.fqdn, *p.peers]
     elif p.model == "cluster-per-peer":  # its own peer only: the others have their own
@@ -329,10 +332,16 @@ def load_server_certificates(data: bytes) -> tuple[x509.Certificate,
 def _certificate(der: bytes, where: str | None) -> x509.Certificate:
     try:
         cert = x509.load_der_x509_certificate(der)
-        cert.extensions  # noqa: B018 -- parse them now, so a bad one fails here
-        return cert
     except (ValueError, UnsupportedAlgorithm):
-        pass
+        cert = None
+    if cert is not None:
+        try:
+            cert.extensions  # noqa: B018 -- parse them now, so a bad one fails here
+        except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+            what = f"{where} of the server certificate file" if where else "the certificate"
+            raise BadInput(f"{what} carries a malformed extension ({exc}); have the CA issue "
+                           "it again") from None
+        return cert
     found = _der_what(der) or "neither PEM nor a DER certificate"
     if where is None:
         raise BadInput(f"the server certificate file is {found}; upload the certificate the "
