@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .csr import MAX_RSA_BITS, SAN_WARN_CHARS, check_key
@@ -25,7 +25,7 @@ from .errors import BadInput, Conflict, PolicyViolation
 from .general_names import check_dns_name, describe
 from .keys import describe_key, generate_key, signature_hash
 from .names import checked_attribute, common_name
-from .trust import is_ca
+from .trust import is_ca, name_key
 
 # ---------------------------------------------------------------- node names
 
@@ -535,27 +535,24 @@ def _check_usage(cert: x509.Certificate) -> list[str]:
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Whether ``issuer``'s subject is the certificate's issuer and its key signed it. SHA-1
-    signatures are verified by hand: the library refuses SHA-1 outright, and a SHA-1
-    certificate is warned about, not treated as untrusted as well."""
-    if cert.issuer != issuer.subject:
+    """Whether ``issuer`` issued the certificate: names compared as RFC 5280 7.1 has it
+    (``ca.trust.name_key``, as CRLs find their CA), the signature verified with the
+    certificate's own algorithm parameters, SHA-1 included (the library's
+    ``verify_directly_issued_by`` refuses SHA-1 outright; a SHA-1 certificate is warned
+    about as such, not called untrusted as well)."""
+    if name_key(cert.issuer) != name_key(issuer.subject):
         return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        pass
-    if _signature_hash_name(cert) != "sha1":
-        return False
-    key = issuer.public_key()
+    key, signed = issuer.public_key(), cert.tbs_certificate_bytes
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                       hashes.SHA1())
+            key.verify(cert.signature, signed, cert.signature_algorithm_parameters,
+                       cert.signature_hash_algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA1()))
+            key.verify(cert.signature, signed, cert.signature_algorithm_parameters)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(cert.signature, signed)
         else:
             return False
-    except InvalidSignature:
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         return False
     return True

@@ -561,6 +561,21 @@ def test_an_untrusted_issuer_is_warned_about(node_key):
     assert "(CN=Other CA) is not in the trusted CA list" in warning
 
 
+def test_the_issuer_is_matched_by_name_as_rfc_5280_compares_names(ca, node_key):
+    """RFC 5280 7.1: case and spacing aside, and the CA's key signed it: trusted."""
+    renamed = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                           "test  issuing CA")]))
+               .issuer_name(ca.name).public_key(ca.key.public_key()).serial_number(7)
+               .not_valid_before(T0 - ONE_DAY).not_valid_after(T0 + 365 * ONE_DAY)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+               .sign(ca.key, hashes.SHA256()))
+    checked = check_server_upload(ca.issue(node_key.public_key()).public_bytes(PEM),
+                                  key_bytes(node_key), node_fqdn=NODE, csr_in_progress=False,
+                                  now=T0, trusted=[renamed])
+    assert checked.warnings == ()
+
+
 @pytest.mark.parametrize(("usages", "words"), [
     ((ExtendedKeyUsageOID.SERVER_AUTH,), ["no clientAuth", "Webclientandserver"]),
     ((ExtendedKeyUsageOID.CLIENT_AUTH,), ["no serverAuth"]),
