@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .csr import MAX_RSA_BITS, SAN_WARN_CHARS, check_key
@@ -25,7 +25,7 @@ from .errors import BadInput, Conflict, PolicyViolation
 from .general_names import check_dns_name, describe
 from .keys import describe_key, generate_key, signature_hash
 from .names import checked_attribute, common_name
-from .trust import is_ca
+from .trust import is_ca, name_key
 
 # ---------------------------------------------------------------- node names
 
@@ -107,7 +107,9 @@ def check_node_profile(p: NodeProfile) -> None:
     for name in p.phone_security_profiles:
         try:
             _check_fqdn(name, "phone security profile")
-        except PolicyViolation:
+        except PolicyViolation as exc:
+            if exc.rule == "no-wildcard":
+                raise
             raise PolicyViolation(
                 f"phone security profile {name[:80]!r} is not in FQDN format: the guide lists "
                 f"only profiles named as FQDNs (such as secure.example.com; {_C_SECTION}), "
@@ -127,8 +129,8 @@ def _check_fqdn(name: str, what: str) -> None:
 
 
 def _uc_name(domain: str, fmt: str) -> str:
-    # The Expressway-E Generate CSR page offers the domains as collab-edge.<domain> (the
-    # name of the _collab-edge SRV target) or as the domain itself.
+    # The Expressway-E Generate CSR page offers the UC domains either prefixed
+    # (CollabEdgeDNS format: collab-edge.<domain>) or as the domain itself.
     return f"collab-edge.{domain}" if fmt == "collab-edge" else domain
 
 
@@ -141,13 +143,14 @@ def node_common_name(p: NodeProfile) -> str:
 
 
 def node_san_names(p: NodeProfile) -> list[str]:
-    """The DNS names, in order, each once (compared case-insensitively).
+    """The DNS names of a checked profile, in order, each once (compared
+    case-insensitively).
 
-    The node's own FQDN is always the first, standalone too: the old guide's "Subject
-    Alternate Names = leave blank" for a standalone node is outdated, because TLS clients
-    that follow RFC 6125 (section 6.4.4) do not look at the CN once a certificate carries
-    any DNS SAN, and a UC certificate always carries some; current Cisco guidance lists the
-    FQDN as a SAN too."""
+    The node's own FQDN is always among them, standalone too: the old guide's "Subject
+    Alternate Names = leave blank" for a standalone node is outdated. TLS clients that
+    follow RFC 6125 (section 6.4.4) do not look at the CN once a certificate carries any
+    DNS SAN (and a clustered or UC certificate carries some), RFC 9525 and browsers do not
+    look at it at all; current (X14) Cisco guidance lists the node FQDN as a SAN too."""
     if p.model == "cluster-shared":  # the CN first, as the guide's OpenSSL appendix lists
         names = [p.cluster_fqdn, p.fqdn, *p.peers]
     elif p.model == "cluster-per-peer":  # its own peer only: the others have their own
@@ -329,10 +332,16 @@ def load_server_certificates(data: bytes) -> tuple[x509.Certificate,
 def _certificate(der: bytes, where: str | None) -> x509.Certificate:
     try:
         cert = x509.load_der_x509_certificate(der)
-        cert.extensions  # noqa: B018 -- parse them now, so a bad one fails here
-        return cert
     except (ValueError, UnsupportedAlgorithm):
-        pass
+        cert = None
+    if cert is not None:
+        try:
+            cert.extensions  # noqa: B018 -- parse them now, so a bad one fails here
+        except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+            what = f"{where} of the server certificate file" if where else "the certificate"
+            raise BadInput(f"{what} carries a malformed extension ({exc}); have the CA issue "
+                           "it again") from None
+        return cert
     found = _der_what(der) or "neither PEM nor a DER certificate"
     if where is None:
         raise BadInput(f"the server certificate file is {found}; upload the certificate the "
@@ -526,27 +535,24 @@ def _check_usage(cert: x509.Certificate) -> list[str]:
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Whether ``issuer``'s subject is the certificate's issuer and its key signed it. SHA-1
-    signatures are verified by hand: the library refuses SHA-1 outright, and a SHA-1
-    certificate is warned about, not treated as untrusted as well."""
-    if cert.issuer != issuer.subject:
+    """Whether ``issuer`` issued the certificate: names compared as RFC 5280 7.1 has it
+    (``ca.trust.name_key``, as CRLs find their CA), the signature verified with the
+    certificate's own algorithm parameters, SHA-1 included (the library's
+    ``verify_directly_issued_by`` refuses SHA-1 outright; a SHA-1 certificate is warned
+    about as such, not called untrusted as well)."""
+    if name_key(cert.issuer) != name_key(issuer.subject):
         return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        pass
-    if _signature_hash_name(cert) != "sha1":
-        return False
-    key = issuer.public_key()
+    key, signed = issuer.public_key(), cert.tbs_certificate_bytes
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                       hashes.SHA1())
+            key.verify(cert.signature, signed, cert.signature_algorithm_parameters,
+                       cert.signature_hash_algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA1()))
+            key.verify(cert.signature, signed, cert.signature_algorithm_parameters)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(cert.signature, signed)
         else:
             return False
-    except InvalidSignature:
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         return False
     return True

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ca.authority import check_request
 from ca.csr import SAN_WARN_CHARS, load_csr
@@ -462,7 +462,22 @@ def _crl(ca, encoding) -> bytes:
             .public_bytes(encoding))
 
 
+def _bad_key_usage(ca, encoding) -> bytes:
+    """A certificate whose keyUsage extension holds two bytes that are no BIT STRING."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE)])
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.name)
+            .public_key(cached_key("ec-p256").public_key()).serial_number(1)
+            .not_valid_before(T0).not_valid_after(T0 + ONE_DAY)
+            .add_extension(x509.UnrecognizedExtension(ExtensionOID.KEY_USAGE, b"\x01\x02"),
+                           True)
+            .sign(ca.key, hashes.SHA256()).public_bytes(encoding))
+
+
 @pytest.mark.parametrize(("make", "words"), [
+    (lambda ca, leaf, key: _bad_key_usage(ca, DER),
+     "the certificate carries a malformed extension"),
+    (lambda ca, leaf, key: _bad_key_usage(ca, PEM),
+     "PEM block #1 of the server certificate file carries a malformed extension"),
     (lambda ca, leaf, key: b"\x00\x01garbage bytes" * 10, "neither PEM nor a DER certificate"),
     (lambda ca, leaf, key: b"\n", "the server certificate file is empty"),
     (lambda ca, leaf, key: b"-----BEGIN is all there is", "has no complete PEM block"),
@@ -544,6 +559,21 @@ def test_an_untrusted_issuer_is_warned_about(node_key):
                                   now=T0, trusted=[trusted.cert])
     [warning] = checked.warnings
     assert "(CN=Other CA) is not in the trusted CA list" in warning
+
+
+def test_the_issuer_is_matched_by_name_as_rfc_5280_compares_names(ca, node_key):
+    """RFC 5280 7.1: case and spacing aside, and the CA's key signed it: trusted."""
+    renamed = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                           "test  issuing CA")]))
+               .issuer_name(ca.name).public_key(ca.key.public_key()).serial_number(7)
+               .not_valid_before(T0 - ONE_DAY).not_valid_after(T0 + 365 * ONE_DAY)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+               .sign(ca.key, hashes.SHA256()))
+    checked = check_server_upload(ca.issue(node_key.public_key()).public_bytes(PEM),
+                                  key_bytes(node_key), node_fqdn=NODE, csr_in_progress=False,
+                                  now=T0, trusted=[renamed])
+    assert checked.warnings == ()
 
 
 @pytest.mark.parametrize(("usages", "words"), [
