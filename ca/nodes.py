@@ -8,6 +8,7 @@ registered twice under two spellings would get two keys and two stores.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,7 +103,12 @@ def _resolve_member(session: Session, ref: str) -> dict:
         return {"ca": get_ca(session, ref).name}
     except NotFound:
         pass
-    row = find_entry(session, ref)  # one look-up rule for entries, as `pkiq trust` uses
+    try:
+        row = find_entry(session, ref)  # one look-up rule for entries, as `pkiq trust` uses
+    except (BadInput, NotFound):
+        raise NotFound(f"{ref[:80]!r} is neither a pkiq CA nor an entry of the trusted CA "
+                       "list: give a CA name (ca:NAME), a list id or a SHA-256 fingerprint "
+                       "prefix of 8 or more hex digits (pkiq trust list)") from None
     return {"sha256": row.sha256, "subject": row.subject}
 
 
@@ -241,7 +247,12 @@ def update_node(session: Session, node: ExpresswayNode, changes: NodeChanges,
             raise BadInput(f"keep {changes.keep_generations} generations: choose 1 to "
                            f"{MAX_KEEP}")
         node.keep_generations = changes.keep_generations
-    check_node_profile(node_profile(session, node))
+    profile = node_profile(session, node)
+    if profile.model == "cluster-shared" and not profile.peers:
+        # The first peer of a shared-certificate cluster is registered before the others;
+        # the CSR, made once they are all there, must list every one (checked then).
+        profile = dataclasses.replace(profile, model="cluster-per-peer")
+    check_node_profile(profile)
     node.updated_at = now
     mark_due(node, now, "node settings changed")
     session.flush()

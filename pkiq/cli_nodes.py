@@ -192,7 +192,8 @@ def _node_options(func):
 
 
 def _changes(role, cluster, chat_node_aliases, phone_security_profiles, uc_domains,
-             uc_domain_format, trusted_set, store_dir, keep_generations, *, clear=()) -> NodeChanges:
+             uc_domain_format, trusted_set, store_dir, keep_generations, *,
+             clear=()) -> NodeChanges:
     def names(values, flag):
         return tuple(values) if values or flag in clear else None
 

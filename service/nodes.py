@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ca.expressway import csr_subject_and_sans, san_warnings
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from ca import jobs, node_credentials, nodes
 from ca.authority import check_in_service, get_ca
 from ca.errors import WrongPassphrase
+from ca.expressway import csr_subject_and_sans, san_warnings
 from ca.general_names import describe
 from ca.models import ExpresswayCluster, ExpresswayNode, NodeCredential, TrustedSet
+from ca.names import openssl_oneline
 from ca.nodes import NodeChanges
 from ca.store_material import Catalogue
 from ca.x509text import decode_all, render
@@ -50,8 +51,8 @@ def credential_view(row: NodeCredential | None) -> dict | None:
             "created_at": _iso(row.created_at), "activated_at": _iso(row.activated_at),
             "job": row.job_id, "warnings": list(row.warnings)}
     if cert is not None:
-        view.update(serial=f"{cert.serial_number:X}", subject=cert.subject.rfc4514_string(),
-                    issuer=cert.issuer.rfc4514_string(),
+        view.update(serial=f"{cert.serial_number:X}", subject=openssl_oneline(cert.subject),
+                    issuer=openssl_oneline(cert.issuer),
                     not_after=_iso(cert.not_valid_after_utc))
     return view
 
@@ -125,7 +126,7 @@ def show_set(ctx: ServiceContext, name: str) -> dict:
         row = nodes.get_set(session, name)
         certs, missing = Catalogue.load(session).members(row.members)
         view = set_view(row)
-    view["certificates"] = [{"subject": c.subject.rfc4514_string(),
+    view["certificates"] = [{"subject": openssl_oneline(c.subject),
                              "sha256": c.fingerprint(hashes.SHA256()).hex()} for c in certs]
     view["missing"] = missing
     return view
@@ -165,7 +166,7 @@ def show_node(ctx: ServiceContext, fqdn: str) -> dict:
         node = nodes.get_node(session, fqdn)
         view = node_view(node)
         subject, sans = csr_subject_and_sans(nodes.node_profile(session, node))
-        view["csr_names"] = {"subject": subject.rfc4514_string(),
+        view["csr_names"] = {"subject": openssl_oneline(subject),
                              "subject_alt_names": [n.value for n in sans]}
         view["certificate"] = credential_view(node_credentials.active(session, node))
         view["csr"] = credential_view(node_credentials.pending(session, node))
@@ -201,7 +202,7 @@ def generate_csr(ctx: ServiceContext, fqdn: str, *, key_type: str, passphrase: b
 def _csr_view(row: NodeCredential) -> dict:
     csr = x509.load_der_x509_csr(row.csr_der)
     sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return {**credential_view(row), "subject": csr.subject.rfc4514_string(),
+    return {**credential_view(row), "subject": openssl_oneline(csr.subject),
             "subject_alt_names": [describe(n) for n in sans],
             "warnings": san_warnings(list(sans)),
             "pem": csr.public_bytes(serialization.Encoding.PEM).decode()}
