@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ca.errors import Conflict, NotFound, PkiqError
+from ca.errors import BadInput, Conflict, NotFound, PkiqError
 from ca.store_layout import MANIFEST, StoreContent
 from shell.files import file_kind, read_regular
 
@@ -110,7 +110,12 @@ class NodeStore:
         path = self._generations_folder() / str(number) / MANIFEST
         if not path.exists():
             return None
-        return json.loads(read_regular(path, limit=MAX_MANIFEST, what="store manifest"))
+        data = read_regular(path, limit=MAX_MANIFEST, what="store manifest")
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise BadInput(f"store manifest {path} is not valid JSON ({exc}); publish "
+                           "again to replace the generation") from None
 
     # ------------------------------------------------------------ writing
 
@@ -120,10 +125,8 @@ class NodeStore:
         _check_names(content.files)
         with self._locked():
             current = self.current_generation()
-            if current is not None:
-                manifest = self.current_manifest()
-                if manifest is not None and manifest.get("digest") == content.digest:
-                    return PublishOutcome(False, current, self._path(current), 0, [])
+            if current is not None and self._holds(content.digest):
+                return PublishOutcome(False, current, self._path(current), 0, [])
             self._remove_leftovers()
             number = max(self.generations(), default=0) + 1
             written = self._write_generation(number, content)
@@ -134,6 +137,15 @@ class NodeStore:
                 raise
             return PublishOutcome(True, number, self._path(number), written,
                                   self._prune(number))
+
+    def _holds(self, digest: str) -> bool:
+        """Whether the current generation is ``digest``'s; a manifest damaged or removed
+        by hand is not, so publishing again repairs the store."""
+        try:
+            manifest = self.current_manifest()
+        except BadInput:
+            return False
+        return isinstance(manifest, dict) and manifest.get("digest") == digest
 
     def rollback(self) -> int:
         """Point ``current`` back at the newest generation older than it; return its

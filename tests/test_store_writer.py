@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ca.errors import Conflict, NotFound
+from ca.errors import BadInput, Conflict, NotFound
 from ca.store_layout import MANIFEST, StoreContent, StoreInputs, store_files
 from shell.stores import NodeStore, StoreWriteError
 
@@ -317,3 +317,14 @@ def test_bad_file_names_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="not a plain relative path"):
         NodeStore(tmp_path / "store").publish(bad)
     assert not (tmp_path / "store").exists()
+
+
+def test_a_manifest_damaged_by_hand_is_reported_and_republishing_repairs_it(tmp_path):
+    store = NodeStore(tmp_path / "store")
+    store.publish(content(1))
+    (tmp_path / "store" / "current" / MANIFEST).write_text("{not json")
+    with pytest.raises(BadInput, match="not valid JSON"):
+        store.current_manifest()
+    outcome = store.publish(content(1))
+    assert outcome.changed and outcome.generation == 2
+    assert store.current_manifest()["digest"] == content(1).digest
