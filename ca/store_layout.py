@@ -190,9 +190,15 @@ def ordered_crls(ders: Iterable[bytes]
     same DER is dropped."""
     unique = {hashlib.sha256(der).hexdigest(): bytes(der) for der in ders}
     parsed = [(sha, der, x509.load_der_x509_crl(der)) for sha, der in unique.items()]
-    parsed.sort(key=lambda item: (openssl_oneline(item[2].issuer), _number(item[2]) or -1,
+    parsed.sort(key=lambda item: (openssl_oneline(item[2].issuer), _number_or_minus(item[2]),
                                   scope_of(item[2]).text, item[0]))
     return [(der, crl) for _sha, der, crl in parsed]
+
+
+def _number_or_minus(crl: x509.CertificateRevocationList) -> int:
+    """For sorting: a CRL without a number (a v1 CRL) before any numbered one."""
+    number = _number(crl)
+    return -1 if number is None else number
 
 
 def _number(crl: x509.CertificateRevocationList) -> int | None:
