@@ -151,8 +151,10 @@ def _capath(trusted: Sequence[x509.Certificate],
 
 def _clear_key(pem: bytes, leaf: x509.Certificate | None) -> bytes:
     """The key as one clear PEM block ending in exactly one newline (the guide: "Service
-    failures ... private key file that does not contain a trailing newline"), checked to
-    be the server certificate's."""
+    failures ... private key file that does not contain a trailing newline"), in the form
+    it was given (PKCS#8 ``PRIVATE KEY`` or OpenSSL's traditional ``RSA``/``EC PRIVATE
+    KEY``) but written afresh, so no text or header around the block reaches the node;
+    checked to be the server certificate's."""
     blocks = list(pem_blocks(pem))
     if len(blocks) != 1 or blocks[0].label not in _CLEAR_KEY_LABELS:
         labels = ", ".join(block.label for block in blocks) or "no PEM block"
@@ -166,7 +168,10 @@ def _clear_key(pem: bytes, leaf: x509.Certificate | None) -> bytes:
         raise PolicyViolation("the node's private key does not belong to its server "
                               "certificate; publish the key the request was made with",
                               field="private_key", rule="key-matches-certificate")
-    return pem.rstrip(b"\r\n \t") + b"\n"
+    form = (serialization.PrivateFormat.PKCS8 if blocks[0].label == "PRIVATE KEY"
+            else serialization.PrivateFormat.TraditionalOpenSSL)
+    text = key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption())
+    return text.rstrip(b"\n") + b"\n"
 
 
 def _spki(public_key) -> bytes:
@@ -185,9 +190,15 @@ def ordered_crls(ders: Iterable[bytes]
     same DER is dropped."""
     unique = {hashlib.sha256(der).hexdigest(): bytes(der) for der in ders}
     parsed = [(sha, der, x509.load_der_x509_crl(der)) for sha, der in unique.items()]
-    parsed.sort(key=lambda item: (openssl_oneline(item[2].issuer), _number(item[2]) or -1,
+    parsed.sort(key=lambda item: (openssl_oneline(item[2].issuer), _number_or_minus(item[2]),
                                   scope_of(item[2]).text, item[0]))
     return [(der, crl) for _sha, der, crl in parsed]
+
+
+def _number_or_minus(crl: x509.CertificateRevocationList) -> int:
+    """For sorting: a CRL without a number (a v1 CRL) before any numbered one."""
+    number = _number(crl)
+    return -1 if number is None else number
 
 
 def _number(crl: x509.CertificateRevocationList) -> int | None:

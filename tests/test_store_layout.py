@@ -154,11 +154,17 @@ def test_store_files_have_the_expected_names_and_content():
                for crl in manifest["crls"])
 
 
-def test_trailing_newlines_of_the_key_are_made_exactly_one():
+def test_the_key_is_one_block_ending_in_exactly_one_newline():
     key = key_pem(pki().leaf_key).rstrip(b"\n")
-    for given in (key, key + b"\n", key + b"\n\n\r\n"):
+    for given in (key, key + b"\n", key + b"\n\n\r\n",
+                  b"Bag Attributes\n    localKeyID: 01\n" + key + b"\ntrailing words\n"):
         assert store_files(_inputs(private_key_pem=given), T0).files["privkey.pem"] == (
             key + b"\n")
+    traditional = pki().leaf_key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.TraditionalOpenSSL,
+                                               serialization.NoEncryption())
+    written = store_files(_inputs(private_key_pem=traditional), T0).files["privkey.pem"]
+    assert written == traditional and written.startswith(b"-----BEGIN EC PRIVATE KEY")
 
 
 def test_an_encrypted_or_foreign_key_is_refused():
