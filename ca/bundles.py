@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
+from .crl_order import crl_pem, ordered_crls
 from .errors import BadInput
 from .name_hash import subject_hash
-from .store_layout import crl_pem, ordered_crls
 
 BUNDLE_TYPES = {"zip": "application/zip", "tgz": "application/gzip",
                 "pem": "application/x-pem-file"}

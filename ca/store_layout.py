@@ -14,7 +14,6 @@ but the manifest, so a publisher can tell "nothing changed" without comparing ti
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .bundles import crl_bundle
+from .crl_order import crl_number, crl_pem, ordered_crls
 from .crl_scope import scope_of
 from .encoding import pem_blocks
 from .errors import BadInput, PolicyViolation
@@ -33,8 +34,7 @@ from .names import openssl_oneline
 from .trust import fingerprint, name_key
 
 __all__ = ["MANIFEST", "PRIVATE_KEY", "StoreContent", "StoreInputs", "check_trusted_list",
-           "crl_pem",
-           "ordered_crls", "store_files", "subject_hash", "unique_certificates"]
+           "crl_pem", "ordered_crls", "store_files", "subject_hash", "unique_certificates"]
 
 MANIFEST = "manifest.json"
 PRIVATE_KEY = "privkey.pem"
@@ -125,6 +125,10 @@ def store_files(inputs: StoreInputs, now: dt.datetime) -> StoreContent:
         files["crls.pem"] = crls_pem
     if trusted_pem or crls_pem:
         files["trusted-ca-with-crls.pem"] = trusted_pem + crls_pem
+    if crls:  # what an Expressway's automatic CRL updates fetch: ZIP or GZIP archives
+        ders = [der for der, _crl in crls]
+        files["crls.zip"] = crl_bundle(ders, "zip")
+        files["crls.tar.gz"] = crl_bundle(ders, "tgz")
     files.update(_capath(trusted, crls))
     digest = _digest(files)
     files[MANIFEST] = _manifest(inputs, now, digest, files, leaf, chain, trusted, crls)
@@ -183,31 +187,6 @@ def _sorted_certs(certs: Iterable[x509.Certificate]) -> tuple[x509.Certificate, 
     return tuple(sorted(certs, key=lambda c: (openssl_oneline(c.subject), fingerprint(c))))
 
 
-def ordered_crls(ders: Iterable[bytes]
-                 ) -> list[tuple[bytes, x509.CertificateRevocationList]]:
-    """(DER, parsed) by issuer, then CRL number, then scope, then the DER's own hash: a
-    total order, so that the same set in any order gives the same files. A repeat of the
-    same DER is dropped."""
-    unique = {hashlib.sha256(der).hexdigest(): bytes(der) for der in ders}
-    parsed = [(sha, der, x509.load_der_x509_crl(der)) for sha, der in unique.items()]
-    parsed.sort(key=lambda item: (openssl_oneline(item[2].issuer), _number_or_minus(item[2]),
-                                  scope_of(item[2]).text, item[0]))
-    return [(der, crl) for _sha, der, crl in parsed]
-
-
-def _number_or_minus(crl: x509.CertificateRevocationList) -> int:
-    """For sorting: a CRL without a number (a v1 CRL) before any numbered one."""
-    number = _number(crl)
-    return -1 if number is None else number
-
-
-def _number(crl: x509.CertificateRevocationList) -> int | None:
-    try:
-        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except x509.ExtensionNotFound:
-        return None
-
-
 def _digest(files: dict[str, bytes]) -> str:
     """SHA-256 over each file's name and content, each length-prefixed so no two sets of
     files can run together into the same stream."""
@@ -262,7 +241,7 @@ def _crl_entry(der: bytes, crl: x509.CertificateRevocationList) -> dict:
     return {
         "issuer": openssl_oneline(crl.issuer),
         "hash": subject_hash(crl.issuer),
-        "number": _number(crl),
+        "number": crl_number(crl),
         "scope": {"complete": scope.complete, "idp": idp is not None, "text": scope.text,
                   "full_name": full_name},
         "this_update": _time(crl.last_update_utc),
@@ -277,10 +256,3 @@ def _time(moment: dt.datetime) -> str:
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def crl_pem(der: bytes) -> bytes:
-    """The CRL's own DER in PEM (RFC 7468 section 5: 64-character base64 lines)."""
-    text = base64.b64encode(der)
-    lines = b"".join(text[i:i + 64] + b"\n" for i in range(0, len(text), 64))
-    return b"-----BEGIN X509 CRL-----\n" + lines + b"-----END X509 CRL-----\n"

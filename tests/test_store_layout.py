@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ca.bundles import crl_bundle
 from ca.errors import BadInput, PolicyViolation
 from ca.name_hash import subject_hash
 from ca.store_layout import (
@@ -125,8 +126,12 @@ def test_store_files_have_the_expected_names_and_content():
     content = store_files(_inputs(), T0)
     files = content.files
     hashes_ = {subject_hash(p.root.cert.subject), subject_hash(p.intermediate.cert.subject)}
-    assert list(files)[:7] == ["server.pem", "chain.pem", "fullchain.pem", "privkey.pem",
-                               "trusted-ca.pem", "crls.pem", "trusted-ca-with-crls.pem"]
+    assert list(files)[:9] == ["server.pem", "chain.pem", "fullchain.pem", "privkey.pem",
+                               "trusted-ca.pem", "crls.pem", "trusted-ca-with-crls.pem",
+                               "crls.zip", "crls.tar.gz"]
+    ders = list(p.crls())
+    assert files["crls.zip"] == crl_bundle(ders, "zip")  # the bundles Expressways fetch
+    assert files["crls.tar.gz"] == crl_bundle(ders, "tgz")
     assert list(files)[-1] == MANIFEST
     assert {f for f in files if f.startswith("capath/")} == (
         {f"capath/{h}.0" for h in hashes_} | {f"capath/{h}.r0" for h in hashes_})

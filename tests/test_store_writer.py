@@ -299,19 +299,6 @@ def test_a_full_disk_leaves_the_current_generation(tmp_path):
         subprocess.run(["umount", str(mount)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-def test_a_folder_without_write_permission_leaves_the_current_generation(tmp_path):
-    root = tmp_path / "store"
-    NodeStore(root).publish(content(1))
-    (root / "generations").chmod(0o500)
-    try:
-        with pytest.raises(StoreWriteError) as caught:
-            NodeStore(root).publish(content(2))
-    finally:
-        (root / "generations").chmod(0o755)
-    _assert_failed_cleanly(root, str(caught.value), "Permission denied")
-
-
 def test_bad_file_names_are_refused_before_anything_is_written(tmp_path):
     bad = StoreContent(files={"../escape": b"x"}, private=frozenset(), digest="d")
     with pytest.raises(ValueError, match="not a plain relative path"):
