@@ -49,7 +49,14 @@ def due(update_time: str, now: dt.datetime, last_scheduled_run: dt.datetime | No
 # the database (the daily time, the overlap of pkiq's CRLs, open alerts), so a change of
 # schedule needs no beat restart.
 CRL_TICK_TASK = "pkiq.crl.tick"
+# The stores tick: every node whose store is due (its inputs changed, it was asked for, or a
+# failed attempt's retry time came) is published, one node at a time.
+STORES_TICK_TASK = "pkiq.stores.tick"
 
 
-def beat_entries(tick_seconds: float) -> dict[str, dict]:
-    return {"crl-tick": {"task": CRL_TICK_TASK, "schedule": float(tick_seconds)}}
+def beat_entries(tick_seconds: float, stores_seconds: float | None = None
+                 ) -> dict[str, dict]:
+    entries = {"crl-tick": {"task": CRL_TICK_TASK, "schedule": float(tick_seconds)}}
+    if stores_seconds is not None:
+        entries["stores-tick"] = {"task": STORES_TICK_TASK, "schedule": float(stores_seconds)}
+    return entries

@@ -23,7 +23,13 @@ from ca.authority import generate_crl, latest_crl
 from ca.crl_scope import COMPLETE
 from ca.errors import PkiqError
 from ca.keys import Signer
-from ca.models import Certificate, CertificateAuthority, CrlIssuerStatus, DistributionPoint
+from ca.models import (
+    Certificate,
+    CertificateAuthority,
+    CrlIssuerStatus,
+    DistributionPoint,
+    ExpresswayNode,
+)
 from ca.sql import insert_or_ignore
 
 from .models import AlertState, RefreshRun
@@ -143,11 +149,33 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
         if crl is not None and ca.not_after > now:
             found.extend(_expiry_problem(f"own-expiry:{ca.name}", f"pkiq CA {ca.name}",
                                          crl.next_update, now, warn))
+    found.extend(node_problems(session))
     for outcome in own_crls:
         if outcome.error is not None:
             found.append(Problem(f"own-renew:{outcome.ca}", "critical",
                                  f"cannot renew the CRL of pkiq CA {outcome.ca}: "
                                  f"{outcome.error}", dict(ca=outcome.ca)))
+    return found
+
+
+def node_problems(session: Session) -> list[Problem]:
+    """Per node: a store that could not be written, and each coverage gap its last
+    publication recorded (a CA of its trusted list without a CRL valid for the headroom):
+    one alert per node and CA, resolved when the next publication no longer has it."""
+    found = []
+    for node in session.scalars(select(ExpresswayNode).order_by(ExpresswayNode.fqdn)):
+        if node.publish_error:
+            found.append(Problem(f"store:{node.fqdn}", "critical",
+                                 f"the store of node {node.fqdn} was not published: "
+                                 f"{node.publish_error}; its files are as they were",
+                                 dict(node=node.fqdn, error=node.publish_error)))
+        for gap in node.coverage_gaps or []:
+            severity = "warning" if gap["reason"].startswith("expiring") else "critical"
+            found.append(Problem(f"coverage:{node.fqdn}:{gap.get('key', gap['sha256'])}",
+                                 severity, f"node {node.fqdn} has no good CRL for "
+                                 f"{gap['ca']}: {gap['reason']}",
+                                 dict(node=node.fqdn, ca=gap["ca"], reason=gap["reason"],
+                                      since=gap.get("since"))))
     return found
 
 

@@ -26,7 +26,9 @@ from ca.errors import PkiqError, WrongPassphrase
 from ca.keys import Signer
 from scheduler import tick
 from scheduler.notifications import sender, undeliverable
-from scheduler.schedule import CRL_TICK_TASK
+from scheduler.schedule import CRL_TICK_TASK, STORES_TICK_TASK
+from service import stores
+from service.context import ServiceContext
 from shell.db import make_engine, migrate, session_factory, transaction
 from shell.settings import Settings
 
@@ -171,3 +173,27 @@ def crl_tick() -> dict:
             "skipped": report.skipped,
             "own_crls": [dataclasses.asdict(outcome) for outcome in report.own_crls],
             "alerted": report.alerted}
+
+
+def _service() -> ServiceContext:
+    """The use cases' context for this worker process (its own engine, made after the fork)."""
+    if _state.get("service_pid") != os.getpid():
+        _state.update(service_pid=os.getpid(), service=ServiceContext(_settings(), utc_now))
+    return _state["service"]
+
+
+@shared_task(name=STORES_TICK_TASK, acks_late=True, ignore_result=True)
+def stores_tick() -> list[dict]:
+    """Publish every node store that is due; one node failing is recorded on that node (and
+    retried later, with backoff) and never stops the others."""
+    try:
+        passphrase = _settings().passphrase()
+    except PkiqError as exc:  # the nodes' failures below then say so, one per node
+        log.error("stores tick: %s", exc)
+        passphrase = None
+    outcomes = stores.publish(_service(), passphrase=passphrase, due_only=True)
+    done = [o.view() for o in outcomes if o.state != "skipped"]
+    for outcome in done:
+        log.info("store of %s: %s%s", outcome["node"], outcome["state"],
+                 f" ({outcome['error']})" if outcome["error"] else "")
+    return done
