@@ -133,9 +133,12 @@ class Catalogue:
 
     def trusted_for(self, node: ExpresswayNode) -> tuple[list[x509.Certificate], list[str]]:
         """The node's trusted CA list, and the set members that no longer resolve. No set:
-        the whole trusted CA list."""
+        pkiq's own CAs (the trusted list's default) and every entry of the trusted CA
+        list."""
         if node.trusted_set is None:
-            return [cert for _, cert in self.entries], []
+            found = {fingerprint(ca.chain[0]): ca.chain[0] for ca in self.cas.values()}
+            found.update((sha, cert) for sha, cert in self.entries)
+            return list(found.values()), []
         return self.members(node.trusted_set.members)
 
     def members(self, members: list[dict]) -> tuple[list[x509.Certificate], list[str]]:

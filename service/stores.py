@@ -43,7 +43,7 @@ def headroom(settings: Settings) -> dt.timedelta:
 def retry_delay(attempts: int) -> dt.timedelta:
     """30 s, 1 min, 2 min, ... up to an hour: a full disk is not mended in a second, and
     an operator who mends it can publish at once (``pkiq node publish``)."""
-    return min(RETRY_FIRST * (2 ** max(attempts - 1, 0)), RETRY_MAX)
+    return min(RETRY_FIRST * (2 ** min(max(attempts - 1, 0), 16)), RETRY_MAX)
 
 
 @dataclass
