@@ -37,6 +37,8 @@ COMMANDS = {
              "Run the scheduler: job reconciler and CRL tick (celery -A worker beat)."),
     "serve": ("pkiq.cli_jobs", "serve_cmd",
               "The whole service on one host: workers and beat."),
+    "web": ("pkiq.cli_web", "web_cmd",
+            "Serve CA certificates and CRLs over HTTP, with conditional GET."),
     "db": ("pkiq.cli_db", "db_group", "The database schema: create or upgrade it."),
     "x509": ("pkiq.cli_x509", "x509_group",
              "Decode and convert certificates, requests and CRLs (no database needed)."),

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
                                   description="http://HOST:PORT, optionally user:password@")
     crl_no_proxy: str | None = Field(default=None, description=_HOSTS)
     crl_allow_internal: str | None = Field(default=None, description=_HOSTS)
+    # The web app (pkiq web): where it listens for the CA certificate and CRL downloads.
+    web_host: str = Field(default="127.0.0.1", description="an address or host name to "
+                          "listen on: 0.0.0.0 for every IPv4 interface")
+    web_port: int = Field(default=8080, ge=1, le=65535,
+                          description="a port number from 1 to 65535")
 
     @field_validator("data_dir")
     @classmethod
