@@ -14,8 +14,8 @@ from .cli_common import pass_service
               help="Port to listen on (default PKIQ_WEB_PORT, else 8080).")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Server processes; each keeps its own cache.")
-@click.option("--access-log/--no-access-log", default=True, show_default=True,
-              help="Log one line per request.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True,
+              help="Log one line per request (errors are logged either way).")
 @pass_service
 def web_cmd(ctx, host, port, workers, access_log):
     """Serve CA certificates and CRLs over HTTP, with conditional GET.

@@ -336,6 +336,23 @@ def test_an_unexpected_failure_is_a_generic_500_and_logged(served, ctx, tmp_path
     assert served.get("/healthz").status_code == 200  # the process is still up
 
 
+def test_a_database_failing_later_leaves_the_last_files_served(served, tmp_path, caplog):
+    tag = served.get("/ca/Root.crl").headers["etag"]
+    with sqlite3.connect(tmp_path / "pkiq.db") as db:
+        db.execute("ALTER TABLE certificate_authorities RENAME TO away")
+    deadline = time.monotonic() + 2.5  # two and more re-reads fail meanwhile
+    while time.monotonic() < deadline:
+        assert served.get("/ca/Root.crl", **{"If-None-Match": tag}).status_code == 304
+        time.sleep(0.1)
+    said = [r.getMessage() for r in caplog.records if r.name == "pkiq.web"]
+    assert said == ["cannot re-read what changed; serving what was read last"]
+    with sqlite3.connect(tmp_path / "pkiq.db") as db:
+        db.execute("ALTER TABLE away RENAME TO certificate_authorities")
+    wait_for(lambda: served.get("/ca/Root.crl") and any(  # a request starts each re-read
+        "works again" in r.getMessage() for r in caplog.records))
+    assert served.get("/ca/Root.crl").headers["etag"] == tag
+
+
 # ---------------------------------------------------------------- parsing, directly
 
 def test_entity_tag_lists_are_read_tag_by_tag():
@@ -366,7 +383,7 @@ def test_pkiq_web_serves_until_sigterm(ctx, tmp_path):
     env = {**os.environ, "PKIQ_DATA_DIR": str(tmp_path / "data"),
            "PKIQ_DATABASE_URL": f"sqlite:///{tmp_path / 'pkiq.db'}",
            "PKIQ_WEB_PORT": str(port)}
-    process = subprocess.Popen([sys.executable, "-m", "pkiq", "web", "--no-access-log"],
+    process = subprocess.Popen([sys.executable, "-m", "pkiq", "web"],
                                env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     try:
@@ -391,3 +408,4 @@ def test_pkiq_web_serves_until_sigterm(ctx, tmp_path):
     # the signal it was sent, as a supervisor expects of a process it told to stop.
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Finished server process" in output and "Traceback" not in output
+    assert "GET /ca/Root.crl" not in output  # no access log unless asked

@@ -36,6 +36,7 @@ class Refreshed(Generic[T]):
         self._read_at = float("-inf")
         self._first: asyncio.Lock | None = None
         self._task: asyncio.Task | None = None
+        self._failing = False
 
     async def get(self) -> T:
         if self._value is None:
@@ -55,7 +56,13 @@ class Refreshed(Generic[T]):
         except Exception:
             if raise_errors:
                 raise
-            log.exception("re-reading the download versions failed; serving the last read")
+            if not self._failing:  # once per outage, not once a second
+                log.exception("cannot re-read what changed; serving what was read last")
+            self._failing = True
+        else:
+            if self._failing:
+                log.warning("re-reading what changed works again")
+            self._failing = False
         finally:
             self._read_at = started  # a failed read is retried after the interval too
             self._task = None

@@ -35,10 +35,12 @@ SUFFIXES = {".crl.pem": ("crl", True), ".crl": ("crl", False), ".crt": ("cert", 
 
 def crl_cache_control(next_update: dt.datetime, now: dt.datetime) -> str:
     """Cache-Control for a CRL. ``max-age`` never reaches past nextUpdate, so no cache
-    (an Expressway's, a proxy's) holds a copy beyond the time it was said to be replaced
-    (RFC 5280 section 5.1.2.5) without asking, and is at most MAX_AGE. Past nextUpdate the
-    CRL on hand is overdue: ``no-cache`` makes every cache ask each time (a cheap 304 while
-    nothing changed) and pick up the replacement the moment it is issued."""
+    (a proxy's, a client's) holds a copy beyond the time it was said to be replaced
+    (RFC 5280 section 5.1.2.5) without asking: an Expressway treats every certificate of a
+    CA whose CRL has expired as revoked (Cisco guide, "Manual CRL updates"). It is at most
+    MAX_AGE. Past nextUpdate the CRL on hand is overdue: ``no-cache`` makes every cache ask
+    each time (a cheap 304 while nothing changed) and pick up the replacement the moment it
+    is issued."""
     left = int((next_update - now).total_seconds())
     if left <= 0:
         return "no-cache"
