@@ -5,6 +5,7 @@ answered 400/404 in one line, never 500."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import os
@@ -22,9 +23,11 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.errors import NotFound
 from pkiq.cli import cli
 from service import ServiceContext, cas
 from shell.settings import Settings
+from web.cache import VersionedDownloads
 from web.conditional import entity_tags, http_date, none_match, parse_http_date
 from web.server import make_server
 
@@ -204,6 +207,15 @@ def test_if_none_match_naming_another_copy_gets_the_body(served, field):
     assert response.status_code == 200 and response.content
 
 
+def test_only_the_head_of_a_huge_if_none_match_is_read(served):
+    tag = served.get("/ca/Root.crl").headers["etag"]
+    flood = '"other", ' * 100_000
+    assert served.get("/ca/Root.crl", **{"If-None-Match": f"{tag}, {flood}"}
+                      ).status_code == 304
+    assert served.get("/ca/Root.crl", **{"If-None-Match": f"{flood}{tag}"}
+                      ).status_code == 200
+
+
 def test_the_pem_and_der_files_have_tags_of_their_own(served):
     der_tag = served.get("/ca/Root.crl").headers["etag"]
     assert served.get("/ca/Root.crl.pem", **{"If-None-Match": der_tag}).status_code == 200
@@ -351,6 +363,53 @@ def test_a_database_failing_later_leaves_the_last_files_served(served, tmp_path,
     wait_for(lambda: served.get("/ca/Root.crl") and any(  # a request starts each re-read
         "works again" in r.getMessage() for r in caplog.records))
     assert served.get("/ca/Root.crl").headers["etag"] == tag
+
+
+# ---------------------------------------------------------------- the cache, directly
+
+def test_files_are_built_once_per_version_however_many_ask_at_once():
+    versions, builds, now = {"Root": 1}, [], [0.0]
+
+    def build():
+        builds.append(versions["Root"])
+        time.sleep(0.05)  # long enough for every request to arrive while it runs
+        if versions["Root"] == 3:
+            raise NotFound("no CRL yet")
+        return f"file {versions['Root']}"
+
+    async def main():
+        cache = VersionedDownloads(lambda: dict(versions), interval=1.0, clock=lambda: now[0])
+        got = await asyncio.gather(*(cache.get("Root", "crl", build) for _ in range(100)))
+        assert set(got) == {"file 1"} and builds == [1]
+        versions["Root"] = 2
+        assert await cache.get("Root", "crl", build) == "file 1"  # no re-read yet
+        now[0] = 1.0  # the interval has passed: the next request starts a re-read
+
+        async def until(expected):
+            for _ in range(200):
+                got = await asyncio.gather(*(cache.get("Root", "crl", build)
+                                             for _ in range(20)))
+                if set(got) == {expected}:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"never {expected}")
+
+        await until("file 2")
+        assert builds == [1, 2]
+        assert await cache.get("Nope", "crl", build) is None
+        versions["Root"], now[0] = 3, 2.0
+        for _ in range(200):
+            try:
+                await cache.get("Root", "crl", build)
+            except NotFound:
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(5):  # the refusal is kept for the version, as a file would be
+            with pytest.raises(NotFound):
+                await cache.get("Root", "crl", build)
+        assert builds == [1, 2, 3]
+
+    asyncio.run(main())
 
 
 # ---------------------------------------------------------------- parsing, directly

@@ -19,6 +19,8 @@ from starlette.responses import Response
 
 from service.downloads import Download
 
+MAX_TAGS_FIELD = 8192  # about a hundred of our tags
+
 
 def entity_tags(field: str) -> list[str]:
     """The opaque tags of an If-None-Match value, each with its quotes and without any
@@ -49,8 +51,10 @@ def entity_tags(field: str) -> list[str]:
 
 def none_match(field: str, etag: str) -> bool:
     """True when If-None-Match ``field`` names ``etag`` (weakly) or is ``*``: the client's
-    copy is current (RFC 9110 section 13.1.2)."""
-    return any(tag == "*" or tag == etag for tag in entity_tags(field))
+    copy is current (RFC 9110 section 13.1.2). Only the first MAX_TAGS_FIELD characters are
+    read: a client has a copy or two, and a megabyte of tags must not cost a megabyte's
+    parsing per request."""
+    return any(tag == "*" or tag == etag for tag in entity_tags(field[:MAX_TAGS_FIELD]))
 
 
 def http_date(when: dt.datetime) -> str:
