@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -48,10 +47,6 @@ async def pkiq_error(request: Request, exc: PkiqError) -> Response:
     return line(exc.http_status, str(exc))
 
 
-async def bad_request(_request: Request, _exc: RequestValidationError) -> Response:
-    return line(400, "bad request")
-
-
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return line(500, "internal error; the server's log says more")
@@ -67,7 +62,6 @@ def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
     (see ``web.cache``); the database is read on the first request, not here."""
     app = FastAPI(title="pkiq downloads", docs_url=None, redoc_url=None, openapi_url=None,
                   exception_handlers={HTTPException: http_error, PkiqError: pkiq_error,
-                                      RequestValidationError: bad_request,
                                       Exception: internal_error})
 
     app.router.routes += [Route("/healthz", healthz, methods=["GET", "HEAD"]),

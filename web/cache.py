@@ -18,11 +18,17 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Generic, TypeVar
 
 from anyio import to_thread
+from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import PkiqError
 
 log = logging.getLogger("pkiq.web")
 T = TypeVar("T")
+
+
+def first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 class Refreshed(Generic[T]):
@@ -53,11 +59,14 @@ class Refreshed(Generic[T]):
         started = self.clock()
         try:
             self._value = await to_thread.run_sync(self.read)
-        except Exception:
+        except Exception as exc:
             if raise_errors:
                 raise
             if not self._failing:  # once per outage, not once a second
-                log.exception("cannot re-read what changed; serving what was read last")
+                # A database error is one line; anything else is a bug: its traceback too.
+                known = isinstance(exc, PkiqError | SQLAlchemyError)
+                log.error("cannot re-read what changed (%s); serving what was read last",
+                          first_line(exc), exc_info=None if known else exc)
             self._failing = True
         else:
             if self._failing:
