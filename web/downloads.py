@@ -74,7 +74,8 @@ def split_file_name(file_name: str) -> tuple[str, str, bool]:
 
 def ca_route(ctx: ServiceContext, refresh_seconds: float = 1.0) -> Route:
     """The /ca/ route over ``ctx``; a new CRL is served within ``refresh_seconds``. A plain
-    Starlette route: FastAPI's parameter handling would cost a fifth of each answer."""
+    Starlette route, its path read here: FastAPI's parameter handling would add some 80 us
+    to each answer, a third again of a 304's whole cost."""
     files = VersionedDownloads(lambda: service_downloads.ca_versions(ctx), refresh_seconds)
 
     def builder(name: str, kind: str, pem: bool) -> Callable[[], Download]:
