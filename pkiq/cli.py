@@ -37,6 +37,8 @@ COMMANDS = {
              "Run the scheduler: job reconciler and CRL tick (celery -A worker beat)."),
     "serve": ("pkiq.cli_jobs", "serve_cmd",
               "The whole service on one host: workers and beat."),
+    "web": ("pkiq.cli_web", "web_cmd",
+            "Serve CA certificates and CRLs over HTTP, with conditional GET."),
     "db": ("pkiq.cli_db", "db_group", "The database schema: create or upgrade it."),
     "node": ("pkiq.cli_nodes", "node_group",
              "Expressway peers: names, CSRs, server certificates, stores."),

@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     store_tick_seconds: int = _seconds(30, 5, 3600)
     store_crl_headroom_hours: int = Field(default=26, ge=0, le=24 * 90,
                                           description="whole hours from 0 to 2160")
+    # The web app (pkiq web): where it listens for the CA certificate and CRL downloads.
+    web_host: str = Field(default="127.0.0.1", description="an address or host name to "
+                          "listen on: 0.0.0.0 for every IPv4 interface")
+    web_port: int = Field(default=8080, ge=1, le=65535,
+                          description="a port number from 1 to 65535")
 
     @field_validator("data_dir")
     @classmethod

@@ -15,7 +15,7 @@ import pytest
 from pkiq.cli import COMMANDS, cli
 
 # Commands that print PEM/DER, stream a service's log or write a file: no table to --json.
-NO_JSON = {"cert get", "x509 convert", "worker", "beat", "serve"}
+NO_JSON = {"cert get", "x509 convert", "worker", "beat", "serve", "web"}
 
 
 def _walk(group: click.Group, ctx: click.Context, prefix: str = ""):

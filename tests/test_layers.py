@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Lower number, lower layer: a module may import its own layer and the ones below.
-LAYERS = {"ca": 0, "shell": 1, "scheduler": 2, "service": 3, "worker": 4, "pkiq": 5}
+LAYERS = {"ca": 0, "shell": 1, "scheduler": 2, "service": 3, "worker": 4, "pkiq": 5,
+          "web": 5}
 CLI_SHARED = "pkiq.cli_common"
 
 

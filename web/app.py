@@ -1,0 +1,69 @@
+"""The web app: the files pkiq publishes over plain HTTP, no credentials needed.
+
+URLs (stable: CA profiles write them into CRL distribution points and authority information
+access, RFC 5280 sections 4.2.1.13 and 4.2.2.1):
+
+    GET /ca/NAME.crl       CA NAME's current CRL, DER (application/pkix-crl)
+    GET /ca/NAME.crl.pem   the same CRL, PEM
+    GET /ca/NAME.crt       CA NAME's certificate, DER (application/pkix-cert)
+    GET /ca/NAME.pem       the same certificate, PEM
+    GET /healthz           200 "ok" while the process is up
+
+HEAD answers as GET without the body. Every file carries a strong ETag (the SHA-256 of its
+bytes) and Last-Modified (a CRL's thisUpdate, a certificate's notBefore), and a matching
+If-None-Match or If-Modified-Since gets 304. An unknown CA, a CA with no CRL yet, or a name
+no CA can have is a 404 with one line of text; anything unexpected a 500 with one generic
+line (the details go to the log only)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from ca.errors import PkiqError
+from service import ServiceContext
+
+from .downloads import ca_route
+
+log = logging.getLogger("pkiq.web")
+
+
+def line(status: int, text: str, headers: dict | None = None) -> Response:
+    return PlainTextResponse(text + "\n", status, headers=headers)
+
+
+async def http_error(_request: Request, exc: HTTPException) -> Response:
+    return line(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def pkiq_error(request: Request, exc: PkiqError) -> Response:
+    if exc.http_status >= 500:  # the server's own trouble: say so in the log, not to clients
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return line(exc.http_status, "the server cannot answer now; its log says why")
+    return line(exc.http_status, str(exc))
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return line(500, "internal error; the server's log says more")
+
+
+async def healthz(_request: Request) -> Response:
+    """The process is up (it does not touch the database)."""
+    return PlainTextResponse("ok", headers={"cache-control": "no-store"})
+
+
+def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
+    """The app over ``ctx``'s database. A new CRL or CA is served within ``refresh_seconds``
+    (see ``web.cache``); the database is read on the first request, not here."""
+    app = FastAPI(title="pkiq downloads", docs_url=None, redoc_url=None, openapi_url=None,
+                  exception_handlers={HTTPException: http_error, PkiqError: pkiq_error,
+                                      Exception: internal_error})
+
+    app.router.routes += [Route("/healthz", healthz, methods=["GET", "HEAD"]),
+                          ca_route(ctx, refresh_seconds)]
+    return app
