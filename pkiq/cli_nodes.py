@@ -220,7 +220,8 @@ def node_add(ctx, fqdn, role, as_json, **options):
 
 @node_group.command("set")
 @click.argument("fqdn")
-@click.option("--role", type=click.Choice(["C", "E"], case_sensitive=False))
+@click.option("--role", type=click.Choice(["C", "E"], case_sensitive=False),
+              help="Expressway-C or Expressway-E.")
 @_node_options
 @click.option("--clear", type=click.Choice(["chat", "phone", "uc"]), multiple=True,
               help="Empty a list: chat node aliases, phone security profiles, UC domains.")
@@ -300,8 +301,9 @@ def node_remove(ctx, fqdn, yes, as_json):
                    "the one in progress); the certificate is paired with the node's key.")
 @click.option("--ca", "ca_name", help="Same as --submit CA.")
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="webclientandserver",
-              show_default=True)
-@click.option("--days", type=click.IntRange(1, MAX_DAYS))
+              show_default=True, help="With --submit: the signing profile (serverAuth + "
+              "clientAuth, for TLS verify mode).")
+@click.option("--days", type=click.IntRange(1, MAX_DAYS), help="With --submit: validity.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the CSR (PEM) here.")
 @passphrase_options(what="node keys (the service passphrase)")

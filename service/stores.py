@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from shell.stores import NodeStore
 
 from ca import node_credentials, nodes
 from ca.errors import PkiqError, WrongPassphrase
@@ -23,6 +22,7 @@ from ca.models import ExpresswayNode
 from ca.store_layout import StoreInputs, store_files
 from ca.store_material import Catalogue, NodeMaterial, crl_ders
 from shell.settings import Settings
+from shell.stores import NodeStore
 
 from .context import ServiceContext
 
