@@ -58,10 +58,15 @@ class StoreServer:
         self.thread.start()
 
     def context(self) -> ssl.SSLContext:
+        """``current`` is resolved once, so the certificate, the key and the CRLs all come
+        from one generation even if a publisher swaps the link between two opens (reading
+        ``current/fullchain.pem`` then ``current/privkey.pem`` could pair a new certificate
+        with the old key)."""
+        generation = self.current.resolve(strict=True)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.current / "fullchain.pem", self.current / "privkey.pem")
+        context.load_cert_chain(generation / "fullchain.pem", generation / "privkey.pem")
         context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(capath=str(self.current / "capath"))
+        context.load_verify_locations(capath=str(generation / "capath"))
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN  # every CA's CRL, leaf up
         return context
 
@@ -86,15 +91,19 @@ class StoreServer:
         self.thread.join(timeout=10)
 
 
-def connect(port: int, store: Path, cert: Path, key: Path) -> bytes:
+def connect(port: int, store: Path, cert: Path, key: Path,
+            servers: list[str] | None = None) -> bytes:
     """A client that verifies the server against the store's trusted CA list and by name,
     presents ``cert``, sends a ping and returns the answer (TLS 1.3: a refused client
-    certificate shows as an alert on the first read)."""
+    certificate shows as an alert on the first read). ``servers`` collects the serial of
+    the server certificate it met."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(cafile=store / "current" / "trusted-ca.pem")
     context.load_cert_chain(cert, key)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname=NODE) as tls:
+        if servers is not None:
+            servers.append(tls.getpeercert()["serialNumber"])
         tls.sendall(b"ping")
         return tls.recv(64)
 
@@ -232,3 +241,52 @@ def test_crls_near_their_next_update_are_renewed_and_republished_without_a_revoc
     assert checked.returncode == 0, checked
     late = openssl_verify(store, server_pem, attime=clock() + dt.timedelta(days=6))
     assert late.returncode == 0, late  # the new CRLs reach a week past the renewal
+
+
+def test_handshakes_during_republishing_always_find_one_whole_generation(
+        app, pkiq, sessions, clock, tmp_path):
+    """A client connects over and over while the node gets new keys and certificates and
+    new CRLs, each published as a new generation: every handshake succeeds, so the server
+    never met a certificate without its key, nor a store without its CRLs."""
+    store = make_estate(pkiq, sessions, clock)
+    ok(pkiq("node", "set", NODE, "--keep", "100"))  # no generation pruned under a reader
+    client, key, _serial = client_credentials(pkiq, tmp_path, "client.example.com")
+    server = StoreServer(store)
+    stop = threading.Event()
+    answers: list[bytes | str] = []
+    met: list[str] = []  # the server certificates the client met, in order
+
+    def keep_connecting():
+        while not stop.is_set() or len(answers) < 20:
+            try:
+                answers.append(connect(server.port, store, client, key, met))
+            except (ssl.SSLError, OSError) as exc:
+                answers.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=keep_connecting)
+    thread.start()
+    published = [int(manifest(store)["server"]["serial"], 16)]
+    try:
+        for _round in range(4):
+            clock.advance(minutes=1)
+            ok(pkiq("node", "csr", NODE, "--generate", "--key-type", "rsa2048", "--submit",
+                    "Issuing"))
+            [job] = run_queue(sessions, clock)
+            assert job.state == "issued", job.error
+            ok(pkiq("ca", "gencrl", "Issuing"))
+            [outcome] = stores.publish(app, passphrase=PASS, due_only=True)
+            assert outcome.state == "published", outcome
+            published.append(int(manifest(store)["server"]["serial"], 16))
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        server.close()
+    assert len(set(published)) == 5 and os.readlink(store / "current") == "generations/5"
+    assert [a for a in answers if a != b"pong:ping"] == []
+    assert [o for o in server.outcomes if o != "ok"] == []
+    assert len(answers) >= 20
+    # the handshakes ran across the republishing: the client met several of the server's
+    # certificates, in the order they were published
+    seen = list(dict.fromkeys(int(serial, 16) for serial in met))
+    assert len(seen) >= 2 and set(seen) <= set(published), (seen, published)
+    assert seen == sorted(seen, key=published.index)
