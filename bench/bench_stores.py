@@ -303,6 +303,7 @@ def summarise(report: dict) -> dict:
         "per_unchanged_node_ms": round(1000 * idle_s / main["nodes"], 2),
         "per_changed_node_s": round(per_changed, 4),
         "changed_bytes": main["changed"][0]["bytes_on_disk"],
+        "idle_pass_process_wchar": main["idle"]["process_wchar"],
         "vs_plain_write": round(changed_s / base["plain_write_s"], 1),
         "vs_plain_write_fsync": round(changed_s / base["plain_write_fsync_s"], 1),
         "per_changed_node_vs_openssl_rehash": round(
@@ -344,7 +345,8 @@ def render(report: dict) -> str:
         f"({summary['per_changed_node_vs_openssl_rehash']}x; same names as pkiq's capath: "
         f"{base['openssl_rehash_one_node']['same_names_as_pkiq_capath']})",
         f"per unchanged node {summary['per_unchanged_node_ms']:.1f} ms (a pass with nothing "
-        f"changed: {summary['idle_pass_s']:.2f} s)",
+        f"changed: {summary['idle_pass_s']:.2f} s, {summary['idle_pass_process_wchar']:,} "
+        "bytes handed to write(2) by this process, database included)",
         f"goal '{ZERO_WRITES}': {'MET' if summary[ZERO_WRITES] else 'NOT MET'}",
     ]
     if LINEAR in summary:
