@@ -17,8 +17,8 @@ due_only=True)``, one node at a time, one transaction each):
   reports them, bytes found on disk in the new generations, and per node whether anything
   in its store changed at all (files, links, the lock, the folder's own mtime);
 - a pass with nothing changed (the fixed cost of looking at every node);
-- unless ``--quick``: the same with twice as many Big nodes (a second estate, a round fewer), to see
-  whether the time follows the number of changed nodes.
+- unless ``--quick``: the same with twice as many Big nodes (a second estate, a round
+  fewer), to see whether the time follows the number of changed nodes.
 
 Baselines in the same run, on the same disk: the bytes the pass wrote, written again with
 plain ``open/write/close`` (the physical limit, no durability) and with an ``fsync`` per
