@@ -72,10 +72,13 @@ def _slots(session: Session, now: dt.datetime, policy: crl_config.CrlPolicy | No
 
 def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
          signer_for: Callable[[CertificateAuthority], Signer] | None, send: Callable,
-         sleep=None, network: crl_config.CrlNetwork | None = None) -> TickReport:
+         sleep=None, network: crl_config.CrlNetwork | None = None,
+         min_overlap: dt.timedelta = dt.timedelta(0)) -> TickReport:
     """One beat tick. ``signer_for(ca)`` loads a CA's key (None: own CRLs are not renewed
     here, and say so as a problem); ``send(problem, severity)`` delivers an alert;
-    ``network``: the fetches' proxy and internal-network settings."""
+    ``network``: the fetches' proxy and internal-network settings; ``min_overlap``: renew
+    pkiq's own CRLs at least this long before their nextUpdate (the stores' CRL headroom,
+    so a store never carries a CRL of ours with less left than it asks for)."""
     report = TickReport()
     with transaction(sessions) as session:  # the settings, once: one tick, one set of them
         policy = crl_config.snapshot(session, clock())
@@ -100,7 +103,8 @@ def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
     if signer_for is not None:
         with transaction(sessions) as session:
             report.own_crls = upkeep.renew_own_crls(
-                session, signer_for, clock(), policy.overlap, force=report.refresh is not None)
+                session, signer_for, clock(), max(policy.overlap, min_overlap),
+                force=report.refresh is not None)
     with transaction(sessions) as session:
         found = upkeep.problems(session, clock(), policy.warn, report.own_crls)
         outgoing = upkeep.plan_alerts(session, found, clock())

@@ -96,17 +96,19 @@ def publish(ctx: ServiceContext, fqdn: str | None = None, *, passphrase: bytes |
     with ctx.transaction() as session:
         names = [nodes.get_node(session, fqdn).fqdn] if fqdn else \
             [n.fqdn for n in nodes.list_nodes(session)]
-    return [_publish_one(ctx, name, passphrase, force=force, due_only=due_only)
+        # Read once per run, not per node (most of an unchanged node's cost): a CRL that
+        # arrives during the run changes those nodes' inputs, so the next tick takes it.
+        catalogue = Catalogue.load(session)
+    return [_publish_one(ctx, name, passphrase, catalogue, force=force, due_only=due_only)
             for name in names]
 
 
-def _publish_one(ctx: ServiceContext, fqdn: str, passphrase: bytes | None, *, force: bool,
-                 due_only: bool) -> NodeOutcome:
+def _publish_one(ctx: ServiceContext, fqdn: str, passphrase: bytes | None,
+                 catalogue: Catalogue, *, force: bool, due_only: bool) -> NodeOutcome:
     now = ctx.clock()
     try:
         with ctx.transaction() as session:
             node = nodes.get_node(session, fqdn, for_update=True)
-            catalogue = Catalogue.load(session)
             material = _material(session, catalogue, node, ctx.settings, now)
             gaps = [g.view() | {"key": g.key} for g in material.gaps]
             changed = material.inputs != node.published_inputs

@@ -11,7 +11,8 @@ import stat
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from scheduler import upkeep
+from ca import authority
+from scheduler import tick, upkeep
 from service import stores
 from shell.db import transaction
 
@@ -163,3 +164,22 @@ def test_publishing_without_the_passphrase_fails_the_node_not_the_run(pkiq, sess
     assert not current(pkiq).exists()
     wrong = stores.publish(pkiq.app, passphrase=b"not the passphrase at all")
     assert {o.state for o in wrong} == {"failed"} and not current(pkiq).exists()
+
+
+def test_own_crls_are_renewed_before_they_enter_the_stores_headroom(pkiq, sessions, clock):
+    """The CRL tick renews pkiq's CRLs at the larger of its overlap (24 h) and the stores'
+    headroom, so no store ever carries one of ours with less left than the headroom."""
+    issued_estate(pkiq, sessions, clock)
+    ok(pkiq("crl", "schedule", "--disable"))  # no nightly run to renew everything anyway
+    stores.publish(pkiq.app, passphrase=PASS)
+    clock.advance(hours=168 - 25)  # 25 h left: inside the headroom, outside the overlap
+    settings = pkiq.app.settings
+    quiet = tick.tick(pkiq.app.sessions, clock, send=lambda *_: [], signer_for=lambda ca:
+                      authority.load_signer(ca, PASS))
+    assert quiet.own_crls == []  # without the stores' headroom nothing is due yet
+    report = tick.tick(pkiq.app.sessions, clock, send=lambda *_: [],
+                       signer_for=lambda ca: authority.load_signer(ca, PASS),
+                       min_overlap=stores.headroom(settings))
+    assert [o.ca for o in report.own_crls] == ["Root"]
+    done = stores.publish(pkiq.app, passphrase=PASS, due_only=True)
+    assert {o.state for o in done} == {"published"} and all(not o.gaps for o in done)

@@ -166,7 +166,8 @@ def crl_tick() -> dict:
     # Without a passphrase signer_for raises WrongPassphrase for the CA that needs a CRL:
     # that becomes an alert ("cannot renew the CRL of pkiq CA ..."), not a failed tick.
     report = tick.tick(process_sessions(), utc_now, signer_for=signer_for, send=send,
-                       network=settings.crl_network())
+                       network=settings.crl_network(),
+                       min_overlap=stores.headroom(settings))
     if report.refresh is not None:
         log.info("CRL refresh %s: %s", report.refresh.trigger, report.refresh.summary())
     return {"refresh": report.refresh.summary() if report.refresh else None,
