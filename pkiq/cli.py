@@ -36,7 +36,7 @@ COMMANDS = {
     "beat": ("pkiq.cli_jobs", "beat_cmd",
              "Run the scheduler: job reconciler and CRL tick (celery -A worker beat)."),
     "serve": ("pkiq.cli_jobs", "serve_cmd",
-              "The whole service on one host: workers and beat."),
+              "The whole service on one host: workers, beat and the web app."),
     "web": ("pkiq.cli_web", "web_cmd",
             "Serve CA certificates and CRLs over HTTP, with conditional GET."),
     "db": ("pkiq.cli_db", "db_group", "The database schema: create or upgrade it."),

@@ -218,12 +218,43 @@ def beat_cmd(ctx, celery_args):
 @click.command("serve", context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=click.IntRange(1), default=2, show_default=True,
               help="Worker processes.")
+@click.option("--web/--no-web", default=True, show_default=True,
+              help="Also serve the web app (pkiq web: CA files and the nodes' CRL bundles) "
+                   "on PKIQ_WEB_HOST:PKIQ_WEB_PORT.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @pass_service
-def serve_cmd(ctx, concurrency, celery_args):
-    """The whole service on one host: workers and beat.
+def serve_cmd(ctx, concurrency, web, celery_args):
+    """The whole service on one host: workers, beat and the web app.
 
     Runs on the configured (by default the embedded) broker and database."""
     _check_keys(ctx)
+    if web:
+        _start_web()
     _celery(ctx, ["worker", "--beat", "--loglevel", "INFO", *WORKER_QUIET, "--concurrency",
                   str(concurrency), *celery_args])
+
+
+def _start_web() -> None:
+    """``pkiq web`` as a child process beside the Celery worker (its own event loop and
+    engine, nothing shared across the fork), stopped when serve exits and, through the
+    kernel's parent-death signal, when serve is killed."""
+    import atexit
+    import signal
+    import subprocess
+
+    def die_with_parent() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    child = subprocess.Popen([sys.executable, "-m", "pkiq", "web"],
+                             preexec_fn=die_with_parent)  # noqa: PLW1509 - prctl only
+
+    def stop() -> None:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    atexit.register(stop)

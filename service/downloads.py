@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -15,11 +16,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from ca import authority
+from ca import authority, nodes
+from ca.bundles import BUNDLE_TYPES, crl_bundle
+from ca.encoding import pem_blocks
 from ca.errors import NotFound
 from ca.models import CertificateAuthority
+from ca.store_layout import MANIFEST
+from shell.stores import NodeStore
 
 from .context import ServiceContext
+from .stores import store_root
 
 # RFC 5280 section 4.2.1.13 and 4.2.2.1: a DER CRL is application/pkix-crl and a DER
 # certificate application/pkix-cert (RFC 2585 section 4). PEM text has no registered type of
@@ -85,3 +91,82 @@ def ca_versions(ctx: ServiceContext) -> dict[str, Hashable]:
                    CertificateAuthority.crl_number)
     with ctx.transaction() as session:
         return {name: (ca_id, number) for name, ca_id, number in session.execute(query)}
+
+
+# ---------------------------------------------------------------- node and cluster bundles
+
+# What an Expressway's automatic CRL updates fetch ("the distribution point may point
+# directly to a CRL file or to ZIP and GZIP archives containing CRL files"): the bundles of
+# the node's published store, so only CRLs pkiq validated and checked for coverage.
+BUNDLE_FILES = {"crls.zip": "zip", "crls.tar.gz": "tgz", "crls.pem": "pem"}
+
+
+def store_versions(ctx: ServiceContext) -> dict[Hashable, Hashable]:
+    """Per node (``("node", fqdn)``) what its store's ``current`` link points at, and per
+    cluster (``("cluster", name)``) its peers': one query and a readlink per node."""
+    with ctx.transaction() as session:
+        rows = [(n.fqdn, n.cluster.name if n.cluster else None, store_root(ctx.settings, n))
+                for n in nodes.list_nodes(session)]
+    versions: dict[Hashable, Hashable] = {}
+    clusters: dict[str, list] = {}
+    for fqdn, cluster, root in rows:
+        version = (str(root), NodeStore(root).version())
+        versions[("node", fqdn)] = version
+        if cluster is not None:
+            clusters.setdefault(cluster, []).append((fqdn, version))
+    for name, peers in clusters.items():
+        versions[("cluster", name)] = tuple(sorted(peers))
+    return versions
+
+
+def _bundle_times(manifests: list[dict]) -> tuple[dt.datetime, dt.datetime | None]:
+    crls = [c for m in manifests for c in m.get("crls", [])]
+    this = [dt.datetime.fromisoformat(c["this_update"].replace("Z", "+00:00")) for c in crls]
+    nxt = [dt.datetime.fromisoformat(c["next_update"].replace("Z", "+00:00"))
+           for c in crls if c.get("next_update")]
+    published = [dt.datetime.fromisoformat(m["published_at"].replace("Z", "+00:00"))
+                 for m in manifests]
+    return max(this or published), min(nxt) if nxt else None
+
+
+def node_bundle(ctx: ServiceContext, fqdn: str, file_name: str) -> Download:
+    """One of the node's CRL bundles, from its current store generation."""
+    if file_name not in BUNDLE_FILES:
+        raise NotFound(f"no bundle {file_name[:40]!r}: a node's bundles are "
+                       f"{', '.join(BUNDLE_FILES)}")
+    with ctx.transaction() as session:
+        node = nodes.get_node(session, fqdn)
+        root = store_root(ctx.settings, node)
+    _generation, files = NodeStore(root).read_current([file_name, MANIFEST])
+    if file_name not in files:
+        raise NotFound(f"the store of {fqdn} holds no CRL yet: pkiq node check {fqdn}")
+    manifest = json.loads(files[MANIFEST])
+    last_modified, expires = _bundle_times([manifest])
+    return make_download(files[file_name], BUNDLE_TYPES[BUNDLE_FILES[file_name]],
+                         last_modified, f"{fqdn}-{file_name}", expires)
+
+
+def cluster_bundle(ctx: ServiceContext, name: str, file_name: str) -> Download:
+    """Every CRL any peer of the cluster carries, as one bundle: one URL for the whole
+    cluster's automatic CRL updates."""
+    if file_name not in BUNDLE_FILES:
+        raise NotFound(f"no bundle {file_name[:40]!r}: a cluster's bundles are "
+                       f"{', '.join(BUNDLE_FILES)}")
+    with ctx.transaction() as session:
+        cluster = nodes.get_cluster(session, name)
+        roots = [store_root(ctx.settings, n) for n in nodes.cluster_nodes(session, cluster)]
+    ders: list[bytes] = []
+    manifests = []
+    for root in roots:
+        try:
+            _generation, files = NodeStore(root).read_current(["crls.pem", MANIFEST])
+        except NotFound:
+            continue  # a peer not published yet adds nothing
+        manifests.append(json.loads(files[MANIFEST]))
+        ders += [block.der for block in pem_blocks(files.get("crls.pem", b""), ("X509 CRL",))]
+    if not ders:
+        raise NotFound(f"no peer of cluster {name} has published a CRL yet: pkiq node check")
+    last_modified, expires = _bundle_times(manifests)
+    kind = BUNDLE_FILES[file_name]
+    return make_download(crl_bundle(ders, kind), BUNDLE_TYPES[kind], last_modified,
+                         f"{name}-{file_name}", expires)

@@ -36,6 +36,7 @@ GENERATIONS = "generations"
 CURRENT = "current"
 LOCK = ".lock"
 MAX_MANIFEST = 64 * 2**20
+MAX_FILE = 1 << 30  # a store file read back (a bundle of very large CRLs)
 _NEW_PREFIX = ".new-"
 _LINK_PREFIX = ".current-"
 _TARGET = re.compile(rf"^{GENERATIONS}/([1-9][0-9]*)$")
@@ -116,6 +117,31 @@ class NodeStore:
         except ValueError as exc:
             raise BadInput(f"store manifest {path} is not valid JSON ({exc}); publish "
                            "again to replace the generation") from None
+
+    def read_current(self, names: list[str], limit: int = MAX_FILE) -> tuple[int, dict]:
+        """Files of the current generation, all from the same one (``current`` is resolved
+        once: reading ``current/a`` then ``current/b`` could straddle a publish). Missing
+        files are left out; NotFound before the first publish."""
+        number = self.current_generation()
+        if number is None:
+            raise NotFound(f"nothing is published in {self.root} yet")
+        folder = self._path(number)
+        found = {}
+        for name in names:
+            try:
+                found[name] = read_regular(folder / name, limit=limit, what=name)
+            except BadInput:
+                if (folder / name).exists():
+                    raise
+        return number, found
+
+    def version(self) -> str | None:
+        """What ``current`` points at (one readlink): changes with every publish and
+        rollback."""
+        try:
+            return os.readlink(self.root / CURRENT)
+        except OSError:
+            return None
 
     # ------------------------------------------------------------ writing
 

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+
+import pytest
 
 from .conftest import PASSPHRASE
 
@@ -110,15 +114,35 @@ def test_the_service_names_the_cas_it_cannot_unlock_and_starts(tmp_path):
 
 
 def test_a_fresh_service_with_no_ca_starts_and_says_what_is_missing(tmp_path):
-    env = _env(tmp_path, PKIQ_CA_PASSPHRASE_FILE=str(tmp_path / "not-made-yet.pass"))
+    port = _free_port()
+    env = _env(tmp_path, PKIQ_CA_PASSPHRASE_FILE=str(tmp_path / "not-made-yet.pass"),
+               PKIQ_WEB_PORT=str(port))
     log = tmp_path / "serve.log"
     proc = _start(env, "serve", "-c", "1", log=log)
     try:
         text = _until_ready(proc, log)
         assert "ready" in text, text
         assert "no CA yet" in text and "cannot read PKIQ_CA_PASSPHRASE_FILE" in text
+        # serve runs the web app beside the workers and beat
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        assert answer.status == 200 and answer.read() == b"ok"
     finally:
         _stop(proc)
+    with pytest.raises(OSError):  # and stops it with them
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_a_command_beside_pkiq_data_says_it_uses_another_database(tmp_path):

@@ -7,6 +7,9 @@ access, RFC 5280 sections 4.2.1.13 and 4.2.2.1):
     GET /ca/NAME.crl.pem   the same CRL, PEM
     GET /ca/NAME.crt       CA NAME's certificate, DER (application/pkix-cert)
     GET /ca/NAME.pem       the same certificate, PEM
+    GET /nodes/FQDN/crls.zip      the CRLs of node FQDN's published store, ZIP (DER files)
+    GET /nodes/FQDN/crls.tar.gz   the same, GZIP'd tar; /nodes/FQDN/crls.pem one PEM file
+    GET /clusters/NAME/crls.zip   (and .tar.gz, .pem) every CRL any peer of cluster NAME carries
     GET /healthz           200 "ok" while the process is up
 
 HEAD answers as GET without the body. Every file carries a strong ETag (the SHA-256 of its
@@ -27,7 +30,7 @@ from starlette.routing import Route
 from ca.errors import PkiqError
 from service import ServiceContext
 
-from .downloads import ca_route
+from .downloads import ca_route, store_routes
 
 log = logging.getLogger("pkiq.web")
 
@@ -65,5 +68,5 @@ def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
                                       Exception: internal_error})
 
     app.router.routes += [Route("/healthz", healthz, methods=["GET", "HEAD"]),
-                          ca_route(ctx, refresh_seconds)]
+                          ca_route(ctx, refresh_seconds), *store_routes(ctx, refresh_seconds)]
     return app

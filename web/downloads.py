@@ -93,3 +93,43 @@ def ca_route(ctx: ServiceContext, refresh_seconds: float = 1.0) -> Route:
         return respond(request, download, cert_cache_control())
 
     return Route("/ca/{file_name}", ca_file, methods=["GET", "HEAD"])
+
+
+# A node FQDN as the registry keeps it (lower-case), a cluster name as ca.nodes allows it.
+NODE_NAME = re.compile(r"[a-z0-9.-]{1,253}")
+CLUSTER_NAME = CA_NAME
+
+
+def store_routes(ctx: ServiceContext, refresh_seconds: float = 1.0) -> list[Route]:
+    """``/nodes/FQDN/crls.zip|crls.tar.gz|crls.pem`` and the same under ``/clusters/NAME/``:
+    the URLs an Expressway's automatic CRL updates are pointed at. A republished store is
+    served within ``refresh_seconds``."""
+    files = VersionedDownloads(lambda: service_downloads.store_versions(ctx),
+                               refresh_seconds)
+
+    def answer(kind: str, pattern: re.Pattern, use_case):
+        async def bundle(request: Request) -> Response:
+            """A node's or a cluster's CRL bundle, answering conditional requests."""
+            name = request.path_params["name"].lower() if kind == "node" \
+                else request.path_params["name"]
+            file_name = request.path_params["file_name"]
+            if not pattern.fullmatch(name):
+                raise HTTPException(404, f"no {kind} named {shown(name)}")
+            if file_name not in service_downloads.BUNDLE_FILES:
+                raise HTTPException(404, f"no file {shown(file_name)}: the bundles are "
+                                    f"{', '.join(service_downloads.BUNDLE_FILES)}")
+            download = await files.get((kind, name), file_name,
+                                       lambda: use_case(ctx, name, file_name))
+            if download is None:
+                raise HTTPException(404, f"no {kind} named {shown(name)}")
+            control = (crl_cache_control(download.expires, ctx.clock())
+                       if download.expires else "no-cache")
+            return respond(request, download, control)
+        return bundle
+
+    return [Route("/nodes/{name}/{file_name}", answer("node", NODE_NAME,
+                                                      service_downloads.node_bundle),
+                  methods=["GET", "HEAD"]),
+            Route("/clusters/{name}/{file_name}", answer("cluster", CLUSTER_NAME,
+                                                         service_downloads.cluster_bundle),
+                  methods=["GET", "HEAD"])]
