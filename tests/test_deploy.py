@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 REDIS_URL = os.environ.get("PKIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PKIQ_SERVICES = {"migrate", "worker", "beat", "cli"}
-LONG_RUNNING = {"postgres", "redis", "worker", "beat"}
+LONG_RUNNING = {"postgres", "redis", "worker", "beat", "web"}
 
 
 def settings_class():
