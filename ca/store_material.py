@@ -216,6 +216,9 @@ class Catalogue:
                                      f"is valid for {hours:.1f} more hours, less than the "
                                      f"headroom of {headroom.total_seconds() / 3600:g}",
                                      since, now, ref.next_update - headroom))
+        for member in missing:  # a CA the node should trust and pkiq cannot give it
+            gaps.append(_gap(member.split(" (")[0], hashlib.sha256(member.encode()).hexdigest(),
+                             f"missing: {member}", since, now))
         crls.sort(key=lambda r: (r.issuer, r.scope, r.origin, r.row_id))
         material = NodeMaterial(trusted, crls, gaps, missing, credential)
         material.inputs = _inputs_key(node, material)

@@ -16,7 +16,7 @@ from scheduler import tick, upkeep
 from service import stores
 from shell.db import transaction
 
-from .conftest import PASSPHRASE
+from .conftest import PASSPHRASE, openssl
 from .test_cli import assert_one_line_error
 from .test_nodes import js, make_estate, ok, run_queue
 
@@ -183,3 +183,35 @@ def test_own_crls_are_renewed_before_they_enter_the_stores_headroom(pkiq, sessio
     assert [o.ca for o in report.own_crls] == ["Root"]
     done = stores.publish(pkiq.app, passphrase=PASS, due_only=True)
     assert {o.state for o in done} == {"published"} and all(not o.gaps for o in done)
+
+
+def test_set_members_gone_and_duplicate_subjects_are_reported(pkiq, sessions, clock,
+                                                               tmp_path):
+    issued_estate(pkiq, sessions, clock)
+    first, second = tmp_path / "a.pem", tmp_path / "b.pem"
+    for path in (first, second):  # the same subject and issuer, two keys: a re-keyed CA
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", str(tmp_path / "k.pem"), "-out", str(path), "-subj",
+                "/O=Partner/CN=Partner Root", "-days", "30")
+    one = js(pkiq("trust", "add", first, "--json"))["added"][0]
+    ok(pkiq("trustset", "create", "partner", "Root", one["sha256"][:16]))
+    ok(pkiq("node", "set", "expe1.example.com", "--trusted-set", "partner"))
+    ok(pkiq("trust", "remove", one["sha256"][:16]))
+    rows = js_exit(pkiq("node", "check", "expe1.example.com", "--json"), 9)
+    assert any(g["reason"].startswith("missing:") and "no longer in the trusted CA list"
+               in g["reason"] for g in rows[0]["gaps"])
+    stores.publish(pkiq.app, passphrase=PASS)
+    with transaction(pkiq.app.sessions) as session:
+        problems = upkeep.node_problems(session)
+    assert any(p.key.startswith("coverage:expe1") and p.severity == "critical"
+               for p in problems)
+
+    # the whole trusted CA list (a node without a set) with both certificates: refused with
+    # the guide's reason, the store left as it was
+    ok(pkiq("trust", "add", first))
+    ok(pkiq("trust", "add", second))
+    result = pkiq("node", "publish", "expe2.example.com", "--json")
+    assert result.exit_code == 9
+    [outcome] = json.loads(result.stdout)
+    assert outcome["state"] == "failed" and "one per issuer and subject" in outcome["error"]
+    assert os.readlink(current(pkiq, "expe2.example.com")) == "generations/1"  # as it was
