@@ -79,6 +79,22 @@ if openssl verify -crl_check_all -CAfile "$work/trust.pem" -CRLfile "$work/crls.
   echo "revoked certificate was accepted" >&2; exit 1
 fi
 
+step "an Expressway peer: key and CSR made by pkiq, signed, paired, its store published"
+pkiq cluster show edge >/dev/null 2>&1 || pkiq cluster add edge --fqdn vcse.example.com
+pkiq trustset show video >/dev/null 2>&1 || pkiq trustset create video Issuing
+pkiq node show expe1.example.com >/dev/null 2>&1 || pkiq node add expe1.example.com --role E \
+  --cluster edge --uc-domain example.com --trusted-set video
+pkiq node csr expe1.example.com --discard >/dev/null 2>&1 || true   # a re-run starts afresh
+pkiq node csr expe1.example.com --generate --key-type rsa2048 -O "Example Ltd" -C GB \
+  --out "$work/expe1.csr"
+pkiq ca sign Issuing "$work/expe1.csr" --profile webclientandserver --out "$work/expe1.pem"
+pkiq node upload expe1.example.com --cert "$work/expe1.pem"   # pairs with the CSR's key
+pkiq node publish expe1.example.com
+pkiq node check expe1.example.com
+store=$(pkiq node generations expe1.example.com | cut -d: -f1)/current
+ls "$store"
+openssl verify -CApath "$store/capath" -crl_check_all "$store/server.pem"
+
 step "export the issuing CA as a demoCA that openssl ca keeps using"
 export_dir="$work/demoCA-$(date -u +%Y%m%dT%H%M%SZ)"
 pkiq ca export-openssl Issuing "$export_dir"
