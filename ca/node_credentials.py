@@ -19,15 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .errors import Conflict, NotFound, PolicyViolation
-from .expressway import (
-    CheckedServerCertificate,
-    build_node_csr,
-    check_node_key_type,
-    check_server_upload,
-    generate_node_key,
-)
+from .expressway import build_node_csr, check_node_key_type, generate_node_key
 from .keys import decrypt_key, describe_key, reencrypt_key
 from .models import ExpresswayNode, NodeCredential, SigningJob
+from .server_upload import CheckedServerCertificate, check_server_upload
 
 SECRET = "the service passphrase (PKIQ_CA_PASSPHRASE_FILE)"
 

@@ -18,19 +18,14 @@ from ca.authority import check_request
 from ca.csr import SAN_WARN_CHARS, load_csr
 from ca.errors import BadInput, Conflict, PolicyViolation
 from ca.expressway import (
-    MAX_UPLOAD_BYTES,
     MODELS,
     NODE_KEY_TYPES,
-    CheckedServerCertificate,
     NodeProfile,
     build_node_csr,
     check_node_key_type,
     check_node_profile,
-    check_server_certificate,
-    check_server_upload,
     csr_subject_and_sans,
     generate_node_key,
-    load_server_key,
     san_warnings,
 )
 from ca.issuance import build_certificate
@@ -38,6 +33,13 @@ from ca.keys import SoftwareSigner
 from ca.names import canonical_name, common_name, parse_name
 from ca.profiles import get_profile
 from ca.serials import random_serial
+from ca.server_upload import (
+    MAX_UPLOAD_BYTES,
+    CheckedServerCertificate,
+    check_server_certificate,
+    check_server_upload,
+    load_server_key,
+)
 
 from .conftest import T0, cached_key
 from .test_pkilint import errors, lint_certificate
