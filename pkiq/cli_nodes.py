@@ -12,6 +12,7 @@ from ca.authority import MAX_DAYS
 from ca.expressway import MODELS, NODE_KEY_TYPES, UC_DOMAIN_FORMATS
 from ca.nodes import NodeChanges
 from ca.profiles import PROFILES
+from service import jobs as job_service
 from service import nodes as node_service
 from service import stores as store_service
 
@@ -314,6 +315,12 @@ def node_csr(ctx, fqdn, action, decoded, key_type, organization, unit, locality,
              as_json):
     """The node's CSR: generate (key kept here, encrypted), show, discard, submit."""
     ca_name = submit_ca or ca_name
+    if out is not None:  # an --out that cannot be written fails before a key is made
+        from shell.files import check_target
+
+        check_target(out)
+    if ca_name:  # so does an unknown or handed-over CA
+        job_service.check_ca(ctx, ca_name)
     if action == "discard":
         view = node_service.discard_csr(ctx, fqdn)
         return emit(view, as_json, f"CSR of {fqdn} discarded")

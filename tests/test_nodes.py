@@ -113,6 +113,12 @@ def test_csr_generated_here_is_signed_by_the_queue_and_paired(pkiq, sessions, cl
                                "--key-type", "rsa2048"), 7, "in progress")
     assert_one_line_error(pkiq("node", "csr", "expe1.example.com", "--generate",
                                "--key-type", "rsa8192"), 4, "SIP TLS")
+    assert_one_line_error(pkiq("node", "csr", "expe2.example.com", "--generate",
+                               "--key-type", "rsa2048", "--submit", "NoSuchCA"), 5, "NoSuchCA")
+    assert_one_line_error(pkiq("node", "csr", "expe2.example.com", "--generate",
+                               "--key-type", "rsa2048", "--out", tmp_path / "no" / "x.csr"),
+                          3, "does not exist")
+    assert js(pkiq("node", "show", "expe2.example.com", "--json"))["csr"] is None
     decoded = ok(pkiq("node", "csr", "expe1.example.com", "--show", "--decoded")).stdout
     assert "vcse.example.com" in decoded and "BEGIN" not in decoded
 
