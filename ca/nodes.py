@@ -242,6 +242,12 @@ def update_node(session: Session, node: ExpresswayNode, changes: NodeChanges,
             else None
     if changes.store_dir is not None:
         node.store_dir = _store_dir(changes.store_dir) or None
+        other = node.store_dir and session.scalar(select(ExpresswayNode.fqdn).where(
+            ExpresswayNode.store_dir == node.store_dir, ExpresswayNode.fqdn != node.fqdn))
+        if other:
+            raise Conflict(f"{node.store_dir} is the store of node {other} already: each "
+                           "node needs a folder of its own (one would overwrite the other's "
+                           "certificate and key)")
     if changes.keep_generations is not None:
         if not 1 <= changes.keep_generations <= MAX_KEEP:
             raise BadInput(f"keep {changes.keep_generations} generations: choose 1 to "
@@ -262,7 +268,7 @@ def update_node(session: Session, node: ExpresswayNode, changes: NodeChanges,
 def _store_dir(value: str) -> str:
     if value and (not value.startswith("/") or "\x00" in value or len(value) > 1024):
         raise BadInput(f"store folder {value[:80]!r}: give an absolute path")
-    return value
+    return value.rstrip("/") or value
 
 
 def node_profile(session: Session, node: ExpresswayNode) -> NodeProfile:

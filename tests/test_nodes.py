@@ -73,6 +73,7 @@ def test_cluster_and_node_names_follow_the_deployment_model(pkiq):
 
 def test_registry_refusals_are_one_line_and_change_nothing(pkiq):
     make_estate(pkiq)
+    ok(pkiq("node", "set", "expe1.example.com", "--store-dir", "/srv/stores/shared"))
     before = js(pkiq("node", "list", "--json"))
     cases = [
         (("node", "add", "expe1.example.com", "--role", "E"), 7, "registered already"),
@@ -86,6 +87,8 @@ def test_registry_refusals_are_one_line_and_change_nothing(pkiq):
         (("node", "set", "nope.example.com", "--role", "C"), 5, "no node"),
         (("node", "set", "expe1.example.com", "--trusted-set", "nope"), 5, "no trusted set"),
         (("node", "set", "expe1.example.com", "--store-dir", "relative/dir"), 3, "absolute"),
+        (("node", "set", "expe2.example.com", "--store-dir", "/srv/stores/shared/"), 7,
+         "store of node expe1.example.com already"),
         (("cluster", "add", "edge", "--fqdn", "other.example.com"), 7, "exists already"),
         (("cluster", "remove", "edge"), 7, "still has 2 peer"),
         (("trustset", "create", "s1", "no-such-ca-or-entry"), 5, ""),
