@@ -25,4 +25,27 @@ def web_cmd(ctx, host, port, workers, access_log):
     within a second of being issued. No credentials are needed or accepted."""
     from web.server import run
 
+    _check_free(host or ctx.settings.web_host, port or ctx.settings.web_port)
     run(ctx, host, port, workers=workers, access_log=access_log)
+
+
+def _check_free(host: str, port: int) -> None:
+    """A port in use (or an address not on this host) is a setting to change: say so in
+    one line, exit 2, rather than uvicorn's log line and its exit status."""
+    import socket
+
+    from ca.errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (set "
+                          "PKIQ_WEB_HOST or --host)") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror} (another "
+                              "server holds it? set PKIQ_WEB_PORT or --port)") from None

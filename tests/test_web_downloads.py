@@ -469,3 +469,17 @@ def test_pkiq_web_serves_until_sigterm(ctx, tmp_path):
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Finished server process" in output and "Traceback" not in output
     assert "GET /ca/Root.crl" not in output  # no access log unless asked
+
+
+def test_pkiq_web_on_a_port_in_use_is_one_line_exit_2(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**os.environ, "PKIQ_DATA_DIR": str(tmp_path / "data")}
+        for args in (["--port", str(port)], ["--host", "no-such-host.invalid"]):
+            done = subprocess.run([sys.executable, "-m", "pkiq", "web", *args], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.startswith("pkiq: error: cannot listen on")
+            assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
