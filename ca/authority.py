@@ -260,11 +260,20 @@ def check_key_matches(signer: Signer, cert: x509.Certificate, name: str) -> None
         raise BadInput(f"the private key does not belong to the certificate of CA {name!r}")
 
 
+URL_SUFFIXES = (".crl", ".crt", ".pem")
+
+
 def check_name_free(session: Session, name: str, cert: x509.Certificate | None = None) -> None:
     """A new CA needs a new name and, when adopted, a key no other pkiq CA holds."""
     if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(
             ".", "").isalnum() or not name.isascii():
         raise BadInput(f"CA name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
+    if name.lower().endswith(URL_SUFFIXES):
+        # The web app serves /ca/NAME.crl, .crl.pem, .crt, .pem: "A.crl" would make
+        # /ca/A.crl.pem mean two files.
+        raise BadInput(f"CA name {name!r}: a name ending in {', '.join(URL_SUFFIXES)} would "
+                       "be ambiguous in the CA's download URLs (/ca/NAME.crl ...); choose "
+                       "another")
     if session.scalar(select(CertificateAuthority.id).where(CertificateAuthority.name == name)):
         raise Conflict(f"a CA named {name!r} already exists")
     if cert is not None:

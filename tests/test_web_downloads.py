@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.errors import NotFound
+from ca.errors import BadInput, NotFound
 from pkiq.cli import cli
 from service import ServiceContext, cas
 from shell.settings import Settings
@@ -483,3 +483,14 @@ def test_pkiq_web_on_a_port_in_use_is_one_line_exit_2(tmp_path):
             assert done.returncode == 2, done.stderr
             assert done.stderr.startswith("pkiq: error: cannot listen on")
             assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_ca_names_that_would_be_ambiguous_in_download_urls_are_refused(ctx):
+    from service.cas import create_ca
+    from service.downloads import ca_versions
+
+    for name in ("A.crl", "B.CRT", "c.pem", "..", "."):
+        with pytest.raises(BadInput, match="ambiguous" if len(name) > 2 else "letters"):
+            create_ca(ctx, name=name, subject="/CN=Ambiguous", key_type="ec-p256", days=30,
+                      passphrase=PASS)
+    assert ca_versions(ctx) == {}  # nothing was made
