@@ -493,4 +493,4 @@ def test_ca_names_that_would_be_ambiguous_in_download_urls_are_refused(ctx):
         with pytest.raises(BadInput, match="ambiguous" if len(name) > 2 else "letters"):
             create_ca(ctx, name=name, subject="/CN=Ambiguous", key_type="ec-p256", days=30,
                       passphrase=PASS)
-    assert ca_versions(ctx) == {}  # nothing was made
+    assert set(ca_versions(ctx)) == {"Root"}  # nothing was made beside the fixture's CA
