@@ -113,8 +113,11 @@ def _publish_one(ctx: ServiceContext, fqdn: str, passphrase: bytes | None,
             gaps = [g.view() | {"key": g.key} for g in material.gaps]
             changed = material.inputs != node.published_inputs
             asked = node.publish_due_at is not None and node.publish_due_at <= now
-            if due_only and not (asked or changed and node.publish_error is None) or (
-                    not force and not due_only and not changed and not asked):
+            if due_only:  # the tick: a failed node waits for its retry time
+                wanted = asked or (changed and node.publish_error is None)
+            else:  # a person: also a failed node at once (they may have mended the cause)
+                wanted = force or changed or asked or node.publish_error is not None
+            if not wanted:
                 node.coverage_gaps = gaps
                 return NodeOutcome(fqdn, "skipped", node.published_generation, gaps=gaps)
             content = store_files(_inputs(session, catalogue, node, material, passphrase),

@@ -149,6 +149,18 @@ def test_a_failing_store_is_isolated_retried_and_alerted(pkiq, sessions, clock, 
     assert (blocker / "store" / "current" / "server.pem").is_file()
     with transaction(pkiq.app.sessions) as session:
         assert upkeep.node_problems(session) == []
+    # an operator who mends the cause does not wait for the retry time
+    (blocker / "store" / "generations").chmod(0o500)
+    (blocker / "store" / "generations").rename(blocker / "moved")
+    (blocker / "store" / "generations").write_text("in the way")
+    ok(pkiq("node", "set", "expe1.example.com", "--keep", "3"))  # something to publish
+    assert js_exit(pkiq("node", "publish", "expe1.example.com", "--json"), 9)[0]["state"] \
+        == "failed"
+    (blocker / "store" / "generations").unlink()
+    (blocker / "moved").chmod(0o755)
+    (blocker / "moved").rename(blocker / "store" / "generations")
+    again = js(pkiq("node", "publish", "expe1.example.com", "--json"))
+    assert again[0]["state"] in ("published", "unchanged"), again
 
 
 def test_retry_delay_grows_to_an_hour():
