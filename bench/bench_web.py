@@ -276,6 +276,16 @@ def nginx_server(bundles: Path, workers: int, port: int, logs: Path) -> Server |
 
 # ---------------------------------------------------------------- load
 
+def cpu_pressure_us() -> int | None:
+    """Microseconds in which some runnable task waited for a CPU (PSI, /proc/pressure/cpu):
+    over a run, the share of time the machine had more work than cores."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(line.rsplit("total=", 1)[1])
+
+
 def percentile(ordered: list[int], q: float) -> float:
     if not ordered:
         return float("nan")
@@ -296,7 +306,8 @@ def run_load(server: Server, paths: list[str], *, rate: float, seconds: float, w
     children = []
     for index in range(clients):
         config = {"port": server.port, "paths": paths[index::clients], "rate": rate,
-                  "pollers_total": len(paths), "seconds": seconds, "warmup": warmup}
+                  "pollers_total": len(paths), "seconds": seconds, "warmup": warmup,
+                  "result_path": str(server.log_path.parent / f"load-{index}.json")}
         children.append(subprocess.Popen(
             [sys.executable, "-m", "bench.web_load", json.dumps(config)], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
@@ -314,18 +325,24 @@ def run_load(server: Server, paths: list[str], *, rate: float, seconds: float, w
     measure_from = start + warmup
     time.sleep(max(0.0, measure_from - time.time()))
     cpu_before, machine, load_before = server.cpu(), MachineCpu(), loadavg()
+    pressure_before, clock_before = cpu_pressure_us(), time.monotonic()
     changed = None
     if change is not None:
         time.sleep(seconds / 3)
         changed = change()
     time.sleep(max(0.0, measure_from + seconds - time.time()))
     cpu_after, busy = server.cpu(), machine.busy_percent()
+    pressure_after, clock_after = cpu_pressure_us(), time.monotonic()
+    waited = (round(100 * (pressure_after - pressure_before) / 1e6 / (clock_after - clock_before),
+                    1) if pressure_before is not None and pressure_after is not None else None)
     outputs = []
-    for child in children:
-        out, _ = child.communicate(timeout=60)
+    for index, child in enumerate(children):
+        child.communicate(timeout=60)
         if child.returncode:
             raise SystemExit(f"load generator exited with {child.returncode}")
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
+        result_path = server.log_path.parent / f"load-{index}.json"
+        outputs.append(json.loads(result_path.read_text()))
+        result_path.unlink()
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
     lat: dict[str, list[int]] = {"304": [], "200": []}
@@ -361,7 +378,8 @@ def run_load(server: Server, paths: list[str], *, rate: float, seconds: float, w
         "client_cpu_s": round(sum(o["cpu_s"] for o in outputs), 3),
         "client_late_sends": sum(o["late_sends"] for o in outputs),
         "client_max_lag_ms": max(o["max_lag_ms"] for o in outputs),
-        "machine_busy_percent": busy, "loadavg": [load_before, loadavg()],
+        "machine_busy_percent": busy, "cpu_pressure_some_percent": waited,
+        "loadavg": [load_before, loadavg()],
         "bundles_changed": changed,
         "timeline_250ms": [[key / 4, *timeline[key]] for key in sorted(timeline)],
     }
@@ -430,8 +448,9 @@ def render(report: dict) -> str:
             "",
             f"{'server':<15} {'w':>1} {'run':<10} {'offered':>7} {'req/s':>7} {'304':>7} "
             f"{'200':>5} {'err':>4} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-            f"{'p99 304':>7} {'CPU ms/req':>10} {'srv cores':>9} {'cli cores':>9}",
-            "-" * 126]
+            f"{'p99 304':>7} {'CPU ms/req':>10} {'srv cores':>9} {'cli cores':>9} "
+            f"{'cli lag':>7} {'box%':>4} {'psi%':>4}",
+            "-" * 145]
     for r in report["runs"]:
         rows.append(
             f"{r['server']:<15} {r['workers']:>1} {r['run']:<10} "
@@ -440,8 +459,14 @@ def render(report: dict) -> str:
             f"{sum(r['errors'].values()):>4} {r['latency_all']['p50_ms']:>7.2f} "
             f"{r['latency_all']['p99_ms']:>7.2f} {r['latency_all']['max_ms']:>7.1f} "
             f"{r['latency_304']['p99_ms']:>7.2f} {r['server_cpu_ms_per_request']:>10.3f} "
-            f"{r['server_cores_busy']:>9.2f} {r['client_cpu_s'] / r['seconds']:>9.2f}")
+            f"{r['server_cores_busy']:>9.2f} {r['client_cpu_s'] / r['seconds']:>9.2f} "
+            f"{r['client_max_lag_ms']:>7.0f} {r['machine_busy_percent'] or 0:>4.0f} "
+            f"{r['cpu_pressure_some_percent'] or 0:>4.0f}")
     summary = report["summary"]
+    rows += ["", "latency: send to last byte, client side; CPU ms/req: the server's CPU time "
+             "(all its processes) per answer; cli lag: the load generator's worst lateness "
+             "(a busy client adds it to latency); box%: whole-machine CPU use; psi%: time "
+             "some task waited for a CPU (/proc/pressure/cpu)"]
     rows.append("")
     for workers, row in summary["per_workers"].items():
         verdict = "kept up" if row["paced_kept_up_p99_under_50ms"] else "did NOT keep up"

@@ -13,8 +13,8 @@ Protocol with the parent: connect every poller and make one plain GET each (to l
 ETag, as an Expressway's first fetch does); print ``ready``; read one line from stdin: the
 wall-clock start time; poll (``rate`` requests/s in all, each poller at a fixed period with
 a random phase; ``rate`` 0: each poller asks again as soon as it has its answer); stop
-sending at the end, wait for the answers in flight, print one JSON line with what was
-measured: requests sent from ``start + warmup`` on, their latency from send to the last
+sending at the end, wait for the answers in flight, write to ``result_path`` as JSON what
+was measured: requests sent from ``start + warmup`` on, their latency from send to the last
 byte of the answer, per status."""
 
 from __future__ import annotations
@@ -245,5 +245,8 @@ async def main(config: dict) -> dict:
 if __name__ == "__main__":
     import uvloop
 
-    result = uvloop.run(main(json.loads(sys.argv[1])))
-    print(json.dumps(result), flush=True)
+    config = json.loads(sys.argv[1])
+    result = uvloop.run(main(config))
+    # A file, not stdout: a pipe the event loop left non-blocking can lose a long line.
+    with open(config["result_path"], "w") as handle:
+        json.dump(result, handle)
