@@ -378,6 +378,7 @@ def run_load(server: Server, paths: list[str], *, rate: float, seconds: float, w
         "client_cpu_s": round(sum(o["cpu_s"] for o in outputs), 3),
         "client_late_sends": sum(o["late_sends"] for o in outputs),
         "client_max_lag_ms": max(o["max_lag_ms"] for o in outputs),
+        "sends_behind_schedule": sum(o["sends_behind_schedule"] for o in outputs),
         "machine_busy_percent": busy, "cpu_pressure_some_percent": waited,
         "loadavg": [load_before, loadavg()],
         "bundles_changed": changed,

@@ -42,8 +42,9 @@ class Run:
         self.latency = {304: array.array("I"), 200: array.array("I")}  # microseconds
         self.statuses: dict[int, int] = {}
         self.errors: dict[str, int] = {}
-        self.late_sends = 0  # sends more than 10 ms behind their schedule (client busy)
+        self.late_sends = 0  # timers that fired more than 10 ms late: this process was busy
         self.max_lag = 0.0
+        self.behind = 0  # sends due before the answer to the last one came (a slow server)
         self.in_flight = 0
         self.timeline: dict[int, list] = {}  # per 250 ms of send time: [answers, 200s, max us]
         self.drained: asyncio.Future | None = None
@@ -87,7 +88,7 @@ class Poller(asyncio.Protocol):
         elif self.waiting:
             self.finish_failed("timeout" if self.timed else "connection lost")
 
-    def send(self) -> None:
+    def send(self, on_time: bool = True) -> None:
         self.timer = None
         run = self.run
         now = run.loop.time()
@@ -96,7 +97,7 @@ class Poller(asyncio.Protocol):
         if self.transport is None:
             run.loop.create_task(self.reconnect())
             return
-        if run.period and self.first.done() and now - self.next_at > 0.010:
+        if on_time and run.period and self.first.done() and now - self.next_at > 0.010:
             run.late_sends += 1
             run.max_lag = max(run.max_lag, now - self.next_at)
         self.sent_at = now
@@ -190,7 +191,12 @@ class Poller(asyncio.Protocol):
             run.drained.set_result(None)
         if run.period:
             self.next_at += run.period
-            if self.next_at < run.end:
+            if self.next_at >= run.end:
+                return
+            if self.next_at <= run.loop.time():  # the answer came after the next send was due
+                run.behind += 1
+                self.timer = run.loop.call_soon(self.send, False)
+            else:
                 self.timer = run.loop.call_at(self.next_at, self.send)
         elif run.loop.time() < run.end:
             self.send()
@@ -237,6 +243,7 @@ async def main(config: dict) -> dict:
     return {"statuses": {str(k): v for k, v in run.statuses.items()}, "errors": run.errors,
             "latency_us": {str(k): list(v) for k, v in run.latency.items()},
             "late_sends": run.late_sends, "max_lag_ms": round(run.max_lag * 1e3, 2),
+            "sends_behind_schedule": run.behind,
             "cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime
                            - cpu_before.ru_utime - cpu_before.ru_stime, 3),
             "pollers": len(pollers), "timeline": run.timeline}
