@@ -300,13 +300,16 @@ def latency(values: list[int]) -> dict:
             "max_ms": round(ordered[-1] / 1000, 2) if ordered else None}
 
 
-def run_load(server: Server, paths: list[str], *, rate: float, seconds: float, warmup: float,
-             clients: int, label: str, change: Callable[[], dict] | None = None) -> dict:
-    """One measured run of ``paths`` pollers against ``server``."""
+def run_load(server: Server, node_names: list[str], pollers: int, *, rate: float,
+             seconds: float, warmup: float, clients: int, label: str,
+             change: Callable[[], dict] | None = None) -> dict:
+    """One measured run of ``pollers`` pollers against ``server``, poller i asking for node
+    i mod len(node_names)'s crls.zip."""
     children = []
     for index in range(clients):
-        config = {"port": server.port, "paths": paths[index::clients], "rate": rate,
-                  "pollers_total": len(paths), "seconds": seconds, "warmup": warmup,
+        config = {"port": server.port, "nodes": node_names,
+                  "pollers": list(range(index, pollers, clients)), "rate": rate,
+                  "pollers_total": pollers, "seconds": seconds, "warmup": warmup,
                   "result_path": str(server.log_path.parent / f"load-{index}.json")}
         children.append(subprocess.Popen(
             [sys.executable, "-m", "bench.web_load", json.dumps(config)], cwd=ROOT,
@@ -362,7 +365,7 @@ def run_load(server: Server, paths: list[str], *, rate: float, seconds: float, w
     server_cpu = sum(cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after)
     result = {
         "run": label, "server": server.label, "workers": server.workers,
-        "offered_rps": rate or None, "seconds": seconds, "pollers": len(paths),
+        "offered_rps": rate or None, "seconds": seconds, "pollers": pollers,
         "clients": clients, "answered": answered,
         "rps": round(answered / seconds, 1),
         "statuses": statuses, "errors": {**errors, **{f"status {k}": v
@@ -533,11 +536,10 @@ def main(argv: list[str] | None = None) -> int:
         estate = build_estate(folder, args.nodes)
         bundles = copy_bundles(estate, folder / "www" / "nodes")
         bundle_bytes = estate.bundle(estate.nodes[0]).stat().st_size
-        paths = [f"/nodes/{estate.nodes[i % len(estate.nodes)]}/crls.zip"
-                 for i in range(args.pollers)]
         logs = folder / "logs"
         logs.mkdir()
         load = {"seconds": args.seconds, "warmup": args.warmup, "clients": args.clients}
+        target = (estate.nodes, args.pollers)
         try:
             for workers in args.workers:
                 servers = [pkiq_server(estate, workers, free_port(), logs)]
@@ -548,16 +550,16 @@ def main(argv: list[str] | None = None) -> int:
                     servers += [nginx] if nginx else []
                 for server in servers:
                     log(f"{server.label}, {workers} worker(s), port {server.port} ...")
-                    server.start(paths[0])
+                    server.start(f"/nodes/{estate.nodes[0]}/crls.zip")
                     try:
-                        runs.append(run_load(server, paths, rate=args.rate, label="paced",
+                        runs.append(run_load(server, *target, rate=args.rate, label="paced",
                                              **load))
-                        runs.append(run_load(server, paths, rate=0, label="saturation",
+                        runs.append(run_load(server, *target, rate=0, label="saturation",
                                              **load))
                         if server.label == "pkiq web":
-                            runs.append(run_load(server, paths, rate=args.rate,
-                                                 label="changed", change=estate.new_crl_everywhere,
-                                                 **load))
+                            runs.append(run_load(server, *target, rate=args.rate,
+                                                 label="changed",
+                                                 change=estate.new_crl_everywhere, **load))
                     finally:
                         server.stop()
         finally:

@@ -7,7 +7,10 @@ Each poller is an ``asyncio.Protocol`` over a raw socket (uvloop): a request is 
 ``write`` of prepared bytes and a response one or two ``data_received`` calls, the least
 Python a client can spend per request, leaving the server its share of the two cores.
 
-    python -m bench.web_load '{"port": ..., "paths": [...], "rate": ..., ...}'
+    python -m bench.web_load '{"port": ..., "nodes": [FQDN, ...], "pollers": [i, ...],
+                               "rate": ..., ...}'
+
+Poller i asks for ``/nodes/FQDN/crls.zip`` of node i mod len(nodes).
 
 Protocol with the parent: connect every poller and make one plain GET each (to learn the
 ETag, as an Expressway's first fetch does); print ``ready``; read one line from stdin: the
@@ -47,7 +50,7 @@ class Run:
         self.behind = 0  # sends due before the answer to the last one came (a slow server)
         self.in_flight = 0
         self.timeline: dict[int, list] = {}  # per 250 ms of send time: [answers, 200s, max us]
-        self.drained: asyncio.Future | None = None
+        self.drained: asyncio.Future | None = None  # set once the sending has ended
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -186,8 +189,7 @@ class Poller(asyncio.Protocol):
 
     def schedule(self) -> None:
         run = self.run
-        if run.in_flight == 0 and run.drained is not None and not run.drained.done() \
-                and run.loop.time() >= run.end:
+        if run.in_flight == 0 and run.drained is not None and not run.drained.done():
             run.drained.set_result(None)
         if run.period:
             self.next_at += run.period
@@ -210,7 +212,9 @@ async def main(config: dict) -> dict:
     loop = asyncio.get_running_loop()
     run = Run(config, loop)
     host, port = "127.0.0.1", int(config["port"])
-    pollers = [Poller(run, host, port, path) for path in config["paths"]]
+    nodes = config["nodes"]
+    pollers = [Poller(run, host, port, f"/nodes/{nodes[i % len(nodes)]}/crls.zip")
+               for i in config["pollers"]]
     for batch in range(0, len(pollers), 100):  # no SYN flood against the listen backlog
         await asyncio.gather(*(loop.create_connection(lambda p=p: p, host, port)
                                for p in pollers[batch:batch + 100]))
@@ -224,18 +228,19 @@ async def main(config: dict) -> dict:
     run.measure_from = start + float(config["warmup"])
     run.end = run.measure_from + float(config["seconds"])
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-    run.drained = loop.create_future()
     for poller in pollers:
         if run.period:
             poller.start(start + random.random() * run.period)
         else:
             poller.start(start + random.random() * 0.01)
-    await asyncio.sleep(max(0.0, run.end - loop.time()))
+    await asyncio.sleep(max(0.0, run.end - loop.time()) + 0.001)
+    run.end = loop.time()  # no request is sent from here on
     if run.in_flight:
+        run.drained = loop.create_future()
         try:
             await asyncio.wait_for(run.drained, TIMEOUT + 1)
         except TimeoutError:
-            run.error("not answered at the end")
+            run.errors["not answered at the end"] = run.in_flight
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     for poller in pollers:
         if poller.transport is not None:
