@@ -10,7 +10,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import sessionmaker
 
-from shell.db import make_engine, migrate, session_factory, transaction
+from shell.db import make_engine, migrate, read_transaction, session_factory, transaction
 from shell.settings import Settings
 
 
@@ -49,6 +49,10 @@ class ServiceContext:
 
     def transaction(self):
         return transaction(self.sessions)
+
+    def read_transaction(self):
+        """For look-ups that write nothing and are asked often (shell.db.read_transaction)."""
+        return read_transaction(self.sessions)
 
     def close(self) -> None:
         if self._engine is not None:

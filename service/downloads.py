@@ -58,7 +58,7 @@ def make_download(body: bytes, media_type: str, last_modified: dt.datetime, file
 
 def ca_certificate(ctx: ServiceContext, name: str, *, pem: bool = False) -> Download:
     """CA ``name``'s certificate; Last-Modified is its notBefore (it never changes)."""
-    with ctx.transaction() as session:
+    with ctx.read_transaction() as session:
         ca = authority.get_ca(session, name)
         cert = authority.ca_certificate(ca)
     if pem:
@@ -71,7 +71,7 @@ def ca_certificate(ctx: ServiceContext, name: str, *, pem: bool = False) -> Down
 def ca_crl(ctx: ServiceContext, name: str, *, pem: bool = False) -> Download:
     """CA ``name``'s newest CRL; Last-Modified is its thisUpdate. NotFound when the CA has
     issued none yet."""
-    with ctx.transaction() as session:
+    with ctx.read_transaction() as session:
         row = authority.latest_crl(session, authority.get_ca(session, name))
         if row is None:
             raise NotFound(f"CA {name!r} has issued no CRL yet: run pkiq ca gencrl {name}")
@@ -89,7 +89,7 @@ def ca_versions(ctx: ServiceContext) -> dict[str, Hashable]:
     CRLs there are, so a front end can ask it every second."""
     query = select(CertificateAuthority.name, CertificateAuthority.id,
                    CertificateAuthority.crl_number)
-    with ctx.transaction() as session:
+    with ctx.read_transaction() as session:
         return {name: (ca_id, number) for name, ca_id, number in session.execute(query)}
 
 
@@ -104,7 +104,7 @@ BUNDLE_FILES = {"crls.zip": "zip", "crls.tar.gz": "tgz", "crls.pem": "pem"}
 def store_versions(ctx: ServiceContext) -> dict[Hashable, Hashable]:
     """Per node (``("node", fqdn)``) what its store's ``current`` link points at, and per
     cluster (``("cluster", name)``) its peers': one query and a readlink per node."""
-    with ctx.transaction() as session:
+    with ctx.read_transaction() as session:
         rows = [(n.fqdn, n.cluster.name if n.cluster else None, store_root(ctx.settings, n))
                 for n in nodes.list_nodes(session)]
     versions: dict[Hashable, Hashable] = {}
@@ -134,7 +134,7 @@ def node_bundle(ctx: ServiceContext, fqdn: str, file_name: str) -> Download:
     if file_name not in BUNDLE_FILES:
         raise NotFound(f"no bundle {file_name[:40]!r}: a node's bundles are "
                        f"{', '.join(BUNDLE_FILES)}")
-    with ctx.transaction() as session:
+    with ctx.read_transaction() as session:
         node = nodes.get_node(session, fqdn)
         root = store_root(ctx.settings, node)
     _generation, files = NodeStore(root).read_current([file_name, MANIFEST])
@@ -152,7 +152,7 @@ def cluster_bundle(ctx: ServiceContext, name: str, file_name: str) -> Download:
     if file_name not in BUNDLE_FILES:
         raise NotFound(f"no bundle {file_name[:40]!r}: a cluster's bundles are "
                        f"{', '.join(BUNDLE_FILES)}")
-    with ctx.transaction() as session:
+    with ctx.read_transaction() as session:
         cluster = nodes.get_cluster(session, name)
         roots = [store_root(ctx.settings, n) for n in nodes.cluster_nodes(session, cluster)]
     ders: list[bytes] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import stat
 from contextlib import contextmanager, nullcontext
@@ -94,7 +95,7 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if _READ_ONLY.get() else "BEGIN IMMEDIATE")
 
 
 SCHEMA_HEAD = "0008"  # the newest migration; tests/test_db.py checks it against Alembic's
@@ -209,6 +210,25 @@ def transaction(factory: sessionmaker):
     """One unit of work: commit if the block finishes, roll everything back if it raises."""
     with factory() as session, session.begin():
         yield session
+
+
+# Set by read_transaction: the SQLite "begin" listener then opens a deferred transaction.
+_READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("pkiq_read_only",
+                                                                  default=False)
+
+
+@contextmanager
+def read_transaction(factory: sessionmaker):
+    """A unit of work that only reads (the web app's look-ups, asked for many times a
+    second). On SQLite it opens with a plain BEGIN, not BEGIN IMMEDIATE, so it neither waits
+    behind a writer for the writer lock nor holds one up: in WAL mode it reads the last
+    commit. A write in it is a bug (SQLite may then refuse it)."""
+    token = _READ_ONLY.set(True)
+    try:
+        with factory() as session, session.begin():
+            yield session
+    finally:
+        _READ_ONLY.reset(token)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -6,6 +6,7 @@ within the cache window."""
 from __future__ import annotations
 
 import io
+import sqlite3
 import tarfile
 import time
 import zipfile
@@ -118,3 +119,25 @@ def test_bundle_requests_that_find_nothing_are_one_line_404s(pkiq, sessions, clo
                  "/nodes/expe1.example.com/current%2fprivkey.pem"):
         response = served.get(path)
         assert response.status_code == 404 and b"PRIVATE" not in response.content
+
+
+def test_web_look_ups_do_not_wait_behind_a_sqlite_writer(pkiq, sessions, clock):
+    """The web app's reads open a deferred transaction: a writer holding SQLite's write
+    lock (a worker signing a batch, a refresh installing a CRL) does not delay them."""
+    from service import downloads
+
+    issued_estate(pkiq, sessions, clock)
+    ok(pkiq("node", "publish"))
+    writer = sqlite3.connect(pkiq.app.settings.effective_database_url.removeprefix(
+        "sqlite:///"), isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds the write lock until rolled back
+    try:
+        started = time.monotonic()
+        assert ("node", "expe1.example.com") in downloads.store_versions(pkiq.app)
+        assert "Root" in downloads.ca_versions(pkiq.app)
+        assert downloads.node_bundle(pkiq.app, "expe1.example.com", "crls.zip").body
+        assert downloads.ca_crl(pkiq.app, "Root").body
+        assert time.monotonic() - started < 1.0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
