@@ -93,11 +93,14 @@ def link_job(row: NodeCredential, job: SigningJob) -> None:
 
 def _activate(session: Session, node: ExpresswayNode, row: NodeCredential,
               now: dt.datetime) -> None:
+    """``row`` (pending, or new and not yet added) becomes the node's active credential;
+    the previous one retires first, as the one-active index requires."""
     old = active(session, node)
-    if old is not None and old.id != row.id:
+    if old is not None and old is not row:
         old.state, old.ended_at = "retired", now
-        session.flush()  # the one-active index must see the old row retired first
+        session.flush()
     row.state, row.activated_at = "active", now
+    session.add(row)
     node.publish_due_at, node.publish_attempts = now, 0
     node.publish_reason = f"new server certificate ({row.source})"
     session.flush()
@@ -144,13 +147,11 @@ def upload(session: Session, node: ExpresswayNode, cert_data: bytes, key_data: b
                                   "progress: upload the key with the certificate (--key)",
                                   "privateKey", "required")
         row = NodeCredential(
-            node_id=node.id, state="uploaded", source="uploaded",
+            node_id=node.id, source="uploaded",
             key_type=describe_key(key.public_key()).lower().replace(" ", ""),
             key_pem=reencrypt_key(key, passphrase), spki_sha256=spki_sha256(key.public_key()),
             cert_der=cert_der, chain_pem=chain_pem, warnings=list(checked.warnings),
             created_at=now)
-        session.add(row)
-        session.flush()
     _activate(session, node, row, now)
     return row, checked
 
