@@ -47,6 +47,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         beat_scheduler="worker.celery_app:FileScheduler",
     )
     if app.conf.broker_url.startswith("filesystem"):
+        # kombu's filesystem transport, with messages renamed into place (worker.fs_transport)
+        app.conf.broker_transport = "worker.fs_transport:Transport"
         queue = settings.queue_dir
         app.conf.broker_transport_options = {
             "data_folder_in": str(queue / "messages"),
