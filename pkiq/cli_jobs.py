@@ -248,7 +248,7 @@ def _start_web() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
     child = subprocess.Popen([sys.executable, "-m", "pkiq", "web"],
-                             preexec_fn=die_with_parent)  # noqa: PLW1509 - prctl only
+                             preexec_fn=die_with_parent)
 
     def stop() -> None:
         if child.poll() is None:

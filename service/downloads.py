@@ -121,10 +121,10 @@ def store_versions(ctx: ServiceContext) -> dict[Hashable, Hashable]:
 
 def _bundle_times(manifests: list[dict]) -> tuple[dt.datetime, dt.datetime | None]:
     crls = [c for m in manifests for c in m.get("crls", [])]
-    this = [dt.datetime.fromisoformat(c["this_update"].replace("Z", "+00:00")) for c in crls]
-    nxt = [dt.datetime.fromisoformat(c["next_update"].replace("Z", "+00:00"))
+    this = [dt.datetime.fromisoformat(c["this_update"]) for c in crls]
+    nxt = [dt.datetime.fromisoformat(c["next_update"])
            for c in crls if c.get("next_update")]
-    published = [dt.datetime.fromisoformat(m["published_at"].replace("Z", "+00:00"))
+    published = [dt.datetime.fromisoformat(m["published_at"])
                  for m in manifests]
     return max(this or published), min(nxt) if nxt else None
 
