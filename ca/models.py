@@ -393,3 +393,101 @@ class NodeCredential(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     node: Mapped[ExpresswayNode] = relationship()
+
+
+# ---------------------------------------------------------------- Expressway REST pushes
+
+class NodeApi(Base):
+    """How pkiq reaches one node's REST API: where (the node's FQDN names it in TLS; an
+    address may say where to connect), who (the administrator, password sealed under the
+    service passphrase or read from a file), how its HTTPS certificate is trusted (the
+    node's trusted list plus the system CAs, or a pinned SHA-256), which endpoint names its
+    release uses, and what the last drift check found."""
+
+    __tablename__ = "node_apis"
+
+    node_id: Mapped[int] = mapped_column(ForeignKey("expressway_nodes.id"), primary_key=True)
+    address: Mapped[str | None] = mapped_column(String(253))  # None: the node's FQDN
+    port: Mapped[int] = mapped_column(Integer, default=443)
+    username: Mapped[str | None] = mapped_column(String(128))
+    password_sealed: Mapped[str | None] = mapped_column(Text)  # ca.sealed; never clear
+    credentials_file: Mapped[str | None] = mapped_column(Text)  # USER:PASSWORD, first line
+    pin_sha256: Mapped[str | None] = mapped_column(String(64))
+    release: Mapped[str] = mapped_column(String(16), default="x8.10")
+    endpoints: Mapped[dict] = mapped_column(JSON, default=dict)  # overrides of the release's
+    crl_fetch_hours: Mapped[int] = mapped_column(Integer, default=26)  # 0: not checked
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    drift: Mapped[list] = mapped_column(JSON, default=list)  # ca.expressway_api.Finding views
+    drift_checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    node: Mapped[ExpresswayNode] = relationship()
+
+
+class BundleFetch(Base):
+    """When a node last fetched its CRL bundle from pkiq's web app (drift: an Expressway
+    whose automatic CRL update stopped keeps checking against stale CRLs, silently)."""
+
+    __tablename__ = "bundle_fetches"
+
+    node_id: Mapped[int] = mapped_column(ForeignKey("expressway_nodes.id"), primary_key=True)
+    fetched_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    remote: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str | None] = mapped_column(String(300))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Rollout(Base):
+    """Publishing to a cluster's peers (or one node) over REST, one peer at a time: the
+    first is verified (read-back and a TLS handshake) before the next is touched; a failure
+    stops the rollout where it is, and ``--resume`` goes on from there. One open rollout per
+    target."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        Index("uq_rollouts_one_open", "target", unique=True,
+              sqlite_where=text("state NOT IN ('done', 'cancelled')"),
+              postgresql_where=text("state NOT IN ('done', 'cancelled')")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(300))  # cluster:NAME | node:FQDN
+    peers: Mapped[list] = mapped_column(JSON)  # FQDNs in rollout order
+    position: Mapped[int] = mapped_column(Integer, default=0)  # index of the current peer
+    # running | waiting (a retry is due at next_try_at) | paused (a restart is awaited)
+    # | stopped (a failure) | done | cancelled
+    state: Mapped[str] = mapped_column(String(10))
+    restart: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    next_try_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class PushJob(Base):
+    """One peer's push within a rollout: what it pushed (the store generation and its
+    digest, the server certificate's fingerprint), how many attempts it took, and what the
+    node answered. Never holds a key or a password."""
+
+    __tablename__ = "push_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("expressway_nodes.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    # queued | running | retrying | done | failed | cancelled
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    generation: Mapped[int | None] = mapped_column(Integer)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    server_sha256: Mapped[str | None] = mapped_column(String(64))
+    result: Mapped[dict] = mapped_column(JSON, default=dict)
+    next_try_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    node: Mapped[ExpresswayNode] = relationship()

@@ -20,7 +20,16 @@ from .authority import get_ca
 from .errors import BadInput, Conflict, NotFound
 from .expressway import MODELS, UC_DOMAIN_FORMATS, NodeProfile, check_node_profile
 from .general_names import check_dns_name
-from .models import ExpresswayCluster, ExpresswayNode, NodeCredential, TrustedSet
+from .models import (
+    BundleFetch,
+    ExpresswayCluster,
+    ExpresswayNode,
+    NodeApi,
+    NodeCredential,
+    PushJob,
+    Rollout,
+    TrustedSet,
+)
 from .trust import find as find_entry
 
 MAX_EXTRAS = 200  # names per list: Expressway warns past 999 characters of SANs anyway
@@ -290,8 +299,15 @@ def node_profile(session: Session, node: ExpresswayNode) -> NodeProfile:
 def remove_node(session: Session, name: str) -> ExpresswayNode:
     """Forget a node, with its keys: its store on disk is left for the operator."""
     node = get_node(session, name, for_update=True)
-    for row in session.scalars(select(NodeCredential).where(NodeCredential.node_id == node.id)):
-        session.delete(row)
+    open_jobs = session.scalar(select(PushJob.rollout_id).join(Rollout).where(
+        PushJob.node_id == node.id, Rollout.state.not_in(("done", "cancelled"))).limit(1))
+    if open_jobs is not None:
+        raise Conflict(f"node {node.fqdn} is a peer of open rollout {open_jobs}: finish or "
+                       "cancel it first (pkiq rollout cancel)")
+    for model in (NodeCredential, PushJob, NodeApi, BundleFetch):
+        for row in session.scalars(select(model).where(model.node_id == node.id)):
+            session.delete(row)
+    session.flush()
     session.delete(node)
     session.flush()
     return node

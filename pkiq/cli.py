@@ -41,14 +41,21 @@ COMMANDS = {
             "Serve CA certificates and CRLs over HTTP, with conditional GET."),
     "db": ("pkiq.cli_db", "db_group", "The database schema: create or upgrade it."),
     "node": ("pkiq.cli_nodes", "node_group",
-             "Expressway peers: names, CSRs, server certificates, stores."),
+             "Expressway peers: names, CSRs, server certificates, stores, REST pushes."),
     "cluster": ("pkiq.cli_nodes", "cluster_group",
-                "Expressway clusters: name, cluster FQDN, certificate model."),
+                "Expressway clusters: name, cluster FQDN, certificate model, rollouts."),
+    "rollout": ("pkiq.cli_push", "rollout_group",
+                "REST rollouts to Expressway clusters and nodes: list, show, resume, cancel."),
     "trustset": ("pkiq.cli_nodes", "trustset_group",
                  "Named trusted CA lists for nodes: pkiq CAs and trusted CA list entries."),
     "x509": ("pkiq.cli_x509", "x509_group",
              "Decode and convert certificates, requests and CRLs (no database needed)."),
 }
+
+# Commands another module adds to a group when the group is loaded: the REST pushes
+# (node api|push|restart|drift, cluster rollout) live beside the node commands, not in them.
+EXTENSIONS = {"node": ("pkiq.cli_push", "node_commands"),
+              "cluster": ("pkiq.cli_push", "cluster_commands")}
 
 
 class PkiqGroup(click.Group):
@@ -64,7 +71,13 @@ class PkiqGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attribute, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module), attribute)
+        group = getattr(importlib.import_module(module), attribute)
+        if name in EXTENSIONS:
+            module, attribute = EXTENSIONS[name]
+            for command in getattr(importlib.import_module(module), attribute):
+                if command.name not in group.commands:
+                    group.add_command(command)
+        return group
 
     def format_commands(self, ctx, formatter):
         rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]

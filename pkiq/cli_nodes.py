@@ -34,7 +34,7 @@ CLUSTERED = [m for m in MODELS if m != "standalone"]
 
 @click.group("cluster")
 def cluster_group():
-    """Expressway clusters: name, cluster FQDN, certificate model."""
+    """Expressway clusters: name, cluster FQDN, certificate model, rollouts."""
 
 
 @cluster_group.command("add")
@@ -165,7 +165,7 @@ def trustset_delete(ctx, name, as_json):
 
 @click.group("node")
 def node_group():
-    """Expressway peers: names, CSRs, server certificates, stores."""
+    """Expressway peers: names, CSRs, server certificates, stores, REST pushes."""
 
 
 def _node_options(func):

@@ -52,11 +52,21 @@ CRL_TICK_TASK = "pkiq.crl.tick"
 # The stores tick: every node whose store is due (its inputs changed, it was asked for, or a
 # failed attempt's retry time came) is published, one node at a time.
 STORES_TICK_TASK = "pkiq.stores.tick"
+# REST pushes: a rollout's next step (sent by whoever starts or resumes one, and by the
+# rollouts tick for a retry whose time came or a step a dead worker left), and the drift
+# check of every node with REST settings.
+ROLLOUT_TASK = "pkiq.rollout.advance"
+ROLLOUTS_TICK_TASK = "pkiq.rollouts.tick"
+DRIFT_TASK = "pkiq.drift.check"
 
 
-def beat_entries(tick_seconds: float, stores_seconds: float | None = None
-                 ) -> dict[str, dict]:
+def beat_entries(tick_seconds: float, stores_seconds: float | None = None,
+                 drift_seconds: float | None = None) -> dict[str, dict]:
     entries = {"crl-tick": {"task": CRL_TICK_TASK, "schedule": float(tick_seconds)}}
     if stores_seconds is not None:
         entries["stores-tick"] = {"task": STORES_TICK_TASK, "schedule": float(stores_seconds)}
+        entries["rollouts-tick"] = {"task": ROLLOUTS_TICK_TASK,
+                                    "schedule": float(stores_seconds)}
+    if drift_seconds is not None:
+        entries["drift-check"] = {"task": DRIFT_TASK, "schedule": float(drift_seconds)}
     return entries

@@ -29,6 +29,8 @@ from ca.models import (
     CrlIssuerStatus,
     DistributionPoint,
     ExpresswayNode,
+    NodeApi,
+    Rollout,
 )
 from ca.sql import insert_or_ignore
 
@@ -176,6 +178,34 @@ def node_problems(session: Session) -> list[Problem]:
                                  f"{gap['ca']}: {gap['reason']}",
                                  dict(node=node.fqdn, ca=gap["ca"], reason=gap["reason"],
                                       since=gap.get("since"))))
+    found.extend(push_problems(session))
+    return found
+
+
+def push_problems(session: Session) -> list[Problem]:
+    """REST pushes: a rollout stopped by a failure or paused for a restart (one alert per
+    target, resolved when it goes on), and what each node's last drift check found (one
+    alert per node, critical when it lacks what it should hold or cannot be read)."""
+    found = []
+    for rollout in session.scalars(select(Rollout).where(
+            Rollout.state.in_(("stopped", "paused"))).order_by(Rollout.id)):
+        severity = "critical" if rollout.state == "stopped" else "warning"
+        found.append(Problem(f"rollout:{rollout.target}", severity,
+                             f"rollout {rollout.id} to {rollout.target} {rollout.error}",
+                             dict(rollout=rollout.id, target=rollout.target,
+                                  state=rollout.state, error=rollout.error)))
+    rows = session.execute(select(ExpresswayNode.fqdn, NodeApi.drift).join(
+        NodeApi, NodeApi.node_id == ExpresswayNode.id).order_by(ExpresswayNode.fqdn))
+    for fqdn, drift in rows:
+        if not drift:
+            continue
+        severity = "critical" if any(f["severity"] == "critical" for f in drift) \
+            else "warning"
+        texts = "; ".join(f["text"] for f in drift[:5])
+        more = f" (and {len(drift) - 5} more)" if len(drift) > 5 else ""
+        found.append(Problem(f"drift:{fqdn}", severity,
+                             f"node {fqdn} differs from what pkiq published: {texts}{more}",
+                             dict(node=fqdn, findings=drift)))
     return found
 
 

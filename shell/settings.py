@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     store_tick_seconds: int = _seconds(30, 5, 3600)
     store_crl_headroom_hours: int = Field(default=26, ge=0, le=24 * 90,
                                           description="whole hours from 0 to 2160")
+    # Pushing to Expressways over REST (service.push, service.drift): how long one call may
+    # take, how often a push is tried when a node does not answer (10 s, 20 s, 40 s, ...),
+    # how long a restarted node may take to come back, and how often drift is checked.
+    node_api_timeout: float = Field(default=15.0, gt=0, le=120, allow_inf_nan=False,
+                                    description="seconds, above 0 and at most 120")
+    push_attempts: int = Field(default=5, ge=1, le=50, description="from 1 to 50")
+    push_retry_seconds: int = _seconds(10, 1, 3600)
+    restart_wait_seconds: int = _seconds(600, 10, 7200)
+    drift_check_seconds: int = _seconds(3600, 60, 7 * 86400)
     # The web app (pkiq web): where it listens for the CA certificate and CRL downloads.
     web_host: str = Field(default="127.0.0.1", description="an address or host name to "
                           "listen on: 0.0.0.0 for every IPv4 interface")

@@ -5,8 +5,12 @@ How long a copy may be kept (Cache-Control) is decided here, per kind of file.""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+import math
 import re
+import time
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
@@ -14,13 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import ServiceContext
+from service import ServiceContext, drift
 from service import downloads as service_downloads
 from service.downloads import Download
 
 from .cache import VersionedDownloads
 from .conditional import respond
 
+log = logging.getLogger("pkiq.web")
 # The longest a cache may keep a file without asking again: an hour bounds how long a CRL
 # issued early (after a revocation) takes to reach pollers behind any HTTP cache.
 MAX_AGE = 3600
@@ -100,12 +105,38 @@ NODE_NAME = re.compile(r"[a-z0-9.-]{1,253}")
 CLUSTER_NAME = CA_NAME
 
 
+class FetchLog:
+    """Which node fetched its CRL bundle when (drift: an Expressway whose automatic CRL
+    update stopped). Written at most once a minute per bundle URL and client, in a thread,
+    so a node polling in a loop costs no database write per request; a failed write is
+    logged and never fails the download."""
+
+    def __init__(self, ctx: ServiceContext, interval: float = 60.0):
+        self.ctx, self.interval = ctx, interval
+        self._last: dict[tuple, float] = {}
+
+    async def seen(self, kind: str, name: str, remote: str | None, path: str) -> None:
+        key, now = (kind, name, remote), time.monotonic()
+        if now - self._last.get(key, -math.inf) < self.interval:
+            return
+        self._last[key] = now
+        if len(self._last) > 10_000:  # many clients: forget the oldest half
+            for old in sorted(self._last, key=self._last.get)[:5_000]:
+                del self._last[old]
+        try:
+            await asyncio.to_thread(drift.record_bundle_fetch, self.ctx, kind, name, remote,
+                                    path)
+        except Exception:  # noqa: BLE001 - the download matters more than its record
+            log.exception("could not record the CRL bundle fetch of %s %s", kind, name)
+
+
 def store_routes(ctx: ServiceContext, refresh_seconds: float = 1.0) -> list[Route]:
     """``/nodes/FQDN/crls.zip|crls.tar.gz|crls.pem`` and the same under ``/clusters/NAME/``:
     the URLs an Expressway's automatic CRL updates are pointed at. A republished store is
     served within ``refresh_seconds``."""
     files = VersionedDownloads(lambda: service_downloads.store_versions(ctx),
                                refresh_seconds)
+    fetches = FetchLog(ctx)
 
     def answer(kind: str, pattern: re.Pattern, use_case):
         async def bundle(request: Request) -> Response:
@@ -124,6 +155,8 @@ def store_routes(ctx: ServiceContext, refresh_seconds: float = 1.0) -> list[Rout
                 raise HTTPException(404, f"no {kind} named {shown(name)}")
             control = (crl_cache_control(download.expires, ctx.clock())
                        if download.expires else "no-cache")
+            await fetches.seen(kind, name, request.client.host if request.client else None,
+                               request.url.path)
             return respond(request, download, control)
         return bundle
 

@@ -41,7 +41,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         beat_schedule={
             "reconcile-signing-jobs": {"task": RECONCILE_TASK,
                                        "schedule": float(settings.reconcile_seconds)},
-            **beat_entries(settings.crl_tick_seconds, settings.store_tick_seconds),
+            **beat_entries(settings.crl_tick_seconds, settings.store_tick_seconds,
+                           settings.drift_check_seconds),
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         beat_scheduler="worker.celery_app:FileScheduler",

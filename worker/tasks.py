@@ -26,8 +26,14 @@ from ca.errors import PkiqError, WrongPassphrase
 from ca.keys import Signer
 from scheduler import tick
 from scheduler.notifications import sender, undeliverable
-from scheduler.schedule import CRL_TICK_TASK, STORES_TICK_TASK
-from service import stores
+from scheduler.schedule import (
+    CRL_TICK_TASK,
+    DRIFT_TASK,
+    ROLLOUT_TASK,
+    ROLLOUTS_TICK_TASK,
+    STORES_TICK_TASK,
+)
+from service import drift, push, stores
 from service.context import ServiceContext
 from shell.db import make_engine, migrate, session_factory, transaction
 from shell.settings import Settings
@@ -198,3 +204,45 @@ def stores_tick() -> list[dict]:
         log.info("store of %s: %s%s", outcome["node"], outcome["state"],
                  f" ({outcome['error']})" if outcome["error"] else "")
     return done
+
+
+def _passphrase_or_none(what: str) -> bytes | None:
+    try:
+        return _settings().passphrase()
+    except PkiqError as exc:  # each node's failure then says so
+        log.error("%s: %s", what, exc)
+        return None
+
+
+@shared_task(name=ROLLOUT_TASK, acks_late=True, ignore_result=True)
+def advance_rollout(rollout_id: int) -> dict:
+    """Push to the rollout's peers until it is done, stops, pauses, or must wait for a
+    retry: then the next step is sent for that time (the rollouts tick sends it too, should
+    this message be lost)."""
+    view = push.advance(_service(), rollout_id, passphrase=_passphrase_or_none("rollout"))
+    if view["state"] == "waiting" and view["next_try_at"]:
+        at = dt.datetime.fromisoformat(view["next_try_at"])
+        advance_rollout.apply_async(args=[rollout_id], eta=at)
+    log.info("rollout %s: %s%s", rollout_id, view["state"],
+             f" ({view['error']})" if view["error"] else "")
+    return {"rollout": rollout_id, "state": view["state"]}
+
+
+@shared_task(name=ROLLOUTS_TICK_TASK, acks_late=True, ignore_result=True)
+def rollouts_tick() -> list[int]:
+    """Rollouts whose retry time came, or whose step a dead worker left, go on."""
+    due = push.due(_service(), push.stale_after(_settings()))
+    for rollout_id in due:
+        advance_rollout.delay(rollout_id)
+    return due
+
+
+@shared_task(name=DRIFT_TASK, acks_late=True, ignore_result=True)
+def drift_check() -> list[dict]:
+    """Read every node with REST settings and record what differs; the CRL tick turns
+    what is recorded into alerts."""
+    reports = drift.check(_service(), passphrase=_passphrase_or_none("drift check"))
+    for report in reports:
+        if not report["in_sync"]:
+            log.warning("drift on %s: %d finding(s)", report["node"], len(report["drift"]))
+    return reports
