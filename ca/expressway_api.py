@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -158,7 +159,7 @@ def described_paths(raml: bytes) -> set[tuple[str, str]]:
 
 
 def _template(path: str) -> re.Pattern:
-    parts = [r"\{[^/]+\}" if re.fullmatch(r"\{[^/]+\}", part) else re.escape(part)
+    parts = [r"[^/]+" if re.fullmatch(r"\{[^/]+\}", part) else re.escape(part)
              for part in path.split("/")]
     return re.compile("^" + "/".join(parts) + "$")
 
@@ -188,11 +189,12 @@ def certificates_in(body: bytes, content_type: str = "") -> list[x509.Certificat
     if "json" in content_type or body.lstrip()[:1] in (b"{", b"["):
         try:
             document = json.loads(body)
-        except ValueError as exc:
-            raise BadInput(f"the node's answer is not valid JSON ({exc})") from None
-        stack = [document]
+        except (ValueError, RecursionError) as exc:
+            raise BadInput(f"the node's answer is not valid JSON "
+                           f"({str(exc)[:100] or 'nested too deep'})") from None
+        stack = deque([document])  # breadth first, in document order
         while stack and len(texts) < MAX_STRINGS:
-            item = stack.pop(0)
+            item = stack.popleft()
             if isinstance(item, str):
                 if "-----BEGIN" in item:
                     texts.append(item.encode("utf-8", "replace"))
@@ -217,10 +219,7 @@ def message_of(body: bytes, limit: int = 500) -> str:
     """The node's own words from an error answer: a JSON ``Message``/``message``/``error``/
     ``detail`` string, else the text; control characters removed, cut at ``limit``."""
     text = body[:20_000].decode("utf-8", "replace")
-    try:
-        document = json.loads(text)
-    except ValueError:
-        document = None
+    document = _json(text)
     if isinstance(document, dict):
         for key in ("Message", "message", "Error", "error", "detail", "Detail"):
             value = document.get(key)
@@ -230,29 +229,35 @@ def message_of(body: bytes, limit: int = 500) -> str:
             if isinstance(value, list) and value:
                 text = "; ".join(str(v) for v in value)
                 break
-    text = re.sub(r"<[^>]{0,200}>", " ", text)  # an HTML error page: its words only
+    return _clean(re.sub(r"<[^>]{0,200}>", " ", text), limit)  # an HTML page: its words
+
+
+def _json(text: str | bytes):
+    """A JSON answer, or None for anything else (nested too deep included)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _clean(text: str, limit: int) -> str:
+    """One line of printable text at most ``limit`` long: a node's words go into errors,
+    logs and alerts, where a control character could forge a line."""
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def warnings_of(body: bytes) -> list[str]:
-    try:
-        document = json.loads(body[:200_000])
-    except ValueError:
-        return []
+    document = _json(body[:200_000])
     if isinstance(document, dict) and isinstance(document.get("warnings"), list):
-        return [message_of(json.dumps({"m": str(w)}).encode())[:300]
-                for w in document["warnings"][:20]]
+        return [_clean(str(w), 300) for w in document["warnings"][:20]]
     return []
 
 
 def restart_required(body: bytes) -> bool | None:
     """What an upload answer says about a restart: True, False, or None if it says
     nothing (then pkiq assumes one is needed, as the guide says for server certificates)."""
-    try:
-        document = json.loads(body[:200_000])
-    except ValueError:
-        document = None
+    document = _json(body[:200_000])
     if isinstance(document, dict):
         for key in ("restart_required", "RestartRequired", "restartRequired"):
             if isinstance(document.get(key), bool):

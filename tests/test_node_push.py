@@ -9,8 +9,13 @@ import datetime as dt
 import json
 import logging
 import os
+import time
+from pathlib import Path
 
+import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from sqlalchemy import select, text
 
 from ca import node_credentials, nodes
@@ -21,8 +26,12 @@ from service import drift, push
 from shell.db import transaction
 
 from . import fake_expressway as fx
+from . import httpd
 from .conftest import PASSPHRASE
-from .httpd import make_ca
+from .httpd import Reply, make_ca
+from .storepki import make_ca as store_ca
+from .storepki import make_leaf
+from .storepki import name as x509_name
 from .test_cli import assert_one_line_error
 from .test_nodes import js, make_estate, ok, run_queue
 
@@ -404,3 +413,109 @@ def test_an_unreachable_node_is_drift(pkiq, sessions, clock):
 def js_exit(result, code):
     assert result.exit_code == code, (result.output, result.stderr)
     return json.loads(result.stdout)
+
+
+# ---------------------------------------------------------------- hostile nodes
+
+RAML = fx.make_raml().encode()
+
+
+@pytest.mark.parametrize("reply, said", [
+    (Reply(body=b"x" * (5 * 1024 * 1024)), "over the limit"),  # declared too big
+    (Reply(body=b"x" * 65536, chunked=True, repeat=100), "over 4,194,304 bytes"),  # endless
+    (Reply(body=b"{}", delay=3.0), "timed out"),
+    (Reply(body=b"x" * 10, drip=3.0), "timed out"),
+    (Reply(body=b'{"certificates": [{"pem": "-----BEGIN CERTIFICATE-----\\nAAAA'),
+     "not valid JSON"),
+    (Reply(body=b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+           headers={"Content-Type": "text/plain"}), "does not parse"),
+    (httpd.redirect("https://elsewhere.example/api"), "(302)"),
+    (Reply(status=418, body=b'{"Message": "I\'m a teapot\\u001b[2J"}'), "I'm a teapot [2J"),
+])
+def test_a_hostile_node_gets_one_clear_error(pkiq, sessions, clock, tmp_path, reply, said):
+    """A node answering hugely, slowly, in garbage or elsewhere: drift says so in one line
+    per node (exit 9), nothing is retried for ever, nothing crashes."""
+    estate(pkiq, sessions, clock, PEERS[:2])
+    ca_file = tmp_path / "node-ca.pem"
+    ca_file.write_bytes(httpd.session_ca().cert_pem)
+    ok(pkiq("trust", "add", str(ca_file)))  # its HTTPS certificate chains to the trusted list
+    ok(pkiq("node", "publish"))
+    pkiq.app.settings.node_api_timeout = 1.0
+    with httpd.LocalServer(tls_ca=httpd.session_ca(), cert_dns=(PEERS[0],)) as node:
+        node.route("/api/raml", RAML)
+        node.route(ROOT, b'{"certificates": []}')
+        node.route(SERVER, reply)
+        os.environ["TEST_EXPRESSWAY_PASSWORD"] = PASSWORD
+        ok(pkiq("node", "api", "set", PEERS[0], "--address", "127.0.0.1", "--port",
+                str(node.port), "--username", "admin", "--password-env",
+                "TEST_EXPRESSWAY_PASSWORD"))
+        started = time.monotonic()
+        result = pkiq("node", "drift", PEERS[0])
+        assert time.monotonic() - started < 20
+    assert result.exit_code == 9, result.output
+    assert "Traceback" not in result.output + (result.stderr or "")
+    [line] = [x for x in result.stdout.splitlines() if "unreachable" in x]
+    assert said in line, line
+    assert "\x1b" not in result.stdout
+
+
+def test_a_hostile_raml_is_refused_before_any_change(pkiq, sessions, clock, tmp_path):
+    estate(pkiq, sessions, clock, PEERS[:2])
+    ca_file = tmp_path / "node-ca.pem"
+    ca_file.write_bytes(httpd.session_ca().cert_pem)
+    ok(pkiq("trust", "add", str(ca_file)))
+    with httpd.LocalServer(tls_ca=httpd.session_ca(), cert_dns=(PEERS[0],)) as node:
+        bomb = ["#%RAML 1.0", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+        bomb += [f"a{n}: &a{n} [*a{n - 1}, *a{n - 1}, *a{n - 1}, *a{n - 1}, *a{n - 1}]"
+                 for n in range(1, 20)]
+        node.route("/api/raml", "\n".join(bomb).encode())
+        os.environ["TEST_EXPRESSWAY_PASSWORD"] = PASSWORD
+        ok(pkiq("node", "api", "set", PEERS[0], "--address", "127.0.0.1", "--port",
+                str(node.port), "--username", "admin", "--password-env",
+                "TEST_EXPRESSWAY_PASSWORD"))
+        started = time.monotonic()
+        view = json.loads(pkiq("node", "push", PEERS[0], "--json").stdout)
+        assert time.monotonic() - started < 20
+        assert view["state"] == "stopped"
+        assert "does not describe" in view["error"]
+        assert node.paths() == ["/api/raml"]  # nothing else was asked, nothing sent
+
+
+# ---------------------------------------------------------------- the node's own refusals
+
+def test_the_nodes_refusal_stops_the_rollout_in_its_own_words(pkiq, sessions, clock):
+    """An Expressway refuses a second CA with the subject of one it holds (an old Root
+    made again with a new key): pkiq stops there and quotes it, and adds nothing else."""
+    estate(pkiq, sessions, clock, PEERS[:2])
+    root = _root(pkiq)
+    old_root = store_ca(root.subject).cert  # same name, another key
+    with fakes(PEERS[:1]) as boxes:
+        box = boxes[PEERS[0]]
+        box.set_held(trusted=[old_root])
+        connect(pkiq, boxes)
+        view = json.loads(pkiq("node", "push", PEERS[0], "--restart", "--json").stdout)
+        assert view["state"] == "stopped"
+        assert "is already in the trusted CA list" in view["error"]
+        assert f"POST {SERVER}" not in writes(box)  # the server certificate waits for its CA
+        assert box.restarts == 0
+
+
+def test_the_nodes_warnings_reach_the_push_result(pkiq, sessions, clock, tmp_path):
+    """A server certificate made elsewhere with an 8192-bit key: the Expressway takes it
+    and warns (SIP TLS), and the warning is on the push's row."""
+    estate(pkiq, sessions, clock, PEERS[:2])
+    key_file = Path(__file__).parent / "data" / "rsa8192-test-only.key"
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    outside = store_ca(x509_name((NameOID.ORGANIZATION_NAME, "Elsewhere"),
+                                 (NameOID.COMMON_NAME, "Elsewhere Issuing CA")))
+    cert, _ = make_leaf(outside, PEERS[0], key=key)
+    (tmp_path / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    ok(pkiq("node", "upload", PEERS[0], "--cert", str(tmp_path / "server.pem"), "--key",
+            str(key_file)))
+    with fakes(PEERS[:1]) as boxes:
+        connect(pkiq, boxes)
+        view = js(pkiq("node", "push", PEERS[0], "--restart", "--json"))
+        assert view["state"] == "done"
+        assert view["jobs"][0]["result"]["warnings"] == [fx.msg_large_rsa(8192)]
+        assert fingerprint(boxes[PEERS[0]].presented) == fingerprint(cert)
+
