@@ -289,10 +289,11 @@ def _describe(cert: x509.Certificate) -> str:
 
 def compare(expected_server: x509.Certificate | None, expected_trusted: Iterable[x509.Certificate],
             held_server: x509.Certificate | None, held_trusted: Iterable[x509.Certificate],
-            now: dt.datetime) -> list[Finding]:
+            now: dt.datetime, managed: frozenset[str] = frozenset()) -> list[Finding]:
     """What differs, by SHA-256 fingerprint: the server certificate (and its notAfter, as a
-    node's certificate close to expiry is drift waiting to happen), CAs the node lacks, and
-    CAs it holds that pkiq did not put there."""
+    node's certificate close to expiry is drift waiting to happen), CAs the node lacks, CAs
+    pkiq put there that its list no longer holds (``managed``: still trusted, though pkiq
+    stopped trusting them), and CAs it holds that pkiq did not put there."""
     found = []
     if expected_server is not None:
         if held_server is None:
@@ -324,7 +325,12 @@ def compare(expected_server: x509.Certificate | None, expected_trusted: Iterable
         found.append(Finding("missing-ca", "critical",
                              f"the node's trusted CA list lacks {_describe(want[fp])}",
                              {"sha256": fp, "subject": want[fp].subject.rfc4514_string()}))
-    for fp in sorted(set(have) - set(want)):
+    for fp in sorted((set(have) - set(want)) & managed):
+        found.append(Finding("retired-ca", "critical",
+                             f"the node still trusts {_describe(have[fp])}, which pkiq put "
+                             "there and its trusted list no longer holds: push to remove it",
+                             {"sha256": fp, "subject": have[fp].subject.rfc4514_string()}))
+    for fp in sorted(set(have) - set(want) - managed):
         found.append(Finding("extra-ca", "warning",
                              f"the node trusts {_describe(have[fp])}, which pkiq did not put "
                              "there", {"sha256": fp, "subject": have[fp].subject.rfc4514_string()}))

@@ -416,6 +416,9 @@ class NodeApi(Base):
     release: Mapped[str] = mapped_column(String(16), default="x8.10")
     endpoints: Mapped[dict] = mapped_column(JSON, default=dict)  # overrides of the release's
     crl_fetch_hours: Mapped[int] = mapped_column(Integer, default=26)  # 0: not checked
+    # SHA-256 of the CAs pkiq put on (or verified on) the node's trusted list: one the
+    # node's store no longer holds is removed at the next push; others are left alone.
+    managed_cas: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     drift: Mapped[list] = mapped_column(JSON, default=list)  # ca.expressway_api.Finding views

@@ -69,6 +69,7 @@ def _check_one(ctx: ServiceContext, fqdn: str, passphrase: bytes | None,
             node = nodes.get_node(session, fqdn)
             endpoint = node_api.endpoint_for(session, ctx, node, passphrase,
                                              Catalogue.load(session))
+            managed = frozenset(node_api.get_api(session, node).managed_cas or [])
         with connector(endpoint) as api:
             api.require(("GET", "server"), ("GET", "trusted"))
             held_server = api.server_certificates()
@@ -79,7 +80,8 @@ def _check_one(ctx: ServiceContext, fqdn: str, passphrase: bytes | None,
                                     "to compare with (pkiq node publish)"))
         else:
             findings += compare(expected[0], expected[1],
-                                held_server[0] if held_server else None, held_trusted, now)
+                                held_server[0] if held_server else None, held_trusted, now,
+                                managed)
     except (NodeApiError, PkiqError) as exc:
         findings.append(Finding("unreachable", "critical",
                                 f"the node could not be read: {exc}"))

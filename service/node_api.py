@@ -88,7 +88,7 @@ def set_api(ctx: ServiceContext, fqdn: str, changes: ApiChanges, *,
                              .with_for_update())
         if row is None:
             row = NodeApi(node_id=node.id, port=443, release="x8.10", endpoints={},
-                          crl_fetch_hours=26, drift=[], created_at=now)
+                          crl_fetch_hours=26, drift=[], managed_cas=[], created_at=now)
             session.add(row)
         if changes.address is not None:
             row.address = _address(changes.address, node) if changes.address else None

@@ -244,6 +244,7 @@ class PeerMaterial:
     server_pem: bytes | None  # leaf and chain, as the node takes them
     key_pem: bytes | None = field(repr=False, default=None)
     trusted: list[x509.Certificate] = field(default_factory=list)
+    managed: frozenset[str] = frozenset()  # CAs pkiq put there earlier (NodeApi.managed_cas)
 
 
 def peer_material(ctx: ServiceContext, fqdn: str, passphrase: bytes | None) -> PeerMaterial:
@@ -291,7 +292,19 @@ def push_peer(api: NodeApi, material: PeerMaterial, *, restart: bool,
     if restart:
         calls.append(("POST", "restart"))
     api.require(*calls)
-    held = {fingerprint(c) for c in api.trusted_certificates()}
+    held_certs = api.trusted_certificates()
+    held = {fingerprint(c) for c in held_certs}
+    wanted = {fingerprint(c) for c in material.trusted}
+    # CAs pkiq put there that the store no longer holds go first: Expressway keeps one CA
+    # per subject, so a re-keyed CA's old certificate must leave before the new one comes
+    # (the guide: delete the old one before appending the new one). Others' CAs stay.
+    retired = [c for c in held_certs if fingerprint(c) in material.managed - wanted]
+    if retired:
+        api.require(("DELETE", "trusted_delete"))
+    removed = []
+    for cert in retired:
+        api.remove_trusted(cert)
+        removed.append(cert.subject.rfc4514_string())
     added = []
     for cert in material.trusted:
         if fingerprint(cert) not in held:
@@ -303,8 +316,9 @@ def push_peer(api: NodeApi, material: PeerMaterial, *, restart: bool,
         if not current or fingerprint(current[0]) != fingerprint(material.server):
             restart_needed, warnings = api.put_server(material.server_pem, material.key_pem)
             uploaded = True
-    result = {"added_cas": added, "uploaded_server": uploaded, "warnings": warnings}
-    _read_back(api, material, result)
+    result = {"added_cas": added, "removed_cas": removed, "uploaded_server": uploaded,
+              "warnings": warnings}
+    _read_back(api, material, result, [fingerprint(c) for c in retired])
     if material.server is None:
         return PushOutcome(True, False, result | {"handshake": "no server certificate"})
     want = fingerprint(material.server)
@@ -313,7 +327,7 @@ def push_peer(api: NodeApi, material: PeerMaterial, *, restart: bool,
         api.restart()
         result["restarted"] = True
         presented = _wait_for(api, want, restart_wait, clock, sleep)
-        _read_back(api, material, result)
+        _read_back(api, material, result, [fingerprint(c) for c in retired])
     result["presented_sha256"] = presented
     if presented == want:
         return PushOutcome(True, False, result | {"handshake": "presents the new certificate"})
@@ -321,7 +335,8 @@ def push_peer(api: NodeApi, material: PeerMaterial, *, restart: bool,
     return PushOutcome(False, True, result)
 
 
-def _read_back(api: NodeApi, material: PeerMaterial, result: dict) -> None:
+def _read_back(api: NodeApi, material: PeerMaterial, result: dict,
+               removed: list[str]) -> None:
     """What the node says it holds now must be what was pushed; anything else fails the
     push (not retried: the node took the upload and holds something else)."""
     held = {fingerprint(c) for c in api.trusted_certificates()}
@@ -330,6 +345,10 @@ def _read_back(api: NodeApi, material: PeerMaterial, result: dict) -> None:
     if lacking:
         raise NodeRefused(f"{api.endpoint.where}: read-back: the trusted CA list still lacks "
                           f"{'; '.join(lacking)} after the upload")
+    still = [fp for fp in removed if fp in held]
+    if still:
+        raise NodeRefused(f"{api.endpoint.where}: read-back: the trusted CA list still holds "
+                          f"SHA-256 {', '.join(still)} after its removal")
     if material.server is not None:
         server = api.server_certificates()
         if not server or fingerprint(server[0]) != fingerprint(material.server):
@@ -388,6 +407,7 @@ def advance(ctx: ServiceContext, rollout_id: int, *, passphrase: bytes | None,
             _record_material(ctx, job_id, material)
             with ctx.transaction() as session:
                 node = nodes.get_node(session, fqdn)
+                material.managed = frozenset(node_api.get_api(session, node).managed_cas or [])
                 pins = (fingerprint(material.server),) if material.server else ()
                 endpoint = node_api.endpoint_for(session, ctx, node, passphrase,
                                                  Catalogue.load(session), pins)
@@ -504,6 +524,7 @@ def _finish(ctx: ServiceContext, rollout_id: int, job_id: int, fqdn: str,
             rollout.updated_at = now
             node = nodes.get_node(session, fqdn)
             row = node_api.get_api(session, node, for_update=True)
+            row.managed_cas = sorted(fingerprint(c) for c in material.trusted)
             if row.pin_sha256 and material.server is not None:
                 # The node now presents the certificate pkiq pushed and verified: that is
                 # the one to pin from here on.

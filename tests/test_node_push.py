@@ -519,3 +519,40 @@ def test_the_nodes_warnings_reach_the_push_result(pkiq, sessions, clock, tmp_pat
         assert view["jobs"][0]["result"]["warnings"] == [fx.msg_large_rsa(8192)]
         assert fingerprint(boxes[PEERS[0]].presented) == fingerprint(cert)
 
+
+
+def test_a_ca_pkiq_stops_trusting_leaves_the_node_and_others_cas_stay(pkiq, sessions, clock,
+                                                                      tmp_path):
+    """Trust removed in pkiq reaches the node (a compromised partner CA must not stay
+    trusted on any peer); a CA someone else put on the node is reported, never removed."""
+    estate(pkiq, sessions, clock, PEERS[:2])
+    partner = store_ca(x509_name((NameOID.COMMON_NAME, "Partner Root")))
+    (tmp_path / "partner.pem").write_bytes(partner.cert.public_bytes(
+        serialization.Encoding.PEM))
+    added = js(pkiq("trust", "add", str(tmp_path / "partner.pem"), "--json"))["added"][0]
+    ok(pkiq("node", "publish"))
+    stranger = store_ca(x509_name((NameOID.COMMON_NAME, "Stranger Root"))).cert
+    with fakes(PEERS[:1]) as boxes:
+        box = boxes[PEERS[0]]
+        connect(pkiq, boxes)
+        assert js(pkiq("node", "push", PEERS[0], "--restart", "--json"))["state"] == "done"
+        assert fingerprint(partner.cert) in {fingerprint(c) for c in box.trusted}
+        box.set_held(trusted=[*box.trusted, stranger])
+
+        ok(pkiq("trust", "remove", added["sha256"][:16]))
+        ok(pkiq("node", "publish", PEERS[0]))
+        found = js_exit(pkiq("node", "drift", PEERS[0], "--json"), 9)[0]["drift"]
+        kinds = {f["kind"]: f for f in found}
+        assert kinds["retired-ca"]["severity"] == "critical"
+        assert kinds["retired-ca"]["details"]["sha256"] == fingerprint(partner.cert)
+        assert kinds["extra-ca"]["details"]["sha256"] == fingerprint(stranger)
+
+        view = js(pkiq("node", "push", PEERS[0], "--json"))
+        assert view["state"] == "done"
+        assert view["jobs"][0]["result"]["removed_cas"] == ["CN=Partner Root"]
+        held = {fingerprint(c) for c in box.trusted}
+        assert fingerprint(partner.cert) not in held and fingerprint(stranger) in held
+        assert f"DELETE {ROOT}/{fingerprint(partner.cert)}" in writes(box)
+        left = {f["kind"] for f in js_exit(pkiq("node", "drift", PEERS[0], "--json"),
+                                           9)[0]["drift"]}
+        assert left == {"extra-ca"}

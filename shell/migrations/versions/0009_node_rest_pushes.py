@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column('release', sa.String(length=16), nullable=False),
         sa.Column('endpoints', sa.JSON(), nullable=False),
         sa.Column('crl_fetch_hours', sa.Integer(), nullable=False),
+        sa.Column('managed_cas', sa.JSON(), nullable=False),
         sa.Column('created_at', UTC, nullable=False),
         sa.Column('updated_at', UTC, nullable=False),
         sa.Column('drift', sa.JSON(), nullable=False),
