@@ -53,6 +53,7 @@ PROFILE_KEYS = PATH_KEYS + FIELD_KEYS
 _PATH = re.compile(r"^/[A-Za-z0-9._~\-/{}]{0,200}$")
 _FIELD = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 MAX_RAML_RESOURCES = 5000
+MAX_RAML_BYTES = 256 * 1024  # Cisco's whole API description is a fraction of this
 EXPIRY_WARNING = dt.timedelta(days=30)
 
 
@@ -115,16 +116,25 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------- RAML
 
+# libyaml's safe loader when PyYAML was built with it (the Debian and PyPI wheels are): the
+# same safe subset as yaml.SafeLoader, in C.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 def described_paths(raml: bytes) -> set[tuple[str, str]]:
     """(METHOD, path) pairs a RAML 1.0 (or 0.8) document describes: resources are keys
     beginning with '/', nested resources add to their parent's path, and the path part of
     ``baseUri`` comes first. Parsed with yaml.safe_load; aliases are walked once each, and
     at most MAX_RAML_RESOURCES resources are read (a document built to explode is refused)."""
+    if len(raml) > MAX_RAML_BYTES:
+        raise BadInput(f"the node's RAML is {len(raml):,} bytes, more than the "
+                       f"{MAX_RAML_BYTES:,} pkiq reads: refused")
     try:
-        document = yaml.safe_load(raml.decode("utf-8", "replace"))
+        document = yaml.load(raml.decode("utf-8", "replace"), Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise BadInput(f"the node's RAML is not valid YAML: {str(exc).splitlines()[0]}"
                        ) from None
+    except RecursionError:
+        raise BadInput("the node's RAML is nested too deep: refused") from None
     if not isinstance(document, dict):
         raise BadInput("the node's RAML is not a RAML document (no resources)")
     base = ""
@@ -229,7 +239,13 @@ def message_of(body: bytes, limit: int = 500) -> str:
             if isinstance(value, list) and value:
                 text = "; ".join(str(v) for v in value)
                 break
-    return _clean(re.sub(r"<[^>]{0,200}>", " ", text), limit)  # an HTML page: its words
+    text = re.sub(r"<[^>]{0,200}>", " ", text)  # an HTML page: its words
+    return _clean(_PEM_BLOCK.sub("[PEM block left out]", text), limit)
+
+
+# A node that echoes what it was sent must not put a key into a log line or an alert.
+_PEM_BLOCK = re.compile(r"-----BEGIN [^-]{1,60}-----.*?(?:-----END [^-]{1,60}-----|\Z)",
+                        re.DOTALL)
 
 
 def _json(text: str | bytes):

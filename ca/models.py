@@ -419,6 +419,9 @@ class NodeApi(Base):
     # SHA-256 of the CAs pkiq put on (or verified on) the node's trusted list: one the
     # node's store no longer holds is removed at the next push; others are left alone.
     managed_cas: Mapped[list] = mapped_column(JSON, default=list)
+    # The node refused these credentials (401): the drift check does not send them again
+    # (an account lockout) until ``node api set`` changes them.
+    auth_refused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     drift: Mapped[list] = mapped_column(JSON, default=list)  # ca.expressway_api.Finding views
@@ -463,6 +466,7 @@ class Rollout(Base):
     restart: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[int | None] = mapped_column(Integer)  # the stopping error's exit code
     next_try_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -488,6 +492,10 @@ class PushJob(Base):
     digest: Mapped[str | None] = mapped_column(String(64))
     server_sha256: Mapped[str | None] = mapped_column(String(64))
     result: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Who is pushing it now: a token per claim, so the outcome of a process whose push was
+    # taken over (it looked dead) is dropped instead of moving the rollout on twice.
+    claim: Mapped[str | None] = mapped_column(String(32))
+    restarted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # once per job
     next_try_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

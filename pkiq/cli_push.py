@@ -180,9 +180,15 @@ def run_rollout(ctx, rollout_id: int, passphrase: bytes | None, queue: bool,
             break
         wait = (dt.datetime.fromisoformat(view["next_try_at"]) - ctx.clock()).total_seconds()
         time.sleep(max(wait, 0.1))
+    if view["state"] == "running":  # another process (a worker) holds the current push
+        view["error"] = (f"another process is pushing to {view['current']} now: follow it "
+                         f"with pkiq rollout show {rollout_id}")
     emit(view, as_json, lambda: _rollout_text(view))
     if view["state"] != "done":
-        click.get_current_context().exit(PARTIAL)
+        # stopped: the stopping error's own code (10 refused, 11 unreachable, 12 untrusted)
+        code = view["error_code"] if view["state"] == "stopped" and view["error_code"] else \
+            PARTIAL
+        click.get_current_context().exit(code)
 
 
 def _rollout_text(view: dict) -> str:

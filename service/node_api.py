@@ -31,7 +31,7 @@ from shell.settings import read_passphrase_file
 
 from .context import ServiceContext
 
-_FINGERPRINT = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _USERNAME = re.compile(r"^[^\s:]{1,128}$")
 UNSET = object()
 
@@ -101,6 +101,10 @@ def set_api(ctx: ServiceContext, fqdn: str, changes: ApiChanges, *,
                 raise BadInput("a username is 1 to 128 characters without spaces or ':'")
             row.username = changes.username
         if changes.password is not None:
+            try:
+                changes.password.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInput("the password is not UTF-8 text") from None
             if not passphrase:
                 raise WrongPassphrase("the node's password is sealed under the service "
                                       "passphrase: set PKIQ_CA_PASSPHRASE_FILE")
@@ -125,6 +129,9 @@ def set_api(ctx: ServiceContext, fqdn: str, changes: ApiChanges, *,
             row.crl_fetch_hours = changes.crl_fetch_hours
         if row.username is None:
             raise BadInput(f"node {node.fqdn}: give the administrator's --username")
+        if changes.username is not None or changes.password is not None or \
+                changes.password_file is not None:
+            row.auth_refused_at = None  # new credentials: the drift check may try them
         row.updated_at = now
         session.flush()
         return api_view(node, row)
@@ -174,11 +181,15 @@ def remove_api(ctx: ServiceContext, fqdn: str) -> dict:
 
 
 def normal_fingerprint(value: str) -> str:
-    text = value.strip().lower().replace(":", "")
+    """``AB:CD:...``, ``abcd...`` or ``sha256:...`` / ``SHA256=...`` as tools print them."""
+    text = value.strip().lower()
+    for prefix in ("sha256:", "sha256=", "sha256 fingerprint="):
+        text = text.removeprefix(prefix)
+    text = text.replace(":", "")
     if not _FINGERPRINT.match(text):
         raise BadInput(f"{value!r} is not a SHA-256 fingerprint (64 hex digits, colons "
                        "allowed)")
-    return text.removeprefix("sha256")
+    return text
 
 
 def pin(ctx: ServiceContext, fqdn: str, expected: str | None) -> dict:

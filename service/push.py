@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ def rollout_view(session, rollout: Rollout) -> dict:
         else None
     return {"id": rollout.id, "target": rollout.target, "state": rollout.state,
             "restart": rollout.restart, "reason": rollout.reason, "error": rollout.error,
+            "error_code": rollout.error_code,
             "peers": rollout.peers, "position": rollout.position, "current": current,
             "next_try_at": _iso(rollout.next_try_at), "created_at": _iso(rollout.created_at),
             "finished_at": _iso(rollout.finished_at), "jobs": [job_view(j) for j in jobs]}
@@ -136,6 +138,11 @@ def start(ctx: ServiceContext, *, cluster: str | None = None, node: str | None =
     now = ctx.clock()
     with ctx.transaction() as session:
         target, peers = _target_nodes(session, cluster=cluster, node=node, first=first)
+        # Two rollouts starting at once over a shared peer: the second waits here for the
+        # first to commit, then finds it.
+        session.scalars(select(ExpresswayNode.id).where(
+            ExpresswayNode.id.in_([p.id for p in peers])).order_by(ExpresswayNode.id)
+            .with_for_update()).all()
         busy = _open_rollouts_of(session, peers)
         if busy is not None:
             raise Conflict(f"rollout {busy.id} ({busy.target}) is {busy.state} and touches "
@@ -189,9 +196,12 @@ def resume(ctx: ServiceContext, rollout_id: int) -> dict:
             raise Conflict(f"rollout {rollout.id} is {rollout.state}: nothing to resume")
         for job in _jobs(session, rollout):
             if job.seq >= rollout.position and job.state in ("failed", "verifying",
-                                                              "retrying"):
-                job.state, job.attempts, job.next_try_at = "queued", 0, None
+                                                              "retrying", "running"):
+                # a job still "running" was left by a process that died (or is taken over:
+                # its claim no longer holds, so its outcome is dropped)
+                job.state, job.attempts, job.next_try_at, job.claim = "queued", 0, None, None
         rollout.state, rollout.error, rollout.next_try_at = "running", None, None
+        rollout.error_code = None
         rollout.updated_at = now
         return rollout_view(session, rollout)
 
@@ -283,11 +293,15 @@ class PushOutcome:
 
 
 def push_peer(api: NodeApi, material: PeerMaterial, *, restart: bool,
-              restart_wait: float, clock: Callable[[], float] = time.monotonic,
+              restart_wait: float, restarted: bool = False,
+              on_restart: Callable[[], None] = lambda: None,
+              clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> PushOutcome:
     """One peer: trusted CAs it lacks, then the server certificate and key if they differ,
     then read-back, then the handshake. Raises NodeApiError (a NodeUnreachable is worth a
-    retry) or PkiqError."""
+    retry) or PkiqError. ``restarted``: an earlier attempt of this push restarted the node
+    already; it is not restarted twice (each restart drops every call on the node), only
+    waited for."""
     calls = [("GET", "server"), ("POST", "server"), ("GET", "trusted"), ("POST", "trusted")]
     if restart:
         calls.append(("POST", "restart"))
@@ -312,8 +326,8 @@ def push_peer(api: NodeApi, material: PeerMaterial, *, restart: bool,
             added.append(cert.subject.rfc4514_string())
     uploaded, warnings, restart_needed = False, [], False
     if material.server is not None:
-        current = api.server_certificates()
-        if not current or fingerprint(current[0]) != fingerprint(material.server):
+        current = held_server(api.server_certificates(), material.server)
+        if current is None or fingerprint(current) != fingerprint(material.server):
             restart_needed, warnings = api.put_server(material.server_pem, material.key_pem)
             uploaded = True
     result = {"added_cas": added, "removed_cas": removed, "uploaded_server": uploaded,
@@ -322,17 +336,43 @@ def push_peer(api: NodeApi, material: PeerMaterial, *, restart: bool,
     if material.server is None:
         return PushOutcome(True, False, result | {"handshake": "no server certificate"})
     want = fingerprint(material.server)
-    presented = fingerprint(api.presented_certificate())
+    if restart and restarted:
+        presented = _wait_for(api, want, restart_wait, clock, sleep)
+    else:
+        presented = fingerprint(api.presented_certificate())
     if presented != want and restart:
-        api.restart()
+        on_restart()
+        try:
+            api.restart()
+        except NodeUnreachable as exc:  # the node may go down before it answers
+            log.warning("%s: no answer to the restart (%s); waiting for it to come back",
+                        api.endpoint.fqdn, exc)
         result["restarted"] = True
         presented = _wait_for(api, want, restart_wait, clock, sleep)
+    if restart and (restarted or result.get("restarted")):
         _read_back(api, material, result, [fingerprint(c) for c in retired])
     result["presented_sha256"] = presented
     if presented == want:
         return PushOutcome(True, False, result | {"handshake": "presents the new certificate"})
     result["handshake"] = "presents the previous certificate until the node restarts"
     return PushOutcome(False, True, result)
+
+
+def held_server(certs: list[x509.Certificate], want: x509.Certificate | None = None
+                ) -> x509.Certificate | None:
+    """The server certificate among what a node returns with its chain, in whatever order:
+    the one pkiq pushed if it is there, else the first that is not a CA."""
+    if want is not None:
+        for cert in certs:
+            if fingerprint(cert) == fingerprint(want):
+                return cert
+    for cert in certs:
+        try:
+            if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return cert
+        except x509.ExtensionNotFound:
+            return cert
+    return certs[0] if certs else None
 
 
 def _read_back(api: NodeApi, material: PeerMaterial, result: dict,
@@ -350,9 +390,9 @@ def _read_back(api: NodeApi, material: PeerMaterial, result: dict,
         raise NodeRefused(f"{api.endpoint.where}: read-back: the trusted CA list still holds "
                           f"SHA-256 {', '.join(still)} after its removal")
     if material.server is not None:
-        server = api.server_certificates()
-        if not server or fingerprint(server[0]) != fingerprint(material.server):
-            got = fingerprint(server[0]) if server else "nothing"
+        server = held_server(api.server_certificates(), material.server)
+        if server is None or fingerprint(server) != fingerprint(material.server):
+            got = fingerprint(server) if server is not None else "nothing"
             raise NodeRefused(f"{api.endpoint.where}: read-back: the node holds server "
                               f"certificate SHA-256 {got}, not the pushed "
                               f"{fingerprint(material.server)}")
@@ -393,40 +433,72 @@ def advance(ctx: ServiceContext, rollout_id: int, *, passphrase: bytes | None,
             monotonic: Callable[[], float] = time.monotonic,
             report: Callable[[Step], None] | None = None) -> dict:
     """Push to peers of the rollout until it is done, stops, pauses or must wait for a
-    retry; returns its view. Safe to call from several processes: the peer's job is taken
-    under the rollout's row lock, and a rollout being pushed by someone else is left."""
+    retry; returns its view. Safe to call from several processes: a peer's job is claimed
+    under the rollout's row lock with a token, a job someone else holds is left alone, and
+    an outcome is recorded only by the holder of the current claim (a process whose push
+    was taken over because it looked dead changes nothing when it finally returns)."""
     stale = stale_after(ctx.settings)
     while True:
         claimed = _claim(ctx, rollout_id, stale)
         if claimed is None:
             break
-        job_id, fqdn = claimed
-        _tell(report, Step(rollout_id, "pushing", fqdn, job_id, f"pushing to {fqdn}"))
+        _tell(report, Step(rollout_id, "pushing", claimed.fqdn, claimed.job,
+                           f"pushing to {claimed.fqdn}"))
         try:
-            material = peer_material(ctx, fqdn, passphrase)
-            _record_material(ctx, job_id, material)
-            with ctx.transaction() as session:
-                node = nodes.get_node(session, fqdn)
-                material.managed = frozenset(node_api.get_api(session, node).managed_cas or [])
-                pins = (fingerprint(material.server),) if material.server else ()
-                endpoint = node_api.endpoint_for(session, ctx, node, passphrase,
-                                                 Catalogue.load(session), pins)
-            with connector(endpoint) as api:
-                outcome = push_peer(api, material, restart=_restart_of(ctx, rollout_id),
-                                    restart_wait=ctx.settings.restart_wait_seconds,
-                                    clock=monotonic, sleep=sleep)
+            outcome, material = _push(ctx, claimed, passphrase, connector, monotonic, sleep)
         except NodeUnreachable as exc:
-            step = _retry_or_fail(ctx, rollout_id, job_id, fqdn, str(exc))
+            step = _retry_or_fail(ctx, claimed, str(exc), exc.exit_code)
             _tell(report, step)
             if step.state == "waiting":
                 break
             continue
         except (NodeApiError, PkiqError) as exc:
-            _tell(report, _fail(ctx, rollout_id, job_id, fqdn, str(exc)))
+            if isinstance(exc, NodeRefused) and exc.status == 401:
+                _credentials_refused(ctx, claimed.fqdn)
+            _tell(report, _fail(ctx, claimed, str(exc), exc.exit_code))
             continue
-        _tell(report, _finish(ctx, rollout_id, job_id, fqdn, outcome, material))
+        except Exception as exc:  # noqa: BLE001 - a bug must stop the rollout, not hang it
+            log.exception("push %s to %s failed unexpectedly", claimed.job, claimed.fqdn)
+            _tell(report, _fail(ctx, claimed, f"internal error: {type(exc).__name__}: "
+                                f"{str(exc)[:300]}", 1))
+            continue
+        _tell(report, _finish(ctx, claimed, outcome, material))
     with ctx.transaction() as session:
         return rollout_view(session, _get(session, rollout_id))
+
+
+def _push(ctx: ServiceContext, claimed: Claim, passphrase: bytes | None,
+          connector: Connector, monotonic, sleep) -> tuple[PushOutcome, PeerMaterial]:
+    material = peer_material(ctx, claimed.fqdn, passphrase)
+    with ctx.transaction() as session:
+        job = session.get(PushJob, claimed.job)
+        job.generation, job.digest = material.generation, material.digest
+        job.server_sha256 = fingerprint(material.server) if material.server else None
+        restarted = job.restarted_at is not None
+        restart = _get(session, claimed.rollout).restart
+        node = nodes.get_node(session, claimed.fqdn)
+        material.managed = frozenset(node_api.get_api(session, node).managed_cas or [])
+        pins = (fingerprint(material.server),) if material.server else ()
+        endpoint = node_api.endpoint_for(session, ctx, node, passphrase,
+                                         Catalogue.load(session), pins)
+
+    def restarting() -> None:
+        with ctx.transaction() as session:
+            session.get(PushJob, claimed.job).restarted_at = ctx.clock()
+
+    with connector(endpoint) as api:
+        outcome = push_peer(api, material, restart=restart, restarted=restarted,
+                            on_restart=restarting,
+                            restart_wait=ctx.settings.restart_wait_seconds,
+                            clock=monotonic, sleep=sleep)
+    return outcome, material
+
+
+def _credentials_refused(ctx: ServiceContext, fqdn: str) -> None:
+    """The drift check stops sending them (lockout) until ``node api set`` changes them."""
+    with ctx.transaction() as session:
+        node_api.get_api(session, nodes.get_node(session, fqdn),
+                         for_update=True).auth_refused_at = ctx.clock()
 
 
 def _tell(report, step: Step) -> None:
@@ -440,13 +512,15 @@ def stale_after(settings: Settings) -> dt.timedelta:
                         + 20 * settings.node_api_timeout + 60)
 
 
-def _restart_of(ctx: ServiceContext, rollout_id: int) -> bool:
-    with ctx.transaction() as session:
-        return _get(session, rollout_id).restart
+@dataclass(frozen=True)
+class Claim:
+    rollout: int
+    job: int
+    fqdn: str
+    token: str
 
 
-def _claim(ctx: ServiceContext, rollout_id: int, stale: dt.timedelta
-           ) -> tuple[int, str] | None:
+def _claim(ctx: ServiceContext, rollout_id: int, stale: dt.timedelta) -> Claim | None:
     now = ctx.clock()
     with ctx.transaction() as session:
         rollout = _get(session, rollout_id, for_update=True)
@@ -460,87 +534,117 @@ def _claim(ctx: ServiceContext, rollout_id: int, stale: dt.timedelta
             return None
         job = session.scalar(select(PushJob).where(PushJob.rollout_id == rollout.id,
                                                    PushJob.seq == rollout.position))
-        if job.state == "running" and job.started_at and now - job.started_at < stale:
-            return None  # another process is pushing it
-        job.state, job.started_at, job.next_try_at = "running", now, None
+        fqdn = rollout.peers[rollout.position]
+        if job.state == "running":
+            if job.started_at and now - job.started_at < stale:
+                return None  # another process is pushing it
+            if job.attempts >= ctx.settings.push_attempts:  # its holders kept dying
+                _stop(rollout, job, fqdn, f"the process pushing it stopped answering "
+                      f"{job.attempts} times", 9, now)
+                return None
+        token = secrets.token_hex(16)
+        job.state, job.started_at, job.next_try_at, job.claim = "running", now, None, token
         job.attempts += 1
         rollout.state, rollout.next_try_at, rollout.updated_at = "running", None, now
-        return job.id, rollout.peers[rollout.position]
+        return Claim(rollout.id, job.id, fqdn, token)
 
 
-def _record_material(ctx: ServiceContext, job_id: int, material: PeerMaterial) -> None:
-    with ctx.transaction() as session:
-        job = session.get(PushJob, job_id)
-        job.generation, job.digest = material.generation, material.digest
-        job.server_sha256 = fingerprint(material.server) if material.server else None
+def _owned(session, claim: Claim) -> tuple[Rollout, PushJob] | None:
+    """The rollout and job, locked, if this claim still holds them; else None (cancelled,
+    resumed or taken over meanwhile: the outcome is dropped)."""
+    rollout = _get(session, claim.rollout, for_update=True)
+    job = session.get(PushJob, claim.job)
+    if rollout.state != "running" or job.state != "running" or job.claim != claim.token \
+            or rollout.position != job.seq:
+        log.warning("push %s to %s: the outcome is dropped, the rollout moved on meanwhile "
+                    "(%s, job %s)", claim.job, claim.fqdn, rollout.state, job.state)
+        return None
+    return rollout, job
 
 
-def _retry_or_fail(ctx: ServiceContext, rollout_id: int, job_id: int, fqdn: str,
-                   error: str) -> Step:
+def _dropped(claim: Claim) -> Step:
+    return Step(claim.rollout, "dropped", claim.fqdn, claim.job,
+                f"{claim.fqdn}: the rollout was cancelled, resumed or taken over meanwhile")
+
+
+def _retry_or_fail(ctx: ServiceContext, claim: Claim, error: str, code: int) -> Step:
     now = ctx.clock()
     with ctx.transaction() as session:
-        job = session.get(PushJob, job_id)
+        owned = _owned(session, claim)
+        if owned is None:
+            return _dropped(claim)
+        rollout, job = owned
         if job.attempts < ctx.settings.push_attempts:
-            rollout = _get(session, rollout_id, for_update=True)
             delay = retry_delay(ctx.settings.push_retry_seconds, job.attempts)
-            job.state, job.error = "retrying", error[:MAX_ERROR]
+            job.state, job.error, job.claim = "retrying", error[:MAX_ERROR], None
             job.next_try_at = rollout.next_try_at = now + delay
             rollout.state, rollout.updated_at = "waiting", now
-            log.warning("push %s to %s: attempt %d failed, next at %s: %s", job.id, fqdn,
-                        job.attempts, job.next_try_at.isoformat(), error)
-            return Step(rollout_id, "waiting", fqdn, job_id,
-                        f"{fqdn}: attempt {job.attempts} failed ({error}); trying again at "
-                        f"{job.next_try_at:%H:%M:%S}Z")
-    return _fail(ctx, rollout_id, job_id, fqdn,
-                 f"{error} (gave up after {ctx.settings.push_attempts} attempts)")
+            log.warning("push %s to %s: attempt %d failed, next at %s: %s", job.id,
+                        claim.fqdn, job.attempts, job.next_try_at.isoformat(), error)
+            return Step(claim.rollout, "waiting", claim.fqdn, claim.job,
+                        f"{claim.fqdn}: attempt {job.attempts} failed ({error}); trying "
+                        f"again at {job.next_try_at:%H:%M:%S}Z")
+    return _fail(ctx, claim, f"{error} (gave up after {ctx.settings.push_attempts} "
+                 "attempts)", code)
 
 
-def _fail(ctx: ServiceContext, rollout_id: int, job_id: int, fqdn: str, error: str) -> Step:
+def _fail(ctx: ServiceContext, claim: Claim, error: str, code: int) -> Step:
     now = ctx.clock()
     with ctx.transaction() as session:
-        rollout = _get(session, rollout_id, for_update=True)
-        job = session.get(PushJob, job_id)
-        job.state, job.error, job.finished_at = "failed", error[:MAX_ERROR], now
-        untouched = rollout.peers[rollout.position + 1:]
-        message = (f"stopped at {fqdn} (peer {rollout.position + 1} of "
-                   f"{len(rollout.peers)}): {error}"
-                   + (f"; not touched: {', '.join(untouched)}" if untouched else ""))
-        rollout.state, rollout.updated_at = "stopped", now
-        rollout.error = message[:MAX_ERROR]
-    log.error("rollout %s stopped at %s: %s", rollout_id, fqdn, error)
-    return Step(rollout_id, "stopped", fqdn, job_id, message)
+        owned = _owned(session, claim)
+        if owned is None:
+            return _dropped(claim)
+        message = _stop(*owned, claim.fqdn, error, code, now)
+    return Step(claim.rollout, "stopped", claim.fqdn, claim.job, message)
 
 
-def _finish(ctx: ServiceContext, rollout_id: int, job_id: int, fqdn: str,
-            outcome: PushOutcome, material: PeerMaterial) -> Step:
+def _stop(rollout: Rollout, job: PushJob, fqdn: str, error: str, code: int,
+          now: dt.datetime) -> str:
+    """The job failed: the rollout stops at it, the peers after it untouched."""
+    job.state, job.error, job.finished_at, job.claim = "failed", error[:MAX_ERROR], now, None
+    untouched = rollout.peers[rollout.position + 1:]
+    message = (f"stopped at {fqdn} (peer {rollout.position + 1} of {len(rollout.peers)}): "
+               f"{error}" + (f"; not touched: {', '.join(untouched)}" if untouched else ""))
+    rollout.state, rollout.updated_at = "stopped", now
+    rollout.error, rollout.error_code = message[:MAX_ERROR], code
+    log.error("rollout %s stopped at %s: %s", rollout.id, fqdn, error)
+    return message
+
+
+def _finish(ctx: ServiceContext, claim: Claim, outcome: PushOutcome,
+            material: PeerMaterial) -> Step:
     now = ctx.clock()
     with ctx.transaction() as session:
-        rollout = _get(session, rollout_id, for_update=True)
-        job = session.get(PushJob, job_id)
-        job.result, job.error = outcome.result, None
+        owned = _owned(session, claim)
+        if owned is None:
+            return _dropped(claim)
+        rollout, job = owned
+        job.result, job.error, job.claim = outcome.result, None, None
         if outcome.verified:
             job.state, job.finished_at = "done", now
             rollout.position += 1
             rollout.updated_at = now
-            node = nodes.get_node(session, fqdn)
+            node = nodes.get_node(session, claim.fqdn)
             row = node_api.get_api(session, node, for_update=True)
             row.managed_cas = sorted(fingerprint(c) for c in material.trusted)
+            row.auth_refused_at = None
             if row.pin_sha256 and material.server is not None:
                 # The node now presents the certificate pkiq pushed and verified: that is
                 # the one to pin from here on.
                 row.pin_sha256 = fingerprint(material.server)
-            log.info("push %s to %s: verified (generation %s)", job.id, fqdn, job.generation)
-            return Step(rollout_id, "verified", fqdn, job_id,
-                        f"{fqdn}: verified, generation {job.generation}")
+            log.info("push %s to %s: verified (generation %s)", job.id, claim.fqdn,
+                     job.generation)
+            return Step(claim.rollout, "verified", claim.fqdn, claim.job,
+                        f"{claim.fqdn}: verified, generation {job.generation}")
         job.state = "verifying"
         rollout.state, rollout.updated_at = "paused", now
-        message = (f"paused at {fqdn}: the node holds the new server certificate but "
-                         "presents the previous one until it restarts; restart it (pkiq "
-                         f"node restart {fqdn}, or Maintenance > Restart options), then "
-                   f"pkiq rollout resume {rollout_id}")
-        rollout.error = message
-        log.warning("rollout %s paused at %s: restart needed", rollout_id, fqdn)
-        return Step(rollout_id, "paused", fqdn, job_id, message)
+        message = (f"paused at {claim.fqdn}: the node holds the new server certificate but "
+                   "presents the previous one until it restarts; restart it (pkiq "
+                   f"node restart {claim.fqdn} --yes, or Maintenance > Restart options), "
+                   f"then pkiq rollout resume {claim.rollout}")
+        rollout.error, rollout.error_code = message, 9
+        log.warning("rollout %s paused at %s: restart needed", claim.rollout, claim.fqdn)
+        return Step(claim.rollout, "paused", claim.fqdn, claim.job, message)
 
 
 # ---------------------------------------------------------------- restart

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ from ca.expressway_api import (
 from ca.trust import fingerprint
 
 MAX_ANSWER = 4 * 1024 * 1024
+CALL_TIMEOUTS = 4  # a whole call (connect, send, the whole answer): 4 x the timeout
 
 
 class NodeApiError(PkiqError):
@@ -176,15 +178,25 @@ class NodeApi:
         if fields is not None:
             body, content_type = urllib3.encode_multipart_formdata(fields)
             headers["Content-Type"] = content_type
+        limit = self.endpoint.timeout * CALL_TIMEOUTS
         try:
             response = self._pool().urlopen(method, path, body=body, headers=headers,
-                                          preload_content=False, redirect=False)
+                                            preload_content=False, redirect=False)
             try:
-                data = _bounded(response)
+                data = _bounded(response, time.monotonic() + limit)
             finally:
                 response.release_conn()
+        except _TooBig as exc:
+            raise NodeRefused(f"{self.endpoint.where}: {what}: {exc}: refused") from None
+        except _TooSlow:
+            raise NodeUnreachable(f"{self.endpoint.where}: {what}: no whole answer within "
+                                  f"{limit:g} s") from None
         except urllib3.exceptions.SSLError as exc:
-            raise self._tls_error(exc) from None
+            if _verification_failed(exc):
+                raise self._tls_error(exc) from None
+            hint = " (is that port HTTPS?)" if "WRONG_VERSION_NUMBER" in str(exc) else ""
+            raise NodeUnreachable(f"{self.endpoint.where}: {what}: TLS failed: "
+                                  f"{_reason(exc)}{hint}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise NodeUnreachable(f"{self.endpoint.where}: {what} got no answer: "
                                   f"{_reason(exc)}") from None
@@ -193,7 +205,7 @@ class NodeApi:
             raise NodeRefused(f"{self.endpoint.where} refused the credentials of "
                               f"{self.endpoint.username!r} (401) for {what}: "
                               f"{message_of(data) or 'no message'}", 401)
-        if response.status >= 500:
+        if response.status >= 500 or response.status in (408, 429):
             raise NodeUnreachable(f"{self.endpoint.where}: {what} failed with "
                                   f"{response.status}: {message_of(data) or 'no message'}",
                                   response.status)
@@ -309,18 +321,48 @@ class NodeApi:
         return cert
 
 
-def _bounded(response) -> bytes:
+class _TooBig(Exception):
+    pass
+
+
+class _TooSlow(Exception):
+    pass
+
+
+def _bounded(response, deadline: float) -> bytes:
+    """The body, at most MAX_ANSWER bytes and read by ``deadline``: urllib3's read timeout
+    bounds each read, not the answer, so a node dripping a byte a second is cut here."""
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > MAX_ANSWER:
-        raise urllib3.exceptions.HTTPError(f"an answer of {int(declared):,} bytes is over "
-                                           f"the limit of {MAX_ANSWER:,}")
+        raise _TooBig(f"an answer of {int(declared):,} bytes is over the limit of "
+                      f"{MAX_ANSWER:,}")
     chunks, size = [], 0
     for chunk in response.stream(65536):
         size += len(chunk)
         if size > MAX_ANSWER:
-            raise urllib3.exceptions.HTTPError(f"an answer over {MAX_ANSWER:,} bytes")
+            raise _TooBig(f"an answer over {MAX_ANSWER:,} bytes")
+        if time.monotonic() > deadline:
+            raise _TooSlow
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _verification_failed(exc: BaseException) -> bool:
+    """Whether a TLS failure is the node's certificate being refused (not trusted, another
+    name, not the pinned one), as opposed to a connection cut during the handshake."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError | ssl.CertificateError):
+            return True
+        text = str(seen)
+        if "Fingerprints did not match" in text or "CERTIFICATE_VERIFY_FAILED" in text:
+            return True
+        inner = getattr(seen, "reason", None)
+        seen = inner if isinstance(inner, BaseException) else (seen.__cause__
+                                                                or seen.__context__)
+    return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -93,7 +93,7 @@ def test_the_raml_can_lack_a_resource_or_be_missing_altogether(tmp_path):
     with fx.FakeExpressway(tls.cert, tls.key, raml=raml, ca_file=ca_file) as fake:
         text = call(fake, "GET", RAML).text
         assert "/restart:" not in text and "/server:\n      get:" in text
-        assert "/server:\n      get:\n        description: The server certificate" in text
+        assert "/server:\n      get:\n        description: \"The server certificate" in text
         assert "Upload a server certificate" not in text
         assert call(fake, "POST", RESTART).status_code == 202  # the endpoint is still there
     with fx.FakeExpressway(tls.cert, tls.key, raml="", ca_file=ca_file) as fake:

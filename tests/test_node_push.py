@@ -24,6 +24,7 @@ from ca.trust import fingerprint
 from scheduler import upkeep
 from service import drift, push
 from shell.db import transaction
+from shell.expressway_client import NodeApi as NodeApiClient
 
 from . import fake_expressway as fx
 from . import httpd
@@ -184,7 +185,7 @@ def test_a_peer_failing_mid_rollout_stops_it_and_resume_finishes(pkiq, sessions,
         connect(pkiq, boxes)
         boxes[peers[1]].fail(SERVER, 400, times=1, message=fx.MSG_KEY_MISMATCH)
         result = pkiq("cluster", "rollout", "edge", "--restart", "--json")
-        assert result.exit_code == 9
+        assert result.exit_code == 10  # the node refused
         view = json.loads(result.stdout)
         assert view["state"] == "stopped" and view["current"] == peers[1]
         assert fx.MSG_KEY_MISMATCH in view["error"]
@@ -264,7 +265,7 @@ def test_wrong_credentials_fail_at_once_and_the_password_is_never_shown(pkiq, se
         connect(pkiq, boxes)
         box.password = "changed on the node"
         result = pkiq("node", "push", PEERS[0], "--json")
-        assert result.exit_code == 9
+        assert result.exit_code == 10
         view = json.loads(result.stdout)
         assert view["state"] == "stopped" and view["jobs"][0]["attempts"] == 1
         assert "refused the credentials of 'admin' (401)" in view["error"]
@@ -306,7 +307,7 @@ def test_an_untrusted_node_gets_no_credentials(pkiq, sessions, clock):
         box = boxes[PEERS[0]]
         connect(pkiq, boxes, pin=False)  # its CA is neither in the trusted list nor the system's
         result = pkiq("node", "push", PEERS[0], "--json")
-        assert result.exit_code == 9
+        assert result.exit_code == 12
         view = json.loads(result.stdout)
         assert "TLS verification failed" in view["error"]
         assert "pkiq node api pin" in view["error"]
@@ -556,3 +557,158 @@ def test_a_ca_pkiq_stops_trusting_leaves_the_node_and_others_cas_stay(pkiq, sess
         left = {f["kind"] for f in js_exit(pkiq("node", "drift", PEERS[0], "--json"),
                                            9)[0]["drift"]}
         assert left == {"extra-ca"}
+
+
+# ---------------------------------------------------------------- concurrency and surprises
+
+class Operator:
+    """A connector that opens the real client and, when the push reaches the server
+    certificate upload, lets a person act on the same rollout from another shell."""
+
+    def __init__(self, act):
+        self.act, self.done = act, False
+
+    def __call__(self, endpoint):
+        api = NodeApiClient(endpoint)
+        upload = api.put_server
+
+        def put_server(*args):
+            if not self.done:
+                self.done = True
+                self.act()
+            return upload(*args)
+        api.put_server = put_server
+        return api
+
+
+def test_cancel_during_a_push_stops_the_rollout_for_good(pkiq, sessions, clock):
+    peers = PEERS[:2]
+    estate(pkiq, sessions, clock, peers)
+    with fakes(peers) as boxes:
+        connect(pkiq, boxes)
+        rollout = push.start(pkiq.app, cluster="edge", restart=True)
+        operator = Operator(lambda: push.cancel(pkiq.app, rollout["id"]))
+        view = push.advance(pkiq.app, rollout["id"], passphrase=PASSPHRASE.encode(),
+                            connector=operator)
+        assert operator.done and view["state"] == "cancelled"
+        assert [j["state"] for j in view["jobs"]] == ["cancelled", "cancelled"]
+        assert boxes[peers[1]].requests == []
+        assert push.due(pkiq.app, dt.timedelta(0)) == []
+        # a new rollout can start at once
+        assert js(pkiq("cluster", "rollout", "edge", "--restart", "--json"))["state"] == "done"
+
+
+def test_a_push_taken_over_does_not_move_the_rollout_twice(pkiq, sessions, clock):
+    """A push that looked dead is taken over (resume) and finished by another process;
+    when the first one returns, its outcome is dropped: no peer is skipped."""
+    peers = PEERS[:3]
+    estate(pkiq, sessions, clock, peers)
+    with fakes(peers) as boxes:
+        connect(pkiq, boxes)
+        rollout = push.start(pkiq.app, cluster="edge", restart=True)
+
+        def take_over():
+            push.resume(pkiq.app, rollout["id"])
+            other = push.advance(pkiq.app, rollout["id"], passphrase=PASSPHRASE.encode())
+            assert other["state"] == "done"
+
+        view = push.advance(pkiq.app, rollout["id"], passphrase=PASSPHRASE.encode(),
+                            connector=Operator(take_over))
+        assert view["state"] == "done" and view["position"] == 3
+        assert [j["state"] for j in view["jobs"]] == ["done"] * 3
+        for name in peers:
+            assert fingerprint(boxes[name].presented) == fingerprint(active_cert(pkiq, name))
+
+
+def test_an_unexpected_error_stops_the_rollout_with_a_line(pkiq, sessions, clock, caplog):
+    estate(pkiq, sessions, clock, PEERS[:2])
+    with fakes(PEERS[:1]) as boxes:
+        connect(pkiq, boxes)
+        rollout = push.start(pkiq.app, node=PEERS[0])
+
+        def bug():
+            raise RuntimeError("a bug in pkiq")
+        view = push.advance(pkiq.app, rollout["id"], passphrase=PASSPHRASE.encode(),
+                            connector=Operator(bug))
+        assert view["state"] == "stopped"
+        assert "internal error: RuntimeError: a bug in pkiq" in view["error"]
+        with transaction(pkiq.app.sessions) as session:
+            assert "rollout:node:" + PEERS[0] in {p.key for p in upkeep.node_problems(session)}
+
+
+def test_a_node_going_down_mid_handshake_is_retried_not_distrusted(pkiq, sessions, clock):
+    estate(pkiq, sessions, clock, PEERS[:2])
+    with fakes(PEERS[:1]) as boxes:
+        box = boxes[PEERS[0]]
+        connect(pkiq, boxes)
+        box.outage(2.0)  # closes every connection before the TLS handshake
+        rollout = push.start(pkiq.app, node=PEERS[0])
+        view = push.advance(pkiq.app, rollout["id"], passphrase=PASSPHRASE.encode())
+        assert view["state"] == "waiting", view["error"]
+        assert "TLS verification" not in view["jobs"][0]["error"]
+        box.wait_up()
+        clock.advance(minutes=1)
+        view = push.advance(pkiq.app, rollout["id"], passphrase=PASSPHRASE.encode())
+        assert view["state"] in ("done", "paused")
+
+
+def test_plain_http_on_the_port_says_so(pkiq, sessions, clock):
+    estate(pkiq, sessions, clock, PEERS[:2])
+    with httpd.LocalServer() as plain:
+        os.environ["TEST_EXPRESSWAY_PASSWORD"] = PASSWORD
+        ok(pkiq("node", "api", "set", PEERS[0], "--address", "127.0.0.1", "--port",
+                str(plain.port), "--username", "admin", "--password-env",
+                "TEST_EXPRESSWAY_PASSWORD"))
+        [row] = js_exit(pkiq("node", "drift", PEERS[0], "--json"), 9)
+        assert "is that port HTTPS?" in row["drift"][0]["text"]
+        assert plain.requests == []  # no request, no password, in clear
+
+
+def test_a_slow_restart_is_waited_for_not_repeated(pkiq, sessions, clock):
+    estate(pkiq, sessions, clock, PEERS[:2])
+    pkiq.app.settings.restart_wait_seconds = 1
+    with fakes(PEERS[:1]) as boxes:
+        box = boxes[PEERS[0]]
+        box.down_for(3.0)
+        connect(pkiq, boxes)
+        rollout = push.start(pkiq.app, node=PEERS[0], restart=True)
+        view = push.advance(pkiq.app, rollout["id"], passphrase=PASSPHRASE.encode())
+        assert view["state"] == "waiting" and "after the restart" in view["jobs"][0]["error"]
+        assert box.restarts == 1
+        box.wait_up()
+        clock.advance(minutes=1)
+        view = push.advance(pkiq.app, rollout["id"], passphrase=PASSPHRASE.encode())
+        assert view["state"] == "done" and box.restarts == 1  # waited for, not restarted again
+        assert fingerprint(box.presented) == fingerprint(active_cert(pkiq, PEERS[0]))
+
+
+def test_refused_credentials_are_not_sent_again_by_the_drift_check(pkiq, sessions, clock):
+    estate(pkiq, sessions, clock, PEERS[:2])
+    with fakes(PEERS[:1]) as boxes:
+        box = boxes[PEERS[0]]
+        connect(pkiq, boxes)
+        box.password = "rotated on the node"
+        first = js_exit(pkiq("node", "drift", PEERS[0], "--json"), 9)[0]["drift"][0]
+        assert "(401)" in first["text"]
+        seen = len(box.requests)
+        second = js_exit(pkiq("node", "drift", PEERS[0], "--json"), 9)[0]["drift"][0]
+        assert "not sent again" in second["text"] and len(box.requests) == seen
+        os.environ["TEST_EXPRESSWAY_PASSWORD"] = "rotated on the node"
+        ok(pkiq("node", "api", "set", PEERS[0], "--password-env", "TEST_EXPRESSWAY_PASSWORD"))
+        rows = js(pkiq("node", "push", PEERS[0], "--restart", "--json"))
+        assert rows["state"] == "done"
+        assert js(pkiq("node", "drift", PEERS[0], "--json"))[0]["in_sync"]
+
+
+def test_fingerprints_as_tools_print_them_and_overlapping_rollouts(pkiq, sessions, clock):
+    estate(pkiq, sessions, clock, PEERS[:2])
+    with fakes(PEERS[:2]) as boxes:
+        connect(pkiq, boxes, pin=False)
+        fp = fingerprint(boxes[PEERS[0]].presented).upper()
+        spelled = "SHA256:" + ":".join(fp[i:i + 2] for i in range(0, 64, 2))
+        assert js(pkiq("node", "api", "pin", PEERS[0], "--fingerprint", spelled, "--json"))[
+            "pinned"] == fp.lower()
+        # a node push while its cluster has an open rollout is refused, naming it
+        rollout = push.start(pkiq.app, cluster="edge")
+        assert_one_line_error(pkiq("node", "push", PEERS[1]), 7,
+                              f"rollout {rollout['id']} (cluster:edge)")

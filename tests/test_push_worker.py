@@ -87,8 +87,8 @@ def queued_messages(service, request) -> int:
     settings = queue_settings(service)
     if settings.broker_url:
         return request.getfixturevalue("redis_client").llen(settings.queue)
-    folder = settings.queue_dir / "messages"
-    return len(list(folder.iterdir())) if folder.exists() else 0
+    folder = settings.queue_dir / "messages"  # <time>_<uuid>.<queue>.msg, worker.fs_transport
+    return len(list(folder.glob(f"*.{settings.queue}.msg"))) if folder.exists() else 0
 
 
 def start_worker(service) -> None:
@@ -98,27 +98,13 @@ def start_worker(service) -> None:
 
 
 def wait_rollout(pkiq, service, rollout_id: int, states: tuple[str, ...],
-                 seconds: float = 20) -> dict:
+                 seconds: float = 60) -> dict:
     deadline = time.monotonic() + seconds
     while True:
         view = push.show(pkiq.app, rollout_id)
         if view["state"] in states:
             return view
-        if time.monotonic() > deadline:
-            import sqlite3
-            url = service.env["PKIQ_DATABASE_URL"]
-            print("URL", url)
-            if url.startswith("sqlite"):
-                c = sqlite3.connect(url.removeprefix("sqlite:///"))
-                print("FRESH", c.execute("select id, state, position, updated_at from rollouts").fetchall())
-                print("JOBS", c.execute("select * from push_jobs").fetchall())
-            service.stop()
-            if url.startswith("sqlite"):
-                c = sqlite3.connect(url.removeprefix("sqlite:///"))
-                print("AFTER STOP", c.execute("select id, state, position, updated_at from rollouts").fetchall())
-                import subprocess
-                print(subprocess.run(["ls", "-la", str(Path(url.removeprefix("sqlite:///")).parent)], capture_output=True, text=True).stdout)
-            raise AssertionError(view)
+        assert time.monotonic() < deadline, (view, service.logs())
         time.sleep(0.05)
 
 
@@ -135,33 +121,14 @@ def assert_each_holds_its_own(pkiq, boxes) -> None:
 # ---------------------------------------------------------------- the workers
 
 @BROKERS
-def test_a_queued_rollout_is_carried_out_by_a_worker(pkiq, sessions, clock, service):
-    estate(pkiq, sessions, clock, TWO)
+def test_a_queued_rollout_is_carried_out_by_a_worker(pkiq, clock, service):
+    estate(pkiq, pkiq.app.sessions, clock, TWO)
     with fakes(TWO) as boxes:
         connect(pkiq, boxes)
-        if os.environ.get("NOWORKER") != "1":
-            start_worker(service)
+        start_worker(service)
         handed = service.cli("cluster", "rollout", "edge", "--restart", "--queue", "--json")
         assert handed.returncode == 0, (handed.stdout, handed.stderr)
         view = json.loads(handed.stdout)
-        import sqlite3
-        c = sqlite3.connect(service.env["PKIQ_DATABASE_URL"].removeprefix("sqlite:///"))
-        print("FRESH", c.execute("select id, state, position, updated_at from rollouts").fetchall())
-        from sqlalchemy import text
-        with transaction(pkiq.app.sessions) as s:
-            print("APP", s.execute(text("select id, state from rollouts")).all())
-        with transaction(sessions) as s:
-            print("SESS", s.execute(text("select id, state from rollouts")).all())
-        print(pkiq.app.settings.effective_database_url, service.env["PKIQ_DATABASE_URL"])
-        import subprocess
-        for i in range(40):
-            time.sleep(0.25)
-            st = c.execute("select id, state, position from rollouts").fetchall()
-            jb = c.execute("select id, state, attempts from push_jobs").fetchall()
-            print(i, st, jb, flush=True)
-            if i == 8:
-                out = subprocess.run("for p in $(pgrep -f 'pkiq worker'); do echo PID $p; ls -l /proc/$p/fd | grep pkiq.db; done", shell=True, capture_output=True, text=True)
-                print(out.stdout)
         assert view["peers"] == TWO
         assert view["jobs"][1]["state"] == "queued"  # the CLI pushed nothing itself
 
@@ -176,9 +143,9 @@ def test_a_queued_rollout_is_carried_out_by_a_worker(pkiq, sessions, clock, serv
 
 
 @BROKERS
-def test_a_5xx_makes_the_worker_wait_and_its_task_finishes_later(pkiq, sessions, clock,
+def test_a_5xx_makes_the_worker_wait_and_its_task_finishes_later(pkiq, clock,
                                                                  service):
-    estate(pkiq, sessions, clock, TWO)
+    estate(pkiq, pkiq.app.sessions, clock, TWO)
     with fakes(TWO) as boxes:
         connect(pkiq, boxes)
         first = boxes[TWO[0]]
@@ -207,8 +174,8 @@ def test_a_5xx_makes_the_worker_wait_and_its_task_finishes_later(pkiq, sessions,
 
 @BROKERS
 def test_the_rollouts_tick_finishes_a_waiting_rollout_whose_message_was_lost(
-        pkiq, sessions, clock, service, request):
-    estate(pkiq, sessions, clock, TWO)
+        pkiq, clock, service, request):
+    estate(pkiq, pkiq.app.sessions, clock, TWO)
     with fakes(TWO) as boxes:
         connect(pkiq, boxes)
         boxes[TWO[0]].fail(ROOT, 503, times=1)
@@ -239,8 +206,8 @@ def test_the_rollouts_tick_finishes_a_waiting_rollout_whose_message_was_lost(
 # ---------------------------------------------------------------- the web app
 
 def test_the_web_app_records_a_node_bundle_fetch_and_it_clears_the_drift(
-        pkiq, sessions, clock, db_url, tmp_path):
-    estate(pkiq, sessions, clock, TWO)
+        pkiq, clock, db_url, tmp_path):
+    estate(pkiq, pkiq.app.sessions, clock, TWO)
     node, other = TWO
     with fakes(TWO) as boxes:
         connect(pkiq, boxes)  # the node's API settings made at T0: the fetch is due from then
@@ -294,3 +261,39 @@ def test_the_web_app_records_a_node_bundle_fetch_and_it_clears_the_drift(
         [report] = drift.check(pkiq.app, node, passphrase=PASS)
         [stale] = [f for f in report["drift"] if f["kind"] == "crl-fetch"]
         assert f"{fetched_at:%Y-%m-%d %H:%M}Z" in stale["text"]
+
+
+# ---------------------------------------------------------------- a known product bug
+
+@pytest.mark.parametrize("db_url,broker", [("sqlite", "embedded")], indirect=True)
+@pytest.mark.xfail(strict=True, reason=(
+    "shell/db.py _sqlite_wal_switch_lock reads the SQLite header with open()/close(): the "
+    "close drops every POSIX lock the process holds on the file, so a worker child that made "
+    "a second engine (process_sessions, then the ServiceContext of _service) holds none; "
+    "the next pkiq command to exit thinks it is the last connection and deletes the WAL, "
+    "and the worker's later commits go to the deleted file"))
+def test_a_worker_that_signed_then_pushes_keeps_its_commits_on_sqlite(pkiq, clock, service):
+    """The default deployment (SQLite, the embedded queue): one worker process first runs a
+    task on the engine of worker.tasks.process_sessions (the reconciler, as beat sends it
+    every minute), then a rollout on the ServiceContext of worker.tasks._service. What it
+    commits must be what every other pkiq process reads."""
+    estate(pkiq, pkiq.app.sessions, clock, TWO)
+    with fakes(TWO) as boxes:
+        connect(pkiq, boxes)
+        pkiq.app.close()  # from here on only pkiq processes use the database
+        start_worker(service)
+        send(service, "worker.tasks.reconcile")
+        wait_for(lambda: "worker.tasks.reconcile" in service.logs()
+                 and "succeeded" in service.logs(), seconds=30)
+        handed = service.cli("cluster", "rollout", "edge", "--restart", "--queue", "--json")
+        assert handed.returncode == 0, handed.stderr
+        rollout_id = json.loads(handed.stdout)["id"]
+        deadline = time.monotonic() + 60
+        while f"rollout {rollout_id}: " not in service.logs():  # the worker finished it
+            assert time.monotonic() < deadline, service.logs()
+            shown = service.cli("rollout", "show", rollout_id, "--json")  # a command exits
+            assert shown.returncode == 0, shown.stderr
+            time.sleep(0.5)
+        assert f"rollout {rollout_id}: done" in service.logs(), service.logs()
+        seen = json.loads(service.cli("rollout", "show", rollout_id, "--json").stdout)
+        assert seen["state"] == "done", seen

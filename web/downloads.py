@@ -107,15 +107,17 @@ CLUSTER_NAME = CA_NAME
 
 class FetchLog:
     """Which node fetched its CRL bundle when (drift: an Expressway whose automatic CRL
-    update stopped). Written at most once a minute per bundle URL and client, in a thread,
+    update stopped). Written at most once a minute per bundle URL and client, in a thread
+    the download does not wait for (a writer holding the database must not delay a CRL),
     so a node polling in a loop costs no database write per request; a failed write is
     logged and never fails the download."""
 
     def __init__(self, ctx: ServiceContext, interval: float = 60.0):
         self.ctx, self.interval = ctx, interval
         self._last: dict[tuple, float] = {}
+        self._pending: set[asyncio.Task] = set()
 
-    async def seen(self, kind: str, name: str, remote: str | None, path: str) -> None:
+    def seen(self, kind: str, name: str, remote: str | None, path: str) -> None:
         key, now = (kind, name, remote), time.monotonic()
         if now - self._last.get(key, -math.inf) < self.interval:
             return
@@ -123,6 +125,13 @@ class FetchLog:
         if len(self._last) > 10_000:  # many clients: forget the oldest half
             for old in sorted(self._last, key=self._last.get)[:5_000]:
                 del self._last[old]
+        if len(self._pending) > 100:  # the database is stuck: do not pile up threads
+            return
+        task = asyncio.get_running_loop().create_task(self._record(kind, name, remote, path))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _record(self, kind: str, name: str, remote: str | None, path: str) -> None:
         try:
             await asyncio.to_thread(drift.record_bundle_fetch, self.ctx, kind, name, remote,
                                     path)
@@ -155,8 +164,8 @@ def store_routes(ctx: ServiceContext, refresh_seconds: float = 1.0) -> list[Rout
                 raise HTTPException(404, f"no {kind} named {shown(name)}")
             control = (crl_cache_control(download.expires, ctx.clock())
                        if download.expires else "no-cache")
-            await fetches.seen(kind, name, request.client.host if request.client else None,
-                               request.url.path)
+            fetches.seen(kind, name, request.client.host if request.client else None,
+                         request.url.path)
             return respond(request, download, control)
         return bundle
 
