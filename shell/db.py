@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sqlite3
 import stat
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -173,19 +175,26 @@ def _sqlite_wal_switch_lock(engine: Engine):
     may get "database is locked" straight away, SQLite not waiting out the busy timeout
     where waiting could deadlock (https://www.sqlite.org/c3ref/busy_handler.html): 8
     processes starting together on a fresh file lost one in about 4 rounds in 100. A WAL
-    file has 2 in bytes 18 and 19 of its header, and asking again changes nothing
-    (https://www.sqlite.org/fileformat.html#file_format_version_numbers). The lock file
-    stays: deleting it would race with a process about to lock it.
+    file stays in WAL mode, and asking again changes nothing. The lock file stays: deleting
+    it would race with a process about to lock it.
     """
     database = engine.url.database if engine.dialect.name == "sqlite" else None
     if not database or database == ":memory:" or database.startswith("file:"):
         return nullcontext()
+    if not os.path.exists(database):
+        return _flock(f"{database}.migrate-lock")
+    # Asked of SQLite, not read with open(): closing any descriptor of the database file
+    # drops every POSIX lock this process holds on it (fcntl locks are per process and
+    # file), so a second engine in a process holding a connection would silently unlock the
+    # first; SQLite's own connections share one lock table per file and never do that
+    # (https://www.sqlite.org/howtocorrupt.html, section 2.2).
+    uri = f"file:{quote(os.path.abspath(database))}?mode=ro"
     try:
-        with open(database, "rb") as db:
-            if db.read(20)[18:20] == b"\x02\x02":
+        with closing(sqlite3.connect(uri, uri=True, timeout=5)) as probe:
+            if probe.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
                 return nullcontext()
-    except OSError:  # unreadable: let SQLite say why when migrate() connects
-        return nullcontext()
+    except sqlite3.Error:  # locked while switching, or unreadable: take the lock file
+        pass
     return _flock(f"{database}.migrate-lock")
 
 

@@ -110,3 +110,47 @@ def test_insert_ignoring_conflicts_on_each_dialect(sessions):
         rows = insert.execute(session, [dict(name=n) for n in ("a", "b", "c")]).all()
         assert sorted(name for (name,) in rows) == ["b", "c"]
         assert insert.execute(session, dict(name="b")).first() is None
+
+
+WRITER = """
+import sys
+from sqlalchemy import text
+from shell.db import make_engine
+engine = make_engine(sys.argv[1])
+with engine.begin() as conn:
+    conn.execute(text("insert into t values (:v)"), {"v": sys.argv[2]})
+engine.dispose()
+"""
+
+
+def test_a_second_engine_keeps_the_process_locks_on_a_sqlite_file(tmp_path):
+    """A worker makes two engines on one file (signing, then pushes). Opening the second
+    must not drop the POSIX locks the first holds (closing any descriptor of the file
+    would): else a command that exits takes itself for the last user, removes the WAL, and
+    this process's later commits go to a deleted file, seen by nobody."""
+    from shell.db import make_engine, migrate
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    first = make_engine(url)
+    migrate(first)
+    with first.begin() as conn:
+        conn.execute(text("create table t (v text)"))
+    held = first.connect()  # a pooled connection stays open, as in a worker
+    held.execute(text("select count(*) from t")).all()
+    held.rollback()  # no transaction, the connection (and its file locks) kept
+    second = make_engine(url)
+    migrate(second)
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", WRITER, url, "other"], check=True, cwd=root)
+    assert (tmp_path / "x.db-wal").exists()  # the exiting command knew it was not alone
+    with second.begin() as conn:
+        conn.execute(text("insert into t values ('mine')"))
+    subprocess.run([sys.executable, "-c", WRITER, url, "later"], check=True, cwd=root)
+    held.close()
+    first.dispose()
+    second.dispose()
+    fresh = make_engine(url)
+    with fresh.connect() as conn:
+        assert sorted(r[0] for r in conn.execute(text("select v from t"))) == [
+            "later", "mine", "other"]
+    fresh.dispose()

@@ -36,6 +36,7 @@ from .test_worker import REDIS_URL, Service, redis_client  # noqa: F401 - the fi
 
 PASS = PASSPHRASE.encode()
 TWO = PEERS[:2]
+# The estate is built on pkiq.app's engine: one engine in the test process, as in a command.
 # One combination each way keeps the file quick: Redis with PostgreSQL, the embedded broker
 # with SQLite (the default deployment).
 BROKERS = pytest.mark.parametrize("db_url,broker", [("postgresql", "redis"),
@@ -263,20 +264,17 @@ def test_the_web_app_records_a_node_bundle_fetch_and_it_clears_the_drift(
         assert f"{fetched_at:%Y-%m-%d %H:%M}Z" in stale["text"]
 
 
-# ---------------------------------------------------------------- a known product bug
+# ---------------------------------------------------------------- two engines, one SQLite file
 
 @pytest.mark.parametrize("db_url,broker", [("sqlite", "embedded")], indirect=True)
-@pytest.mark.xfail(strict=True, reason=(
-    "shell/db.py _sqlite_wal_switch_lock reads the SQLite header with open()/close(): the "
-    "close drops every POSIX lock the process holds on the file, so a worker child that made "
-    "a second engine (process_sessions, then the ServiceContext of _service) holds none; "
-    "the next pkiq command to exit thinks it is the last connection and deletes the WAL, "
-    "and the worker's later commits go to the deleted file"))
 def test_a_worker_that_signed_then_pushes_keeps_its_commits_on_sqlite(pkiq, clock, service):
     """The default deployment (SQLite, the embedded queue): one worker process first runs a
     task on the engine of worker.tasks.process_sessions (the reconciler, as beat sends it
     every minute), then a rollout on the ServiceContext of worker.tasks._service. What it
-    commits must be what every other pkiq process reads."""
+    commits must be what every other pkiq process reads. (It did not while the second
+    engine's start-up read the database header with open() and close(): the close dropped
+    the process's POSIX locks on the file, the next pkiq command to exit took itself for the
+    last user and deleted the WAL, and the worker's later commits went to a deleted file.)"""
     estate(pkiq, pkiq.app.sessions, clock, TWO)
     with fakes(TWO) as boxes:
         connect(pkiq, boxes)
