@@ -184,11 +184,15 @@ def ca_certificate(ca: CertificateAuthority) -> x509.Certificate:
 
 
 def get_ca(session: Session, name: str) -> CertificateAuthority:
-    ca = session.scalar(select(CertificateAuthority).where(CertificateAuthority.name == name))
+    # A name no CA can have (control characters, NUL: PostgreSQL refuses those in text) is
+    # not looked up at all.
+    printable = name.isprintable() and len(name) <= 255
+    ca = session.scalar(select(CertificateAuthority).where(
+        CertificateAuthority.name == name)) if printable else None
     if ca is None:
         known = session.scalars(select(CertificateAuthority.name)).all()
         hint = f"; known CAs: {', '.join(known)}" if known else "; none exists yet"
-        raise NotFound(f"no CA named {name!r}{hint}")
+        raise NotFound(f"no CA named {name[:80]!r}{hint}")
     return ca
 
 

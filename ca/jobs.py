@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, joinedload
 
+from . import audit
+from .audit import Actor
 from .authority import PendingCertificates, check_request, get_ca, sign_csr
 from .csr import load_csr
 from .errors import BadInput, Conflict, NotFound, PkiqError
@@ -110,7 +112,12 @@ _INSERT_JOB = InsertIgnoringConflicts(SigningJob.__table__, SigningJob.__table__
                                       SigningJob.__table__.c.id)
 
 
+MAX_ID = 2**31 - 1  # the id columns are 32-bit integers
+
+
 def get_job(session: Session, job_id: int, *, for_update: bool = False) -> SigningJob:
+    if not 0 < job_id <= MAX_ID:  # PostgreSQL refuses to compare a column with a bigger one
+        raise NotFound(f"no signing job {job_id}")
     query = select(SigningJob).where(SigningJob.id == job_id)
     job = session.scalar(query.with_for_update() if for_update else query)
     if job is None:
@@ -119,8 +126,16 @@ def get_job(session: Session, job_id: int, *, for_update: bool = False) -> Signi
 
 
 def list_jobs(session: Session, *, state: str | None = None, ca_name: str | None = None,
-              limit: int = 200) -> list[SigningJob]:
+              limit: int = 200, requester: str | None = None,
+              ca_names: Sequence[str] | None = None) -> list[SigningJob]:
+    """Newest first. ``requester``: only that requester's; ``ca_names``: only those CAs'
+    (an API token limited to them)."""
     query = select(SigningJob).order_by(SigningJob.id.desc()).limit(limit)
+    if requester is not None:
+        query = query.where(SigningJob.requester == requester)
+    if ca_names is not None:
+        query = query.where(SigningJob.ca_id.in_(
+            select(CertificateAuthority.id).where(CertificateAuthority.name.in_(ca_names))))
     if state is not None:
         if state not in STATES:
             raise BadInput(f"unknown job state {state!r}; use one of {', '.join(STATES)}")
@@ -178,7 +193,8 @@ def run_job(session: Session, job_id: int, signer_for: Callable[[CertificateAuth
 
 def run_jobs(session: Session, job_ids: Sequence[int],
              signer_for: Callable[[CertificateAuthority], Signer],
-             clock: Callable[[], dt.datetime]) -> list[SigningJob]:
+             clock: Callable[[], dt.datetime], actor: Actor | None = None
+             ) -> list[SigningJob]:
     """Sign those of ``job_ids`` still owed, each exactly once, all in the caller's one
     transaction (one commit for the lot). Returns the jobs it signed or failed.
 
@@ -204,7 +220,17 @@ def run_jobs(session: Session, job_ids: Sequence[int],
         _sign(session, job, signer_for, clock, pending)  # job.ca: one query per CA
     pending.write(session)  # BatchConflict (rare): the caller goes one job at a time
     session.flush()
+    if actor is not None and claimed:  # one turn of the audit head for the batch
+        audit.record_many(session, actor, [_issue_entry(job) for job in claimed], clock())
     return claimed
+
+
+def _issue_entry(job: SigningJob) -> tuple[str, str, dict]:
+    if job.state == "issued":
+        return ("cert.issue", f"ca:{job.ca.name}/serial:{job.serial}",
+                {"job": job.id, "subject": job.subject, "profile": job.profile,
+                 "requester": job.requester, "node": job.node})
+    return ("job.fail", f"job:{job.id}", {"ca": job.ca.name, "error": job.error})
 
 
 def _sign(session: Session, job: SigningJob,

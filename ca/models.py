@@ -502,3 +502,69 @@ class PushJob(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     node: Mapped[ExpresswayNode] = relationship()
+
+
+# ---------------------------------------------------------------- API tokens and the audit log
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API: shown once, kept as its SHA-256 (a token is 256 random
+    bits, so a fast hash loses nothing a slow one would protect), with a role and, if
+    given, the CAs it may touch."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(10))  # requester | approver | admin
+    cas: Mapped[list | None] = mapped_column(JSON)  # CA names; None: every CA
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to recognise it
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One change, written in the transaction that made it: who (a token, or the OS user of
+    a command, or a worker), through what, from where, what and with which data. Each row
+    carries the SHA-256 of its content and of the row before it, so a row changed or removed
+    afterwards breaks the chain (``pkiq audit verify``)."""
+
+    __tablename__ = "audit_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    via: Mapped[str] = mapped_column(String(10))  # cli | api | worker | beat | web
+    source: Mapped[str | None] = mapped_column(String(255))  # client address or host
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    target: Mapped[str | None] = mapped_column(String(300), index=True)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's last link, one row, locked by every writer of the log: appends take
+    turns even across hosts, so no two rows claim the same predecessor."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_id: Mapped[int] = mapped_column(Integer, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class IdempotentRequest(Base):
+    """An API submit with an ``Idempotency-Key``: the same key (per token) and the same body
+    get the same answer again, a different body with that key a 422."""
+
+    __tablename__ = "idempotent_requests"
+
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    answer: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -38,7 +38,7 @@ COMMANDS = {
     "serve": ("pkiq.cli_jobs", "serve_cmd",
               "The whole service on one host: workers, beat and the web app."),
     "web": ("pkiq.cli_web", "web_cmd",
-            "Serve CA certificates and CRLs over HTTP, with conditional GET."),
+            "Serve CA certificates and CRLs over HTTP, with conditional GET, and the HTTP API."),
     "db": ("pkiq.cli_db", "db_group", "The database schema: create or upgrade it."),
     "node": ("pkiq.cli_nodes", "node_group",
              "Expressway peers: names, CSRs, server certificates, stores, REST pushes."),
@@ -48,6 +48,9 @@ COMMANDS = {
                 "REST rollouts to Expressway clusters and nodes: list, show, resume, cancel."),
     "trustset": ("pkiq.cli_nodes", "trustset_group",
                  "Named trusted CA lists for nodes: pkiq CAs and trusted CA list entries."),
+    "token": ("pkiq.cli_tokens", "token_group", "API tokens: create (shown once), list, revoke."),
+    "audit": ("pkiq.cli_tokens", "audit_group",
+              "The audit log, newest first: who changed what, when, from where."),
     "x509": ("pkiq.cli_x509", "x509_group",
              "Decode and convert certificates, requests and CRLs (no database needed)."),
 }

@@ -18,11 +18,12 @@ from .cli_common import pass_service
               help="Log one line per request (errors are logged either way).")
 @pass_service
 def web_cmd(ctx, host, port, workers, access_log):
-    """Serve CA certificates and CRLs over HTTP, with conditional GET.
+    """Serve CA certificates and CRLs over HTTP, with conditional GET, and the HTTP API.
 
     /ca/NAME.crl (DER), /ca/NAME.crl.pem, /ca/NAME.crt (DER) and /ca/NAME.pem: the URLs to
     put in CRL distribution points and authority information access. A new CRL is served
-    within a second of being issued. No credentials are needed or accepted."""
+    within a second of being issued. These, the node bundles, /healthz and /readyz need no
+    credentials; /api/v1 (OpenAPI at /api/v1/openapi.json) takes tokens from pkiq token."""
     from web.server import run
 
     _check_free(host or ctx.settings.web_host, port or ctx.settings.web_port)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ca import crl_install
+from ca import audit, crl_install
+from ca.audit import Actor
 from ca.authority import generate_crl, latest_crl
 from ca.crl_scope import COMPLETE
 from ca.errors import PkiqError
@@ -38,6 +39,7 @@ from .models import AlertState, RefreshRun
 
 log = logging.getLogger("pkiq.scheduler")
 RETRY_DELIVERY = dt.timedelta(minutes=15)
+BEAT = Actor("pkiq beat", "beat")  # who renews pkiq's own CRLs, in the audit log
 
 
 # ---------------------------------------------------------------- own CRLs
@@ -98,6 +100,9 @@ def renew_own_crls(session: Session, signer_for: Callable[[CertificateAuthority]
                 if not force and own_crl_reason(session, ca, now, overlap) is None:
                     continue  # ...and finds the CRL renewed
                 crl = generate_crl(session, ca, signer_for(ca), now)
+                audit.record(session, BEAT, "crl.issue", f"ca:{ca.name}/crl:{crl.number}",
+                             {"entries": crl.entries, "next_update": crl.next_update.isoformat(),
+                              "reason": reason}, now)
         except PkiqError as exc:
             log.error("cannot renew the CRL of CA %s: %s", ca.name, exc)
             if needed:  # an open problem until it works; a skipped nightly extra is not

@@ -158,13 +158,19 @@ def create_ca(ctx: ServiceContext, *, name: str, subject: str, key_type: str, da
         ca, warnings = authority.create_ca(
             session, name=name, subject=subject_name, key_type=key_type, passphrase=passphrase,
             now=ctx.clock(), days=days, options=options, parent=parent_ca, parent_signer=signer)
-        return ca_view(ca), [*notes, *warnings]
+        view = ca_view(ca)
+        ctx.audit(session, "ca.create", f"ca:{ca.name}",
+                  {"subject": view["subject"], "key_type": key_type, "days": days,
+                   "parent": parent})
+        return view, [*notes, *warnings]
 
 
 def configure_ca(ctx: ServiceContext, name: str, changes: CaChanges) -> dict:
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
         authority.configure(session, ca, changes.applied_to(authority.CaOptions.from_ca(ca)))
+        ctx.audit(session, "ca.configure", f"ca:{ca.name}",
+                  {k: v for k, v in vars(changes).items() if v is not None})
         return ca_view(ca)
 
 
@@ -192,6 +198,9 @@ def sign_request(ctx: ServiceContext, name: str, csr_data: bytes, *, passphrase:
         result = authority.sign_csr(session, ca, signer, csr_data, profile=profile, days=days,
                                     digest=digest, now=ctx.clock())
         info = cert_view(result.record, ca.name)
+        ctx.audit(session, "cert.issue", f"ca:{ca.name}/serial:{info['serial']}",
+                  {"subject": info["subject"], "profile": profile, "days": days,
+                   "how": "signed at once (ca sign)"})
         if before_commit is not None:
             before_commit(result.certificate)
     warnings = [*notes, *result.warnings]
@@ -216,7 +225,12 @@ def revoke(ctx: ServiceContext, name: str, serial: str, *, reason: str = "unspec
         ca = authority.get_ca(session, name)
         record = authority.revoke(session, ca, number, now=ctx.clock(), reason=reason,
                                   invalidity_date=invalidity_date)
-        return cert_view(record, ca.name)
+        view = cert_view(record, ca.name)
+        ctx.audit(session, "cert.revoke", f"ca:{ca.name}/serial:{view['serial']}",
+                  {"subject": view["subject"], "reason": reason,
+                   "invalidity_date": invalidity_date.isoformat() if invalidity_date
+                   else None})
+        return view
 
 
 def status(ctx: ServiceContext, name: str, serial: str) -> tuple[dict, str]:
@@ -238,7 +252,9 @@ def release_hold(ctx: ServiceContext, name: str, serial: str) -> dict:
     number = authority.parse_serial(serial)
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
-        return cert_view(authority.release_hold(session, ca, number, ctx.clock()), ca.name)
+        view = cert_view(authority.release_hold(session, ca, number, ctx.clock()), ca.name)
+        ctx.audit(session, "cert.release_hold", f"ca:{ca.name}/serial:{view['serial']}", {})
+        return view
 
 
 def generate_crl(ctx: ServiceContext, name: str, *, passphrase: bytes,
@@ -250,6 +266,8 @@ def generate_crl(ctx: ServiceContext, name: str, *, passphrase: bytes,
         signer, notes = authority.unlock(session, ca, passphrase)
         row = authority.generate_crl(session, ca, signer, ctx.clock())
         crl = x509.load_der_x509_crl(row.der)
+        ctx.audit(session, "crl.issue", f"ca:{ca.name}/crl:{row.number}",
+                  {"entries": row.entries, "next_update": row.next_update.isoformat()})
         if before_commit is not None:
             before_commit(crl)
         return CrlResult(crl_view(name, row), crl, tuple(notes))
@@ -262,6 +280,7 @@ def change_passphrase(ctx: ServiceContext, name: str, *, passphrase: bytes,
     with ctx.transaction() as session:
         ca = authority.get_ca(session, name)
         notes = authority.change_passphrase(session, ca, passphrase, new_passphrase)
+        ctx.audit(session, "ca.passwd", f"ca:{ca.name}", {})
         return {**ca_view(ca), "notes": notes}
 
 
@@ -282,6 +301,7 @@ def import_openssl(ctx: ServiceContext, folder: Path, *, name: str, config: Path
         ca = adopt(session, demo, name=name, import_passphrase=import_passphrase or passphrase,
                    passphrase=passphrase, now=ctx.clock())
         info = ca_view(ca)
+        ctx.audit(session, "ca.import", f"ca:{ca.name}", {"folder": str(folder)})
     counts = {s: sum(1 for r in demo.rows if r.status == s) for s in "VRE"}
     return {**info, "imported": counts, "notes": demo.notes}
 
@@ -302,6 +322,7 @@ def export_openssl(ctx: ServiceContext, name: str, folder: Path, *,
         ca = authority.get_ca(session, name)
         if handover:
             authority.hand_over(session, ca, str(folder.resolve()), ctx.clock())
+            ctx.audit(session, "ca.handover", f"ca:{ca.name}", {"folder": str(folder)})
         files, notes = render_democa(session, ca, folder, ctx.clock())
         write_tree(folder, files, private={"private/cakey.pem"})
         if ca.handed_over_at is None:

@@ -10,6 +10,8 @@ from typing import Protocol
 
 from sqlalchemy.orm import sessionmaker
 
+from ca import audit
+from ca.audit import Actor
 from shell.db import make_engine, migrate, read_transaction, session_factory, transaction
 from shell.settings import Settings
 
@@ -31,12 +33,37 @@ class ServiceContext:
 
     def __init__(self, settings: Settings | None = None,
                  clock: Callable[[], dt.datetime] = utc_now,
-                 announcer: Announcer | None = None):
+                 announcer: Announcer | None = None, actor: Actor | None = None):
         self.settings = settings or Settings()
         self.clock = clock
         self.announcer = announcer
+        self._actor = actor
         self._engine = None
         self._factory: sessionmaker | None = None
+        self._shared = False
+
+    @property
+    def actor(self) -> Actor:
+        """Who the audit log names for what this context changes: a command's OS user
+        unless the front end says otherwise (an API token, a worker)."""
+        if self._actor is None:
+            self._actor = Actor.command_line()
+        return self._actor
+
+    def acting_as(self, actor: Actor) -> ServiceContext:
+        """The same settings, database and clock, on behalf of ``actor`` (one per API
+        request); closing it leaves the shared engine alone."""
+        view = ServiceContext(self.settings, self.clock, self.announcer, actor)
+        view._factory, view._engine, view._shared = self.sessions, self._engine, True
+        return view
+
+    def audit(self, session, action: str, target: str | None, data: dict | None = None
+              ) -> None:
+        """One audit row in ``session``'s transaction, naming this context's actor."""
+        audit.record(session, self.actor, action, target, data, self.clock())
+
+    def audit_many(self, session, items: list[tuple[str, str | None, dict | None]]) -> None:
+        audit.record_many(session, self.actor, items, self.clock())
 
     @property
     def sessions(self) -> sessionmaker:
@@ -55,6 +82,8 @@ class ServiceContext:
         return read_transaction(self.sessions)
 
     def close(self) -> None:
+        if self._shared:
+            return
         if self._engine is not None:
             self._engine.dispose()
             self._engine = self._factory = None

@@ -15,6 +15,7 @@ from .context import ServiceContext
 
 SUBMIT_CHUNK = 100  # requests per transaction; announced as it commits, so workers start early
 SETTLED_OK = ("queued", "awaiting_approval", "signing", "issued")  # a submit that went well
+AUDITED_JOB_FIELDS = ("ca", "profile", "state", "subject", "requester", "node", "days")
 
 
 def announce(ctx: ServiceContext, job_ids: Sequence[int]) -> str | None:
@@ -63,6 +64,9 @@ def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes |
             if outcome.created and info["state"] == "queued":
                 new_ids.append(info["id"])
             rows.append({"new": outcome.created, **info})
+        ctx.audit_many(session, [
+            ("job.submit", f"job:{row['id']}", {k: row[k] for k in AUDITED_JOB_FIELDS})
+            for row in rows if row.get("new")])
     return rows, announce(ctx, new_ids)
 
 
@@ -89,10 +93,12 @@ def wait_for(ctx: ServiceContext, job_ids: Sequence[int], timeout: float, *,
 
 
 def list_jobs(ctx: ServiceContext, *, state: str | None = None, ca_name: str | None = None,
-              limit: int = 200) -> dict:
+              limit: int = 200, requester: str | None = None,
+              ca_names: Sequence[str] | None = None) -> dict:
     """The newest jobs first; ``truncated`` says when more matched than ``limit``."""
     with ctx.transaction() as session:
-        rows = jobs.list_jobs(session, state=state, ca_name=ca_name, limit=limit + 1)
+        rows = jobs.list_jobs(session, state=state, ca_name=ca_name, limit=limit + 1,
+                              requester=requester, ca_names=ca_names)
         return {"jobs": [jobs.job_info(j) for j in rows[:limit]],
                 "truncated": len(rows) > limit, "limit": limit}
 
@@ -102,21 +108,34 @@ def show_job(ctx: ServiceContext, job_id: int) -> dict:
         return jobs.job_info(jobs.get_job(session, job_id))
 
 
-def _decide(ctx: ServiceContext, job_ids: Sequence[int], action, **kw
-            ) -> tuple[list[dict], str | None]:
-    """All or nothing in one transaction; the jobs that became queued are announced."""
+def _decide(ctx: ServiceContext, job_ids: Sequence[int], what: str, action, *,
+            allowed=None, **kw) -> tuple[list[dict], str | None]:
+    """All or nothing in one transaction; the jobs that became queued are announced.
+    ``allowed(job)``: raises when the caller may not decide on that job (an API token
+    limited to other CAs)."""
     with ctx.transaction() as session:
-        infos = [jobs.job_info(action(session, job_id, **kw)) for job_id in job_ids]
+        infos = []
+        for job_id in job_ids:
+            if allowed is not None:
+                allowed(jobs.get_job(session, job_id))
+            infos.append(jobs.job_info(action(session, job_id, **kw)))
+        ctx.audit_many(session, [(f"job.{what}", f"job:{i['id']}",
+                                  {"ca": i["ca"], "subject": i["subject"], "state": i["state"],
+                                   **({"reason": kw["reason"]} if kw.get("reason") else {})})
+                                 for i in infos])
     return infos, announce(ctx, [i["id"] for i in infos if i["state"] == "queued"])
 
 
-def approve(ctx: ServiceContext, job_ids: Sequence[int], *, by: str):
-    return _decide(ctx, job_ids, jobs.approve, by=by, now=ctx.clock())
+def approve(ctx: ServiceContext, job_ids: Sequence[int], *, by: str, allowed=None):
+    return _decide(ctx, job_ids, "approve", jobs.approve, allowed=allowed, by=by,
+                   now=ctx.clock())
 
 
-def reject(ctx: ServiceContext, job_ids: Sequence[int], *, by: str, reason: str | None):
-    return _decide(ctx, job_ids, jobs.reject, by=by, reason=reason, now=ctx.clock())
+def reject(ctx: ServiceContext, job_ids: Sequence[int], *, by: str, reason: str | None,
+           allowed=None):
+    return _decide(ctx, job_ids, "reject", jobs.reject, allowed=allowed, by=by,
+                   reason=reason, now=ctx.clock())
 
 
-def retry(ctx: ServiceContext, job_ids: Sequence[int]):
-    return _decide(ctx, job_ids, jobs.retry, now=ctx.clock())
+def retry(ctx: ServiceContext, job_ids: Sequence[int], allowed=None):
+    return _decide(ctx, job_ids, "retry", jobs.retry, allowed=allowed, now=ctx.clock())

@@ -100,7 +100,7 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if _READ_ONLY.get() else "BEGIN IMMEDIATE")
 
 
-SCHEMA_HEAD = "0009"  # the newest migration; tests/test_db.py checks it against Alembic's
+SCHEMA_HEAD = "0010"  # the newest migration; tests/test_db.py checks it against Alembic's
 
 
 def alembic_config(engine: Engine, connection: Connection | None = None):

@@ -11,6 +11,8 @@ access, RFC 5280 sections 4.2.1.13 and 4.2.2.1):
     GET /nodes/FQDN/crls.tar.gz   the same, GZIP'd tar; /nodes/FQDN/crls.pem one PEM file
     GET /clusters/NAME/crls.zip   (and .tar.gz, .pem) every CRL any peer of cluster NAME carries
     GET /healthz           200 "ok" while the process is up
+    GET /readyz            200 when the database and the queue answer, else 503 saying which
+    /api/v1/...            the HTTP API, behind tokens (web.api; /api/v1/openapi.json)
 
 HEAD answers as GET without the body. Every file carries a strong ETag (the SHA-256 of its
 bytes) and Last-Modified (a CRL's thisUpdate, a certificate's notBefore), and a matching
@@ -23,13 +25,16 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from ca.errors import PkiqError
 from service import ServiceContext
+from service.health import readiness
 
+from .api import BodyLimit, make_api
 from .downloads import ca_route, store_routes
 
 log = logging.getLogger("pkiq.web")
@@ -68,5 +73,19 @@ def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
                                       Exception: internal_error})
 
     app.router.routes += [Route("/healthz", healthz, methods=["GET", "HEAD"]),
+                          Route("/readyz", readyz(ctx), methods=["GET", "HEAD"]),
                           ca_route(ctx, refresh_seconds), *store_routes(ctx, refresh_seconds)]
+    app.mount("/api/v1", BodyLimit(make_api(ctx)))
     return app
+
+
+def readyz(ctx: ServiceContext):
+    async def ready(_request: Request) -> Response:
+        """200 when the database answers and the queue can be reached, else 503 naming
+        what is not; a load balancer takes the process out of rotation meanwhile."""
+        problems = await run_in_threadpool(readiness, ctx)
+        headers = {"cache-control": "no-store"}
+        if problems:
+            return line(503, "not ready: " + "; ".join(problems), headers)
+        return PlainTextResponse("ready", headers=headers)
+    return ready

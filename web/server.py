@@ -42,8 +42,11 @@ def app_from_environment():
     process builds when there are several (uvicorn starts them afresh, so they cannot share
     the caller's context)."""
     from shell.settings import load_settings
+    from worker.celery_app import CeleryAnnouncer
 
-    return make_app(ServiceContext(load_settings()))
+    settings = load_settings()
+    # jobs submitted through the API are announced to the workers, as pkiq submit does
+    return make_app(ServiceContext(settings, announcer=CeleryAnnouncer(settings)))
 
 
 def run(ctx: ServiceContext, host: str | None = None, port: int | None = None, *,

@@ -21,6 +21,7 @@ from celery import current_app, shared_task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ca import jobs
+from ca.audit import Actor
 from ca.authority import load_signer
 from ca.errors import PkiqError, WrongPassphrase
 from ca.keys import Signer
@@ -86,10 +87,16 @@ def signer_for(ca) -> Signer:
     return cache[key]
 
 
+def _actor() -> Actor:
+    if _state.get("actor_pid") != os.getpid():
+        _state.update(actor_pid=os.getpid(), actor=Actor.worker())
+    return _state["actor"]
+
+
 def _run(job_ids: list[int]) -> tuple[int, int]:
     """One transaction for the lot; (issued, failed)."""
     with transaction(process_sessions()) as session:
-        done = jobs.run_jobs(session, job_ids, signer_for, utc_now)
+        done = jobs.run_jobs(session, job_ids, signer_for, utc_now, _actor())
         issued = sum(job.state == "issued" for job in done)
         for job in done:
             if job.state == "failed":
@@ -185,7 +192,8 @@ def crl_tick() -> dict:
 def _service() -> ServiceContext:
     """The use cases' context for this worker process (its own engine, made after the fork)."""
     if _state.get("service_pid") != os.getpid():
-        _state.update(service_pid=os.getpid(), service=ServiceContext(_settings(), utc_now))
+        _state.update(service_pid=os.getpid(),
+                      service=ServiceContext(_settings(), utc_now, actor=Actor.worker()))
     return _state["service"]
 
 

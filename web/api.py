@@ -1,0 +1,483 @@
+"""The HTTP API, ``/api/v1``: signing jobs from automation, certificates, revocation, CAs,
+tokens and the audit log, behind bearer tokens with roles. Every operation calls the same
+``service`` function the CLI calls; this module only authenticates, checks the role and the
+token's CAs, and turns answers into JSON.
+
+Errors are JSON ``{"detail": "..."}`` with the status the domain error carries (400 bad
+input, 401 no or unknown token, 403 a role or CA the token lacks, 404, 409 conflict, 413
+too large, 422 refused by policy or malformed); nothing a client sends reaches a 500.
+The OpenAPI document is served at ``/api/v1/openapi.json`` (and read at ``/api/v1/docs``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote_to_bytes
+
+from cryptography.hazmat.primitives import serialization
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from starlette.exceptions import HTTPException
+
+from ca.audit import Actor
+from ca.errors import BadInput, NotFound, PkiqError
+from ca.models import IdempotentRequest
+from ca.profiles import PROFILES
+from ca.sql import insert_or_ignore
+from ca.tokens import ROLES, Forbidden, Grant
+from service import ServiceContext
+from service import cas as ca_service
+from service import jobs as job_service
+from service import tokens as token_service
+
+log = logging.getLogger("pkiq.api")
+MAX_BODY = 1024 * 1024  # a CSR is a few KiB; nothing here takes more than this
+MAX_WAIT = 30.0
+MAX_ID = 2**31 - 1  # the id columns are 32-bit
+bearer = HTTPBearer(auto_error=False, description="pkiq token create NAME --role ROLE")
+JOB_STATES = ("queued", "awaiting_approval", "signing", "issued", "failed", "rejected")
+
+
+# ---------------------------------------------------------------- schemas
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Text a client sends: no control characters (a PEM's line breaks aside), so no NUL reaches
+# a database that cannot store it and no line break reaches a log line.
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Line = Annotated[str, Field(max_length=1000, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class SubmitJob(Strict):
+    ca: Name = Field(description="The CA to sign with.")
+    csr: str = Field(min_length=1, max_length=64 * 1024,
+                     pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$",
+                     description="The request, PEM (-----BEGIN CERTIFICATE REQUEST-----).")
+    profile: Literal[tuple(PROFILES)] = "webclientandserver"  # type: ignore[valid-type]
+    days: int | None = Field(default=None, ge=1, le=36500)
+    node: Annotated[str, Field(max_length=253, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = \
+        Field(default=None, description="The Expressway node the request is for.")
+
+
+class Decision(Strict):
+    reason: Line | None = None
+
+
+class Revocation(Strict):
+    reason: Literal["unspecified", "keyCompromise", "CACompromise", "affiliationChanged",
+                    "superseded", "cessationOfOperation", "certificateHold",
+                    "removeFromCRL"] = "unspecified"
+    invalidity_date: dt.datetime | None = None
+
+
+class NewToken(Strict):
+    name: Name
+    role: Literal[ROLES]  # type: ignore[valid-type]
+    cas: list[Name] | None = Field(default=None, max_length=100)
+    days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class Job(BaseModel):
+    id: int
+    ca: str
+    profile: str
+    state: str
+    subject: str
+    requester: str
+    node: str | None
+    days: int | None
+    attempts: int
+    error: str | None
+    serial: str | None
+    decided_by: str | None
+    submitted_at: str
+    updated_at: str
+    finished_at: str | None
+    new: bool | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    truncated: bool
+    limit: int
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem} for code in (400, 401, 403, 404, 409, 413, 422)}
+
+
+# ---------------------------------------------------------------- plumbing
+
+def _json_error(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status, headers=headers)
+
+
+async def _pkiq_error(request: Request, exc: PkiqError) -> Response:
+    if exc.http_status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return _json_error(exc.http_status, "the server cannot answer now; its log says why")
+    headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+    return _json_error(exc.http_status, str(exc), headers)
+
+
+async def _http_error(_request: Request, exc: HTTPException) -> Response:
+    return _json_error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _invalid(_request: Request, exc: RequestValidationError) -> Response:
+    problems = []
+    for error in exc.errors()[:10]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return _json_error(422, "; ".join(problems) or "the request is not valid")
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _json_error(500, "internal error; the server's log says more")
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether the client declared the
+    length or streams it chunked. Past the limit the app is told the client left, and
+    whatever it answers to that is dropped for the 413."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if _controls(scope):
+            return await _answer(send, 400, "control characters (NUL and the like) are not "
+                                 "accepted in the path, the query or headers")
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._refuse(send)
+        seen, over = 0, False
+
+        async def counted():
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message):
+            if not over:
+                await send(message)
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        await _answer(send, 413, f"the request body is over {self.limit:,} bytes")
+
+
+def _controls(scope) -> bool:
+    """Whether the path, the query (decoded) or a header value holds a C0 control or DEL:
+    no name, id or key pkiq knows has one, and PostgreSQL cannot even compare a text with
+    a NUL in it."""
+    texts = [scope.get("path", ""), unquote_to_bytes(scope.get("query_string", b"")).decode(
+        "latin-1"), *(value.decode("latin-1") for _name, value in scope.get("headers") or [])]
+    return any(_CONTROL.search(text) for text in texts)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+async def _answer(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------- the app
+
+def grant_of(request: Request,
+             credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                    Depends(bearer)]) -> Grant:
+    """The bearer token's grant (401 without a known token)."""
+    presented = credentials.credentials if credentials else None
+    return token_service.authenticate(request.app.state.pkiq_ctx, presented)
+
+
+Authorized = Annotated[Grant, Depends(grant_of)]
+
+
+def make_api(ctx: ServiceContext) -> FastAPI:
+    api = FastAPI(title="pkiq API", version="1",
+                  description=__doc__.split("\n\n", 1)[0].replace("\n", " "),
+                  openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
+                  exception_handlers={PkiqError: _pkiq_error, HTTPException: _http_error,
+                                      RequestValidationError: _invalid,
+                                      Exception: _internal},
+                  responses=ERRORS)
+
+    api.state.pkiq_ctx = ctx
+
+    def acting(grant: Grant, request: Request) -> ServiceContext:
+        client = request.client.host if request.client else None
+        return ctx.acting_as(Actor(grant.name, "api", client))
+
+    def job_allowed(grant: Grant, job: dict, what: str) -> None:
+        grant.require_ca(job["ca"], what)
+        if not grant.at_least("approver") and job["requester"] != grant.name:
+            raise NotFound(f"no signing job {job['id']}")  # another requester's: not told
+
+    # ------------------------------------------------------------ jobs
+
+    @api.post("/jobs", status_code=201, response_model=Job, tags=["jobs"])
+    def submit(body: SubmitJob, grant: Authorized, request: Request,
+               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> dict:
+        """Queue a signing request (PEM). The same request for the same CA answers the
+        existing job (``new`` false); with an ``Idempotency-Key`` a retried call gets the
+        same answer, and the key with another body is refused."""
+        grant.require_ca(body.ca, "submitting")
+        return _submit(ctx, acting(grant, request), grant, body.ca, body.csr.encode(),
+                       body.profile, body.days, body.node, idempotency_key,
+                       body.model_dump_json())
+
+    @api.post("/jobs/der", status_code=201, response_model=Job, tags=["jobs"],
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/pkcs10": {"schema": {"type": "string",
+                                                    "format": "binary"}}}}})
+    async def submit_der(request: Request, grant: Authorized,
+                         ca: Annotated[str, Query(min_length=1, max_length=64)],
+                         profile: Literal[tuple(PROFILES)] = "webclientandserver",  # type: ignore[valid-type]
+                         days: Annotated[int | None, Query(ge=1, le=36500)] = None,
+                         idempotency_key: Annotated[str | None,
+                                                    Header(max_length=255)] = None) -> Any:
+        """Queue a signing request sent as DER (``Content-Type: application/pkcs10``)."""
+        if request.headers.get("content-type", "").split(";")[0].strip() != \
+                "application/pkcs10":
+            raise HTTPException(415, "send the DER request as Content-Type: "
+                                "application/pkcs10 (or PEM as JSON to /jobs)")
+        data = await request.body()
+        grant.require_ca(ca, "submitting")
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(
+            _submit, ctx, acting(grant, request), grant, ca, data, profile, days, None,
+            idempotency_key, hashlib.sha256(data).hexdigest() + f"|{ca}|{profile}|{days}")
+
+    @api.get("/jobs", response_model=JobList, tags=["jobs"])
+    def list_jobs(grant: Authorized,
+                  state: Literal[JOB_STATES] | None = None,  # type: ignore[valid-type]
+                  ca: Annotated[str | None, Query(max_length=64)] = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+        """The newest jobs first: a requester's own, or every job of the token's CAs."""
+        if ca is not None:
+            grant.require_ca(ca, "listing jobs")
+        return job_service.list_jobs(
+            ctx, state=state, ca_name=ca, limit=limit,
+            requester=None if grant.at_least("approver") else grant.name,
+            ca_names=grant.cas)
+
+    def _job(grant: Grant, job_id: int, what: str) -> dict:
+        job = job_service.show_job(ctx, job_id)
+        job_allowed(grant, job, what)
+        return job
+
+    @api.get("/jobs/{job_id}", response_model=Job, tags=["jobs"])
+    def show_job(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized) -> dict:
+        return _job(grant, job_id, "reading a job")
+
+    @api.get("/jobs/{job_id}/wait", response_model=Job, tags=["jobs"])
+    def wait_job(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized,
+                 timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 10.0) -> dict:
+        """The job once it is issued, failed or rejected, or after ``timeout`` seconds
+        (at most 30) with its state then."""
+        _job(grant, job_id, "waiting for a job")
+        return job_service.wait_for(ctx, [job_id], timeout, poll=0.1)[job_id]
+
+    def _decision(grant: Grant, request: Request, job_id: int, what: str, action, **kw):
+        grant.require("approver", f"{what} a job")
+        deciding = acting(grant, request)
+
+        def allowed(job) -> None:
+            grant.require_ca(job.ca.name, what)
+        infos, _warning = action(deciding, [job_id], allowed=allowed, **kw)
+        return infos[0]
+
+    @api.post("/jobs/{job_id}/approve", response_model=Job, tags=["jobs"])
+    def approve(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized,
+                request: Request) -> dict:
+        return _decision(grant, request, job_id, "approving", job_service.approve,
+                         by=grant.name)
+
+    @api.post("/jobs/{job_id}/reject", response_model=Job, tags=["jobs"])
+    def reject(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized,
+               request: Request, body: Decision | None = None) -> dict:
+        return _decision(grant, request, job_id, "rejecting", job_service.reject,
+                         by=grant.name, reason=body.reason if body else None)
+
+    @api.post("/jobs/{job_id}/retry", response_model=Job, tags=["jobs"])
+    def retry(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized,
+              request: Request) -> dict:
+        return _decision(grant, request, job_id, "retrying", job_service.retry)
+
+    # ------------------------------------------------------------ certificates
+
+    @api.get("/certificates/{ca}/{serial}", tags=["certificates"],
+             responses={200: {"content": {"application/x-pem-file": {},
+                                          "application/pkix-cert": {}}}})
+    def certificate(ca: Annotated[str, Path(min_length=1, max_length=64)],
+                    serial: Annotated[str, Path(min_length=1, max_length=64)],
+                    grant: Authorized,
+                    format: Literal["pem", "der"] = "pem",
+                    chain: bool = False) -> Response:
+        """The certificate (PEM with ``chain`` its issuing CAs too; DER the leaf alone)."""
+        grant.require_ca(ca, "reading certificates")
+        if not grant.at_least("approver"):
+            _own_certificate(grant, ca, serial)
+        certs = ca_service.certificate_with_chain(ctx, serial, ca, chain=chain and
+                                                  format == "pem")
+        if format == "der":
+            return Response(certs[0].public_bytes(serialization.Encoding.DER),
+                            media_type="application/pkix-cert")
+        return Response(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs),
+                        media_type="application/x-pem-file")
+
+    def _own_certificate(grant: Grant, ca: str, serial: str) -> None:
+        from ca import authority
+        from ca.models import CertificateAuthority, SigningJob
+
+        number = authority.parse_serial(serial)
+        with ctx.read_transaction() as session:
+            found = session.scalar(select(SigningJob.id).join(
+                CertificateAuthority, CertificateAuthority.id == SigningJob.ca_id).where(
+                CertificateAuthority.name == ca, SigningJob.requester == grant.name,
+                SigningJob.serial == f"{number:X}").limit(1))
+        if found is None:
+            raise NotFound(f"no certificate {serial} of CA {ca} requested by {grant.name}")
+
+    @api.post("/certificates/{ca}/{serial}/revoke", tags=["certificates"])
+    def revoke(ca: Annotated[str, Path(min_length=1, max_length=64)],
+               serial: Annotated[str, Path(min_length=1, max_length=64)],
+               grant: Authorized, request: Request,
+               body: Revocation | None = None) -> dict:
+        """Revoke; the CA's next CRL lists it (pkiq renews its CRL on the next tick)."""
+        grant.require("approver", "revoking")
+        grant.require_ca(ca, "revoking")
+        body = body or Revocation()
+        when = body.invalidity_date
+        if when is not None and when.tzinfo is None:
+            raise BadInput("invalidity_date needs a time zone (2026-11-27T10:00:00Z)")
+        return ca_service.revoke(acting(grant, request), ca, serial, reason=body.reason,
+                                 invalidity_date=when.astimezone(dt.UTC) if when else None)
+
+    # ------------------------------------------------------------ CAs
+
+    @api.get("/cas", tags=["cas"])
+    def list_cas(grant: Authorized) -> list[dict]:
+        return [c for c in ca_service.list_cas(ctx) if grant.sees_ca(c["name"])]
+
+    @api.get("/cas/{name}", tags=["cas"])
+    def show_ca(name: Annotated[str, Path(min_length=1, max_length=64)],
+                grant: Authorized) -> dict:
+        grant.require_ca(name, "reading a CA")
+        view, _cert = ca_service.show_ca(ctx, name)
+        return view
+
+    # ------------------------------------------------------------ tokens and audit
+
+    @api.post("/tokens", status_code=201, tags=["admin"])
+    def create_token(body: NewToken, grant: Authorized, request: Request) -> dict:
+        """A new token; its secret is in this answer only."""
+        grant.require("admin", "making tokens")
+        if grant.cas is not None:
+            raise Forbidden("a token limited to some CAs cannot make tokens")
+        return token_service.create_token(acting(grant, request), body.name, body.role,
+                                          body.cas, body.days)
+
+    @api.get("/tokens", tags=["admin"])
+    def list_tokens(grant: Authorized) -> list[dict]:
+        grant.require("admin", "listing tokens")
+        return token_service.list_tokens(ctx)
+
+    @api.delete("/tokens/{name}", tags=["admin"])
+    def revoke_token(name: Annotated[str, Path(min_length=1, max_length=64)],
+                     grant: Authorized, request: Request) -> dict:
+        grant.require("admin", "revoking tokens")
+        return token_service.revoke_token(acting(grant, request), name)
+
+    @api.get("/audit", tags=["admin"])
+    def audit_log(grant: Authorized,
+                  action: Annotated[str | None, Query(max_length=40)] = None,
+                  target: Annotated[str | None, Query(max_length=300)] = None,
+                  actor: Annotated[str | None, Query(max_length=128)] = None,
+                  after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+        """Newest first, or oldest first after the id ``after`` (to page forward)."""
+        grant.require("admin", "reading the audit log")
+        return token_service.audit_entries(ctx, action=action, target=target, actor=actor,
+                                           after=after, limit=limit)
+
+    @api.get("/audit/verify", tags=["admin"])
+    def audit_verify(grant: Authorized) -> dict:
+        grant.require("admin", "checking the audit log")
+        return token_service.audit_verify(ctx)
+
+    return api
+
+
+def _submit(ctx: ServiceContext, acting: ServiceContext, grant: Grant, ca: str, data: bytes,
+            profile: str, days: int | None, node: str | None, key: str | None,
+            fingerprint_of: str) -> dict:
+    """One request through the same use case as ``pkiq submit``; the requester is the
+    token's name (a token cannot submit in someone else's name)."""
+    request_sha = hashlib.sha256(fingerprint_of.encode()).hexdigest()
+    if key is not None:
+        with ctx.read_transaction() as session:
+            seen = session.get(IdempotentRequest, (grant.token_id, key))
+            if seen is not None:
+                if seen.request_sha256 != request_sha:
+                    raise BadInput(f"Idempotency-Key {key!r} was used for another request: "
+                                   "use a new key")
+                return seen.answer
+    job_service.check_ca(ctx, ca)
+    rows, _warning = job_service.queue_requests(acting, ca, [data], profile=profile,
+                                                requester=grant.name, days=days, node=node)
+    row = rows[0]
+    if row["state"] == "refused":
+        raise _Refused(row["error"])
+    if key is not None:
+        with ctx.transaction() as session:
+            insert_or_ignore(session, IdempotentRequest, dict(
+                token_id=grant.token_id, key=key, request_sha256=request_sha, answer=row,
+                created_at=ctx.clock()))
+    return row
+
+
+class _Refused(PkiqError):
+    """A request the queue refused (garbage, policy): 422 with the reason."""
+
+    http_status = 422
