@@ -5,6 +5,7 @@ nothing need none)."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -41,6 +42,7 @@ class ServiceContext:
         self._engine = None
         self._factory: sessionmaker | None = None
         self._shared = False
+        self._making = threading.Lock()
 
     @property
     def actor(self) -> Actor:
@@ -67,11 +69,16 @@ class ServiceContext:
 
     @property
     def sessions(self) -> sessionmaker:
+        """Made once, also when the first uses come from several threads at a time (a web
+        app's first requests): a second engine would be left open, never disposed."""
         if self._factory is None:
-            self._engine = make_engine(self.settings.effective_database_url,
-                                       self.settings.database_setting)
-            migrate(self._engine)
-            self._factory = session_factory(self._engine)
+            with self._making:
+                if self._factory is None:
+                    engine = make_engine(self.settings.effective_database_url,
+                                         self.settings.database_setting)
+                    migrate(engine)
+                    self._engine = engine
+                    self._factory = session_factory(engine)
         return self._factory
 
     def transaction(self):

@@ -35,12 +35,16 @@ def point_view(point) -> dict:
 
 def add_points(ctx: ServiceContext, urls: list[str]) -> list[str]:
     with ctx.transaction() as session:
-        return [p.url for p in crl_config.add_points(session, urls, ctx.clock())]
+        added = [p.url for p in crl_config.add_points(session, urls, ctx.clock())]
+        ctx.audit_many(session, [("crl.point.add", f"dp:{url}", {}) for url in added])
+        return added
 
 
 def remove_points(ctx: ServiceContext, urls: list[str]) -> list[str]:
     with ctx.transaction() as session:
-        return [p.url for p in crl_config.remove_points(session, urls)]
+        removed = [p.url for p in crl_config.remove_points(session, urls)]
+        ctx.audit_many(session, [("crl.point.remove", f"dp:{url}", {}) for url in removed])
+        return removed
 
 
 def list_points(ctx: ServiceContext) -> list[dict]:
@@ -53,6 +57,7 @@ def replace_points(ctx: ServiceContext, text: str) -> dict:
     urls = crl_config.parse_point_list(text)
     with ctx.transaction() as session:
         added, removed = crl_config.replace_points(session, urls, ctx.clock())
+        ctx.audit(session, "crl.point.replace", "dp", {"added": added, "removed": removed})
     return {"added": added, "removed": removed, "count": len(urls)}
 
 
@@ -81,6 +86,8 @@ def update_settings(ctx: ServiceContext, *, spread_minutes: int | None = None,
         changes["spread_seconds"] = spread_minutes * 60
     with ctx.transaction() as session:
         crl_config.update_settings(session, ctx.clock(), **changes)
+        ctx.audit(session, "crl.settings", "crl-settings",
+                  {k: v for k, v in changes.items() if v is not None})
         return _settings_view(session, ctx.clock())
 
 
@@ -173,6 +180,9 @@ def upload(ctx: ServiceContext, data: bytes, *, source: str, force: bool = False
                                      source=source, force=force)
         row = outcome.row
         in_force = crl_install.effective(session, row.issuer_key, row.scope_key)
+        ctx.audit(session, "crl.upload", f"issuer:{outcome.issuer}",
+                  {"scope": row.scope, "action": outcome.action, "crl_number": outcome.number,
+                   "source": source, "force": force, "sha256": row.sha256})
         return {"issuer": outcome.issuer, "scope": row.scope, "action": outcome.action,
                 "crl_number": outcome.number, "entries": row.entries,
                 "next_update": _iso(row.next_update), "note": row.note,
@@ -188,6 +198,8 @@ def remove(ctx: ServiceContext, issuer: str, *, fetched: bool = False,
     with ctx.transaction() as session:
         row = crl_install.remove_current(session, issuer, ctx.clock(), origin=origin,
                                          scope=scope)
+        ctx.audit(session, "crl.remove", f"issuer:{row.issuer}",
+                  {"scope": row.scope, "origin": origin, "crl_number": row.number})
         return {"removed": row.issuer, "scope": row.scope, "origin": origin,
                 "crl_number": row.number}
 

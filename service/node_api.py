@@ -134,7 +134,11 @@ def set_api(ctx: ServiceContext, fqdn: str, changes: ApiChanges, *,
             row.auth_refused_at = None  # new credentials: the drift check may try them
         row.updated_at = now
         session.flush()
-        return api_view(node, row)
+        view = api_view(node, row)
+        ctx.audit(session, "node.api.set", f"node:{node.fqdn}",
+                  {k: view[k] for k in ("address", "port", "username", "password",
+                                        "overrides", "crl_fetch_hours")})
+        return view
 
 
 def _address(value: str, node: ExpresswayNode) -> str:
@@ -177,6 +181,7 @@ def remove_api(ctx: ServiceContext, fqdn: str) -> dict:
         node = nodes.get_node(session, fqdn, for_update=True)
         row = get_api(session, node, for_update=True)
         session.delete(row)
+        ctx.audit(session, "node.api.remove", f"node:{node.fqdn}", {})
         return {"node": node.fqdn, "removed": True}
 
 
@@ -204,6 +209,7 @@ def pin(ctx: ServiceContext, fqdn: str, expected: str | None) -> dict:
         with ctx.transaction() as session:
             row = get_api(session, nodes.get_node(session, fqdn), for_update=True)
             row.pin_sha256, row.updated_at = None, ctx.clock()
+            ctx.audit(session, "node.api.unpin", f"node:{fqdn}", {})
         return {"node": fqdn, "pinned": None}
     cert = probe_certificate(address, port, fqdn, ctx.settings.node_api_timeout)
     presented = fingerprint(cert)
@@ -219,6 +225,7 @@ def pin(ctx: ServiceContext, fqdn: str, expected: str | None) -> dict:
     with ctx.transaction() as session:
         row = get_api(session, nodes.get_node(session, fqdn), for_update=True)
         row.pin_sha256, row.updated_at = presented, ctx.clock()
+        ctx.audit(session, "node.api.pin", f"node:{fqdn}", {"sha256": presented})
     view["pinned"] = presented
     return view
 

@@ -26,6 +26,13 @@ from .context import ServiceContext
 from .jobs import announce
 
 
+def _audited(ctx: ServiceContext, session, action: str, target: str, view: dict,
+             data: dict | None = None) -> dict:
+    """Record the change in the audit log (same transaction) and hand the view back."""
+    ctx.audit(session, action, target, data if data is not None else view)
+    return view
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -77,7 +84,8 @@ def node_view(node: ExpresswayNode) -> dict:
 
 def add_cluster(ctx: ServiceContext, name: str, fqdn: str, model: str) -> dict:
     with ctx.transaction() as session:
-        return cluster_view(nodes.add_cluster(session, name, fqdn, model, ctx.clock()), [])
+        return _audited(ctx, session, "cluster.add", f"cluster:{name}", cluster_view(
+            nodes.add_cluster(session, name, fqdn, model, ctx.clock()), []))
 
 
 def list_clusters(ctx: ServiceContext) -> list[dict]:
@@ -94,14 +102,16 @@ def show_cluster(ctx: ServiceContext, name: str) -> dict:
 
 def remove_cluster(ctx: ServiceContext, name: str) -> dict:
     with ctx.transaction() as session:
-        return cluster_view(nodes.remove_cluster(session, name))
+        return _audited(ctx, session, "cluster.remove", f"cluster:{name}",
+                        cluster_view(nodes.remove_cluster(session, name)))
 
 
 # ---------------------------------------------------------------- trusted sets
 
 def create_set(ctx: ServiceContext, name: str, refs: list[str]) -> dict:
     with ctx.transaction() as session:
-        return set_view(nodes.create_set(session, name, refs, ctx.clock()))
+        return _audited(ctx, session, "trustset.create", f"trustset:{name}",
+                        set_view(nodes.create_set(session, name, refs, ctx.clock())))
 
 
 def change_set(ctx: ServiceContext, name: str, add: list[str], remove: list[str]) -> dict:
@@ -112,7 +122,8 @@ def change_set(ctx: ServiceContext, name: str, add: list[str], remove: list[str]
         for node in nodes.list_nodes(session):
             if node.trusted_set_id == row.id:
                 nodes.mark_due(node, ctx.clock(), f"trusted set {row.name} changed")
-        return set_view(row)
+        return _audited(ctx, session, "trustset.change", f"trustset:{row.name}",
+                        set_view(row), {"added": add, "removed": remove})
 
 
 def list_sets(ctx: ServiceContext) -> list[dict]:
@@ -134,20 +145,23 @@ def show_set(ctx: ServiceContext, name: str) -> dict:
 
 def remove_set(ctx: ServiceContext, name: str) -> dict:
     with ctx.transaction() as session:
-        return set_view(nodes.remove_set(session, name))
+        return _audited(ctx, session, "trustset.delete", f"trustset:{name}",
+                        set_view(nodes.remove_set(session, name)))
 
 
 # ---------------------------------------------------------------- nodes
 
 def add_node(ctx: ServiceContext, fqdn: str, changes: NodeChanges) -> dict:
     with ctx.transaction() as session:
-        return node_view(nodes.add_node(session, fqdn, changes, ctx.clock()))
+        view = node_view(nodes.add_node(session, fqdn, changes, ctx.clock()))
+        return _audited(ctx, session, "node.add", f"node:{view['fqdn']}", view)
 
 
 def update_node(ctx: ServiceContext, fqdn: str, changes: NodeChanges) -> dict:
     with ctx.transaction() as session:
         node = nodes.get_node(session, fqdn, for_update=True)
-        return node_view(nodes.update_node(session, node, changes, ctx.clock()))
+        view = node_view(nodes.update_node(session, node, changes, ctx.clock()))
+        return _audited(ctx, session, "node.set", f"node:{node.fqdn}", view)
 
 
 def list_nodes(ctx: ServiceContext, cluster: str | None = None) -> list[dict]:
@@ -175,7 +189,8 @@ def show_node(ctx: ServiceContext, fqdn: str) -> dict:
 
 def remove_node(ctx: ServiceContext, fqdn: str) -> dict:
     with ctx.transaction() as session:
-        return node_view(nodes.remove_node(session, fqdn))
+        view = node_view(nodes.remove_node(session, fqdn))
+        return _audited(ctx, session, "node.remove", f"node:{view['fqdn']}", view)
 
 
 # ---------------------------------------------------------------- CSR and certificates
@@ -196,7 +211,9 @@ def generate_csr(ctx: ServiceContext, fqdn: str, *, key_type: str, passphrase: b
         row = node_credentials.start_csr(session, node, nodes.node_profile(session, node),
                                          key_type=key_type, passphrase=passphrase,
                                          now=ctx.clock(), key=key, **subject_fields)
-        return _csr_view(row)
+        view = _csr_view(row)
+        return _audited(ctx, session, "node.csr", f"node:{node.fqdn}", view,
+                        {"key_type": key_type, "subject": view["subject"]})
 
 
 def _csr_view(row: NodeCredential) -> dict:
@@ -222,7 +239,8 @@ def show_csr(ctx: ServiceContext, fqdn: str, *, decoded: bool = False) -> dict:
 def discard_csr(ctx: ServiceContext, fqdn: str) -> dict:
     with ctx.transaction() as session:
         node = nodes.get_node(session, fqdn, for_update=True)
-        return credential_view(node_credentials.discard(session, node, ctx.clock()))
+        return _audited(ctx, session, "node.csr.discard", f"node:{node.fqdn}",
+                        credential_view(node_credentials.discard(session, node, ctx.clock())))
 
 
 def submit_csr(ctx: ServiceContext, fqdn: str, *, ca_name: str, profile: str,
@@ -238,6 +256,9 @@ def submit_csr(ctx: ServiceContext, fqdn: str, *, ca_name: str, profile: str,
                            now=ctx.clock(), days=days, node=node.fqdn)
         node_credentials.link_job(row, done.job)
         info = jobs.job_info(done.job)
+        ctx.audit(session, "job.submit", f"job:{info['id']}",
+                  {"ca": info["ca"], "profile": profile, "subject": info["subject"],
+                   "requester": requester, "node": node.fqdn})
     queued = [info["id"]] if done.created and info["state"] == "queued" else []
     return info, announce(ctx, queued)
 
@@ -252,7 +273,8 @@ def upload_certificate(ctx: ServiceContext, fqdn: str, cert_data: bytes, key_dat
         row, checked = node_credentials.upload(session, node, cert_data, key_data,
                                                passphrase=passphrase, trusted=trusted,
                                                now=ctx.clock())
-        return {**credential_view(row), "warnings": list(checked.warnings)}
+        return _audited(ctx, session, "node.upload", f"node:{node.fqdn}",
+                        {**credential_view(row), "warnings": list(checked.warnings)})
 
 
 def certificates(ctx: ServiceContext, fqdn: str) -> list[dict]:

@@ -160,6 +160,8 @@ def start(ctx: ServiceContext, *, cluster: str | None = None, node: str | None =
             session.add(PushJob(rollout_id=rollout.id, node_id=peer.id, seq=seq,
                                 state="queued", attempts=0, result={}, created_at=now))
         session.flush()
+        ctx.audit(session, "rollout.start", target,
+                  {"rollout": rollout.id, "peers": rollout.peers, "restart": restart})
         log.info("rollout %s of %s started: %s", rollout.id, target, ", ".join(rollout.peers))
         return rollout_view(session, rollout)
 
@@ -203,6 +205,7 @@ def resume(ctx: ServiceContext, rollout_id: int) -> dict:
         rollout.state, rollout.error, rollout.next_try_at = "running", None, None
         rollout.error_code = None
         rollout.updated_at = now
+        ctx.audit(session, "rollout.resume", rollout.target, {"rollout": rollout.id})
         return rollout_view(session, rollout)
 
 
@@ -216,6 +219,7 @@ def cancel(ctx: ServiceContext, rollout_id: int) -> dict:
             if job.state not in ("done", "failed"):
                 job.state, job.finished_at = "cancelled", now
         rollout.state, rollout.finished_at, rollout.updated_at = "cancelled", now, now
+        ctx.audit(session, "rollout.cancel", rollout.target, {"rollout": rollout.id})
         return rollout_view(session, rollout)
 
 
@@ -632,6 +636,9 @@ def _finish(ctx: ServiceContext, claim: Claim, outcome: PushOutcome,
                 # The node now presents the certificate pkiq pushed and verified: that is
                 # the one to pin from here on.
                 row.pin_sha256 = fingerprint(material.server)
+            ctx.audit(session, "node.push", f"node:{claim.fqdn}",
+                      {"rollout": claim.rollout, "generation": job.generation,
+                       "server_sha256": job.server_sha256, **outcome.result})
             log.info("push %s to %s: verified (generation %s)", job.id, claim.fqdn,
                      job.generation)
             return Step(claim.rollout, "verified", claim.fqdn, claim.job,
@@ -660,5 +667,7 @@ def restart_node(ctx: ServiceContext, fqdn: str, *, passphrase: bytes | None,
     with connector(endpoint) as api:
         api.require(("POST", "restart"))
         api.restart()
+    with ctx.transaction() as session:
+        ctx.audit(session, "node.restart", f"node:{fqdn}", {})
     log.warning("node %s restarted on request", fqdn)
     return {"node": fqdn, "restarted": True}

@@ -130,6 +130,11 @@ def _publish_one(ctx: ServiceContext, fqdn: str, passphrase: bytes | None,
             node.publish_due_at = node.publish_error = node.publish_reason = None
             node.publish_attempts, node.coverage_gaps = 0, gaps
             state = "published" if outcome.changed else "unchanged"
+            if outcome.changed:
+                ctx.audit(session, "store.publish", f"node:{fqdn}",
+                          {"generation": outcome.generation, "digest": content.digest,
+                           "reason": node.publish_reason or "inputs changed",
+                           "gaps": len(gaps)})
             log.info("store of %s: %s generation %s (%d bytes), %d gap(s)", fqdn, state,
                      outcome.generation, outcome.bytes_written, len(gaps))
             return NodeOutcome(fqdn, state, outcome.generation, outcome.bytes_written, gaps,
@@ -184,6 +189,7 @@ def rollback(ctx: ServiceContext, fqdn: str) -> dict:
         node.published_generation, node.published_inputs = generation, material.inputs
         node.published_digest = (store.current_manifest() or {}).get("digest")
         node.publish_due_at = node.publish_reason = None
+        ctx.audit(session, "store.rollback", f"node:{node.fqdn}", {"generation": generation})
         return {"node": node.fqdn, "generation": generation,
                 "path": str(store_root(ctx.settings, node))}
 

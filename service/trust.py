@@ -25,8 +25,11 @@ def add(ctx: ServiceContext, bundle: bytes) -> dict:
     """Append the CA certificates of a PEM bundle; duplicates (by fingerprint) are ignored."""
     with ctx.transaction() as session:
         result = trust.add(session, bundle, ctx.clock())
-        return {"added": [entry_view(r) for r in result.added],
+        view = {"added": [entry_view(r) for r in result.added],
                 "duplicates": result.duplicates, "warnings": result.warnings}
+        ctx.audit_many(session, [("trust.add", f"trust:{e['sha256']}", {"subject": e["subject"]})
+                                 for e in view["added"]])
+        return view
 
 
 def list_entries(ctx: ServiceContext) -> dict:
@@ -48,10 +51,15 @@ def remove(ctx: ServiceContext, refs: list[str]) -> dict:
     """By id or fingerprint prefix: all found, or none removed."""
     with ctx.transaction() as session:
         rows, warnings = trust.remove(session, refs, ctx.clock())
-        return {"removed": [entry_view(r) for r in rows], "warnings": warnings}
+        view = {"removed": [entry_view(r) for r in rows], "warnings": warnings}
+        ctx.audit_many(session, [("trust.remove", f"trust:{e['sha256']}",
+                                  {"subject": e["subject"]}) for e in view["removed"]])
+        return view
 
 
 def reset(ctx: ServiceContext) -> dict:
     """Back to the default: pkiq's own CAs only."""
     with ctx.transaction() as session:
-        return {"entries": [entry_view(r) for r in trust.reset(session, ctx.clock())]}
+        view = {"entries": [entry_view(r) for r in trust.reset(session, ctx.clock())]}
+        ctx.audit(session, "trust.reset", "trust", {"entries": len(view["entries"])})
+        return view

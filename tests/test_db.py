@@ -154,3 +154,27 @@ def test_a_second_engine_keeps_the_process_locks_on_a_sqlite_file(tmp_path):
         assert sorted(r[0] for r in conn.execute(text("select v from t"))) == [
             "later", "mine", "other"]
     fresh.dispose()
+
+
+def test_a_context_makes_one_engine_when_first_used_from_threads(db_url, tmp_path):
+    """A web app's first requests arrive together: one engine, not one per thread (the
+    others would never be disposed, and their connections leak)."""
+    import threading
+
+    from service import ServiceContext
+    from shell.settings import Settings
+
+    ctx = ServiceContext(Settings(data_dir=tmp_path / "data", database_url=db_url))
+    start = threading.Barrier(6)
+    seen = []
+
+    def first_use():
+        start.wait()
+        seen.append(ctx.sessions)
+    threads = [threading.Thread(target=first_use) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(factory) for factory in seen}) == 1
+    ctx.close()
