@@ -16,8 +16,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends openssl \
     && groupadd --gid "$PKIQ_UID" pkiq \
     && useradd --uid "$PKIQ_UID" --gid pkiq --home-dir /var/lib/pkiq --create-home \
        --shell /usr/sbin/nologin pkiq
-# The node stores' folder, owned by pkiq, so the compose volume mounted on it starts so too.
-RUN install -d -o pkiq -g pkiq -m 0700 /var/lib/pkiq/stores
+# The node stores' and the workers' metrics folders, owned by pkiq, so the compose volumes
+# mounted on them start so too.
+RUN install -d -o pkiq -g pkiq -m 0700 /var/lib/pkiq/stores /var/lib/pkiq/metrics
 COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-cache-dir /tmp/wheels/*.whl
 USER pkiq

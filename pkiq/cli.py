@@ -118,7 +118,21 @@ def cli():
     """pkiq: a private CA with OpenSSL's semantics, for Expressway and any TLS estate."""
 
 
+def _json_logs() -> None:
+    """PKIQ_LOG_FORMAT=json: what a command logs (warnings and errors) as JSON lines on
+    stderr. The worker, beat and the web app set their own handlers when they start
+    (worker.celery_app, web.server), in the same format. A value other than text or json
+    is refused by the settings, as any bad PKIQ_* value."""
+    if os.environ.get("PKIQ_LOG_FORMAT", "").strip().lower() == "json":
+        import logging
+
+        from shell.logs import configure
+
+        configure("json", logging.WARNING)
+
+
 def main() -> None:
+    _json_logs()
     try:
         cli(prog_name="pkiq")
     except Exception as exc:  # a bug, not bad input: one line unless PKIQ_DEBUG asks for more

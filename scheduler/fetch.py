@@ -291,7 +291,8 @@ def _fetch(url: str, validator: Validator, run: _Run) -> FetchResult:
     except BadInput as exc:
         return _error(url, shown, str(exc), None, 0, started)
     except Exception as exc:  # noqa: BLE001 - one URL must not stop the others
-        log.exception("CRL fetch: internal error on %s", shown)
+        log.exception("CRL fetch: internal error on %s", shown,
+                      extra={"distribution_point": shown})
         return _error(url, shown, f"unexpected error fetching {shown} "
                       f"({type(exc).__name__}); see the log", None, 0, started)
 

@@ -305,7 +305,8 @@ def _apply_safely(sessions: sessionmaker, result: FetchResult, now: dt.datetime,
     except (SQLAlchemyError, PkiqError):
         raise
     except Exception as exc:  # noqa: BLE001 - a bug must not end the nightly run
-        log.exception("CRL refresh: internal error on %s", result.final_url)
+        log.exception("CRL refresh: internal error on %s", result.final_url,
+                      extra={"distribution_point": short_url(result.url)})
         error = f"internal error ({type(exc).__name__}) on this distribution point; see the log"
         with transaction(sessions) as session:
             point = session.scalar(select(DistributionPoint).where(

@@ -147,6 +147,25 @@ class Settings(BaseSettings):
                           "listen on: 0.0.0.0 for every IPv4 interface")
     web_port: int = Field(default=8080, ge=1, le=65535,
                           description="a port number from 1 to 65535")
+    # Operations (shell.logs, /metrics): the log lines' form, where worker processes leave
+    # their metrics for the web app to serve, and the token /metrics asks for, if any.
+    log_format: str = Field(default="text", description="text or json")
+    metrics_dir: Path | None = Field(default=None, description="a folder; unset, "
+                                     "<data dir>/metrics")
+    metrics_token: str | None = Field(default=None, repr=False, min_length=16,
+                                      description="at least 16 characters; unset, /metrics "
+                                      "needs no token")
+
+    @field_validator("log_format")
+    @classmethod
+    def _a_log_format(cls, value: str) -> str:
+        from shell.logs import check_format
+
+        return check_format(value)
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        return self.metrics_dir or self.data_dir / "metrics"
 
     @field_validator("data_dir")
     @classmethod

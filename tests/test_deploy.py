@@ -418,3 +418,42 @@ def test_the_image_runs_pkiq_as_its_user_with_the_data_dir_compose_expects(compo
     assert f"chown {uid}:{uid} secrets/ca.pass" in COMPOSE.read_text()
     for svc in pkiq_services(compose).values():
         assert "PKIQ_DATA_DIR" not in svc.get("environment", {})  # the image's own
+
+
+def test_web_serves_the_api_with_the_broker_a_readiness_check_and_the_workers_metrics(
+        compose, tmp_path):
+    """The web service announces API jobs on the workers' broker, has no secret, is
+    health-checked on /readyz by the image's own python (it has no curl), and reads the
+    metrics folder the workers write, through the same volume at the same path."""
+    services = compose["services"]
+    web, worker = services["web"], services["worker"]
+    assert web["environment"]["PKIQ_BROKER_URL"] == worker["environment"]["PKIQ_BROKER_URL"]
+    assert web["secrets"] == [] and "PKIQ_CA_PASSPHRASE_FILE" not in web["environment"]
+    folder = web["environment"]["PKIQ_METRICS_DIR"]
+    assert worker["environment"]["PKIQ_METRICS_DIR"] == folder
+    for svc in (web, worker):
+        volumes = dict(v.rsplit(":", 1)[::-1] for v in svc["volumes"])
+        assert volumes[folder] in compose["volumes"], svc
+    assert f"install -d -o pkiq -g pkiq -m 0700 /var/lib/pkiq/stores {folder}" in " ".join(
+        dockerfile_final_stage()["RUN"])
+    check = web["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"] and "curl" not in str(check)
+    port = web["command"][web["command"].index("--port") + 1]
+    assert web["ports"] == [f"{port}:{port}"] and f":{port}/readyz" in check[3]
+    # the check's own code, against a real pkiq web: 0 when ready, not 0 when not
+    from service import ServiceContext
+    from shell.settings import Settings
+
+    from .test_web_downloads import Served
+
+    for broker, ready in ((REDIS_URL, True), ("redis://127.0.0.1:1/0", False)):
+        ctx = ServiceContext(Settings(data_dir=tmp_path / "data", broker_url=broker,
+                                      database_url=f"sqlite:///{tmp_path / 'pkiq.db'}"))
+        served = Served(ctx)
+        try:
+            done = subprocess.run([sys.executable, "-c", check[3].replace(
+                f":{port}/", f":{served.port}/")], capture_output=True, timeout=30)
+        finally:
+            served.close()
+            ctx.close()
+        assert (done.returncode == 0) is ready, done.stderr

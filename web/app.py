@@ -12,6 +12,7 @@ access, RFC 5280 sections 4.2.1.13 and 4.2.2.1):
     GET /clusters/NAME/crls.zip   (and .tar.gz, .pem) every CRL any peer of cluster NAME carries
     GET /healthz           200 "ok" while the process is up
     GET /readyz            200 when the database and the queue answer, else 503 saying which
+    GET /metrics           Prometheus text format (web.metrics; PKIQ_METRICS_TOKEN if set)
     /api/v1/...            the HTTP API, behind tokens (web.api; /api/v1/openapi.json)
 
 HEAD answers as GET without the body. Every file carries a strong ETag (the SHA-256 of its
@@ -36,6 +37,7 @@ from service.health import readiness
 
 from .api import BodyLimit, make_api
 from .downloads import ca_route, store_routes
+from .metrics import metrics_route
 
 log = logging.getLogger("pkiq.web")
 
@@ -76,6 +78,7 @@ def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
                           Route("/readyz", readyz(ctx), methods=["GET", "HEAD"]),
                           ca_route(ctx, refresh_seconds), *store_routes(ctx, refresh_seconds)]
     app.mount("/api/v1", BodyLimit(make_api(ctx)))
+    app.router.routes.append(Route("/metrics", metrics_route(ctx), methods=["GET"]))
     return app
 
 

@@ -3,20 +3,22 @@ command or ``pkiq serve``, ``make_server`` for a caller that runs it in its own 
 
 from __future__ import annotations
 
-import copy
-
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from service import ServiceContext
 from service.downloads import ca_versions
+from shell.logs import dict_config
 
 from .app import make_app
 
-# uvicorn's own logging, and pkiq.web's lines (failures, a database that stopped answering)
-# in the same form on the same stream.
-LOG_CONFIG = copy.deepcopy(LOGGING_CONFIG)
-LOG_CONFIG["loggers"]["pkiq.web"] = {"handlers": ["default"], "level": "INFO"}
+# uvicorn's own logging, and pkiq's lines (failures, a database that stopped answering)
+# in the same form on the same stream: text, or JSON with PKIQ_LOG_FORMAT=json.
+LOG_CONFIG = dict_config(LOGGING_CONFIG, "text")
+
+
+def log_config(settings) -> dict:
+    return dict_config(LOGGING_CONFIG, settings.log_format)
 
 
 def make_server(ctx: ServiceContext, host: str | None = None, port: int | None = None, *,
@@ -31,7 +33,7 @@ def make_server(ctx: ServiceContext, host: str | None = None, port: int | None =
         make_app(ctx, refresh_seconds=refresh_seconds),
         host=host or ctx.settings.web_host,
         port=ctx.settings.web_port if port is None else port,
-        access_log=access_log, server_header=False, log_config=LOG_CONFIG,
+        access_log=access_log, server_header=False, log_config=log_config(ctx.settings),
         # Pollers keep their connection between polls: let them, up to a minute.
         timeout_keep_alive=60)
     return uvicorn.Server(config)
@@ -61,5 +63,5 @@ def run(ctx: ServiceContext, host: str | None = None, port: int | None = None, *
     uvicorn.run("web.server:app_from_environment", factory=True, workers=workers,
                 host=host or ctx.settings.web_host,
                 port=ctx.settings.web_port if port is None else port,
-                access_log=access_log, server_header=False, log_config=LOG_CONFIG,
-                timeout_keep_alive=60)
+                access_log=access_log, server_header=False,
+                log_config=log_config(ctx.settings), timeout_keep_alive=60)

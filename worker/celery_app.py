@@ -10,6 +10,7 @@ read it; either way the reconciler on beat finds the job still queued and sends 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -65,6 +66,12 @@ def make_app(settings: Settings | None = None) -> Celery:
     app.conf.pkiq_settings = settings
     # `celery -A worker worker` starts here without pkiq's CLI: make the folders then.
     signals.celeryd_init.connect(_prepare_worker, weak=False, dispatch_uid="pkiq.prepare")
+    # pkiq's log lines (PKIQ_LOG_FORMAT) instead of Celery's, the task each line is from,
+    # and the sign latency metrics the web app serves (shell.metrics).
+    signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="pkiq.logging")
+    signals.task_prerun.connect(_task_context, weak=False, dispatch_uid="pkiq.task_context")
+    signals.task_postrun.connect(_task_done, weak=False, dispatch_uid="pkiq.task_done")
+    signals.worker_init.connect(_enable_metrics, weak=False, dispatch_uid="pkiq.metrics")
     return app
 
 
@@ -80,6 +87,39 @@ def prepare(settings: Settings) -> None:
 
 def _prepare_worker(sender=None, instance=None, **_kw) -> None:
     prepare(instance.app.conf.pkiq_settings)
+
+
+def _setup_logging(loglevel=None, **_kw) -> None:
+    from shell.logs import configure
+
+    configure(load_settings().log_format, loglevel or "INFO")
+
+
+_task_tokens: dict = {}
+
+
+def _task_context(task_id=None, task=None, **_kw) -> None:
+    from shell.logs import bind
+
+    _task_tokens[task_id] = bind(task=getattr(task, "name", None), task_id=task_id)
+
+
+def _task_done(task_id=None, **_kw) -> None:
+    from shell.logs import unbind
+
+    token = _task_tokens.pop(task_id, None)
+    if token is not None:
+        with contextlib.suppress(ValueError):  # made in another context: nothing to undo
+            unbind(token)
+
+
+def _enable_metrics(sender=None, **_kw) -> None:
+    """In the worker's main process, before its pool forks: record metrics in the shared
+    folder, and first delete the files this host's dead processes left there."""
+    from shell import metrics
+
+    folder = metrics.enable(sender.app.conf.pkiq_settings)
+    metrics.clean_dead(folder)
 
 
 class FileScheduler(beat.PersistentScheduler):

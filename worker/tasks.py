@@ -36,7 +36,9 @@ from scheduler.schedule import (
 )
 from service import drift, push, stores
 from service.context import ServiceContext
+from shell import metrics
 from shell.db import make_engine, migrate, session_factory, transaction
+from shell.logs import log_context
 from shell.settings import Settings
 
 from .celery_app import RECONCILE_TASK, SIGN_TASK, announce
@@ -93,15 +95,40 @@ def _actor() -> Actor:
     return _state["actor"]
 
 
+# Seconds from submission to the certificate (approval time included), by CA.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+
+
 def _run(job_ids: list[int]) -> tuple[int, int]:
     """One transaction for the lot; (issued, failed)."""
     with transaction(process_sessions()) as session:
         done = jobs.run_jobs(session, job_ids, signer_for, utc_now, _actor())
         issued = sum(job.state == "issued" for job in done)
+        latencies = []
         for job in done:
             if job.state == "failed":
-                log.warning("job %s failed: %s", job.id, job.error)
+                log.warning("job %s failed: %s", job.id, job.error,
+                            extra={"job_id": job.id, "ca": job.ca.name, "node": job.node})
+            elif job.finished_at is not None:
+                latencies.append((job.ca.name,
+                                  (job.finished_at - job.submitted_at).total_seconds()))
+    _observe(latencies)  # after the commit: a rolled-back signature is not counted
     return issued, len(done) - issued
+
+
+def _observe(latencies: list[tuple[str, float]]) -> None:
+    """Into the shared metrics folder, when this is a worker that records metrics
+    (``shell.metrics.enable`` at its start); a failure here never fails a signature."""
+    if not latencies or not metrics.enabled():
+        return
+    try:
+        histogram = metrics.histogram(
+            "pkiq_sign_latency_seconds", "Seconds from a job's submission to its "
+            "certificate (time awaiting approval included)", ("ca",), LATENCY_BUCKETS)
+        for ca_name, seconds in latencies:
+            histogram.labels(ca=ca_name).observe(max(seconds, 0.0))
+    except Exception:  # noqa: BLE001 - metrics are not worth a job
+        log.exception("could not record the sign latency")
 
 
 @shared_task(name=SIGN_TASK, acks_late=True, autoretry_for=TRANSIENT, retry_backoff=True,
@@ -210,7 +237,8 @@ def stores_tick() -> list[dict]:
     done = [o.view() for o in outcomes if o.state != "skipped"]
     for outcome in done:
         log.info("store of %s: %s%s", outcome["node"], outcome["state"],
-                 f" ({outcome['error']})" if outcome["error"] else "")
+                 f" ({outcome['error']})" if outcome["error"] else "",
+                 extra={"node": outcome["node"]})
     return done
 
 
@@ -227,7 +255,9 @@ def advance_rollout(rollout_id: int) -> dict:
     """Push to the rollout's peers until it is done, stops, pauses, or must wait for a
     retry: then the next step is sent for that time (the rollouts tick sends it too, should
     this message be lost)."""
-    view = push.advance(_service(), rollout_id, passphrase=_passphrase_or_none("rollout"))
+    with log_context(rollout_id=rollout_id):
+        view = push.advance(_service(), rollout_id,
+                            passphrase=_passphrase_or_none("rollout"))
     if view["state"] == "waiting" and view["next_try_at"]:
         at = dt.datetime.fromisoformat(view["next_try_at"])
         advance_rollout.apply_async(args=[rollout_id], eta=at)
@@ -252,5 +282,6 @@ def drift_check() -> list[dict]:
     reports = drift.check(_service(), passphrase=_passphrase_or_none("drift check"))
     for report in reports:
         if not report["in_sync"]:
-            log.warning("drift on %s: %d finding(s)", report["node"], len(report["drift"]))
+            log.warning("drift on %s: %d finding(s)", report["node"], len(report["drift"]),
+                        extra={"node": report["node"]})
     return reports
