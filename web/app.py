@@ -14,6 +14,7 @@ access, RFC 5280 sections 4.2.1.13 and 4.2.2.1):
     GET /readyz            200 when the database and the queue answer, else 503 saying which
     GET /metrics           Prometheus text format (web.metrics; PKIQ_METRICS_TOKEN if set)
     /api/v1/...            the HTTP API, behind tokens (web.api; /api/v1/openapi.json)
+    /ui/...                the dashboard for people, behind a login with the same tokens
 
 HEAD answers as GET without the body. Every file carries a strong ETag (the SHA-256 of its
 bytes) and Last-Modified (a CRL's thisUpdate, a certificate's notBefore), and a matching
@@ -36,6 +37,7 @@ from service import ServiceContext
 from service.health import readiness
 
 from .api import BodyLimit, make_api
+from .dashboard import make_dashboard
 from .downloads import ca_route, store_routes
 from .metrics import metrics_route
 
@@ -79,6 +81,7 @@ def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
                           ca_route(ctx, refresh_seconds), *store_routes(ctx, refresh_seconds)]
     app.mount("/api/v1", BodyLimit(make_api(ctx)))
     app.router.routes.append(Route("/metrics", metrics_route(ctx), methods=["GET"]))
+    app.mount("/ui", BodyLimit(make_dashboard(ctx), 64 * 1024))  # the dashboard (web.dashboard)
     return app
 
 
