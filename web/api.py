@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ca.audit import Actor
@@ -36,8 +37,12 @@ from ca.sql import insert_or_ignore
 from ca.tokens import ROLES, Forbidden, Grant
 from service import ServiceContext
 from service import cas as ca_service
+from service import crl as crl_service
 from service import jobs as job_service
+from service import nodes as node_service
+from service import stores as store_service
 from service import tokens as token_service
+from service import trust as trust_service
 
 log = logging.getLogger("pkiq.api")
 MAX_BODY = 1024 * 1024  # a CSR is a few KiB; nothing here takes more than this
@@ -88,6 +93,47 @@ class NewToken(Strict):
     days: int | None = Field(default=None, ge=1, le=3650)
 
 
+class CrlSettingsChange(Strict):
+    enabled: bool | None = None
+    update_time_utc: Annotated[str, Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")] | None = None
+    spread_minutes: int | None = Field(default=None, ge=0, le=360)
+    use_cdp: bool | None = None
+    timeout_seconds: int | None = Field(default=None, ge=1, le=3600)
+    max_bytes: int | None = Field(default=None, ge=1024, le=2 * 2**30)
+    parallelism: int | None = Field(default=None, ge=1, le=128)
+    skew_seconds: int | None = Field(default=None, ge=0, le=86400)
+    warn_hours: int | None = Field(default=None, ge=1, le=720)
+    overlap_hours: int | None = Field(default=None, ge=1, le=720)
+
+
+class Points(Strict):
+    urls: list[Annotated[str, Field(min_length=1, max_length=2048,
+                                    pattern=r"^[^\x00-\x1f\x7f]+$")]] = Field(
+        min_length=1, max_length=1000)
+
+
+class Bundle(Strict):
+    pem: str = Field(min_length=1, max_length=512 * 1024,
+                     pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+$",
+                     description="One or more CA certificates, PEM.")
+
+
+class Refs(Strict):
+    refs: list[Name] = Field(min_length=1, max_length=100,
+                             description="Entry ids or fingerprint prefixes.")
+
+
+class NodeCsr(Strict):
+    key_type: Literal["rsa2048", "rsa4096"] = "rsa4096"
+    organization: Line | None = None
+    unit: Line | None = None
+    locality: Line | None = None
+    state: Line | None = None
+    country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
+    submit_to: Name | None = Field(default=None, description="Queue it on this CA at once.")
+    days: int | None = Field(default=None, ge=1, le=36500)
+
+
 class Job(BaseModel):
     id: int
     ca: str
@@ -128,7 +174,7 @@ def _json_error(status: int, detail: str, headers: dict | None = None) -> JSONRe
 
 
 async def _pkiq_error(request: Request, exc: PkiqError) -> Response:
-    if exc.http_status >= 500:
+    if exc.http_status >= 500 and not isinstance(exc, _NoPassphrase):
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return _json_error(exc.http_status, "the server cannot answer now; its log says why")
     headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
@@ -282,8 +328,6 @@ def make_api(ctx: ServiceContext) -> FastAPI:
                                 "application/pkcs10 (or PEM as JSON to /jobs)")
         data = await request.body()
         grant.require_ca(ca, "submitting")
-        from starlette.concurrency import run_in_threadpool
-
         return await run_in_threadpool(
             _submit, ctx, acting(grant, request), grant, ca, data, profile, days, None,
             idempotency_key, hashlib.sha256(data).hexdigest() + f"|{ca}|{profile}|{days}")
@@ -379,6 +423,17 @@ def make_api(ctx: ServiceContext) -> FastAPI:
         if found is None:
             raise NotFound(f"no certificate {serial} of CA {ca} requested by {grant.name}")
 
+    @api.get("/certificates/{ca}/{serial}/status", tags=["certificates"])
+    def certificate_status(ca: Annotated[str, Path(min_length=1, max_length=64)],
+                           serial: Annotated[str, Path(min_length=1, max_length=64)],
+                           grant: Authorized) -> dict:
+        """As ``openssl ca -status``: valid, revoked or expired, with the index entry."""
+        grant.require_ca(ca, "reading certificates")
+        if not grant.at_least("approver"):
+            _own_certificate(grant, ca, serial)
+        view, _state = ca_service.status(ctx, ca, serial)
+        return view
+
     @api.post("/certificates/{ca}/{serial}/revoke", tags=["certificates"])
     def revoke(ca: Annotated[str, Path(min_length=1, max_length=64)],
                serial: Annotated[str, Path(min_length=1, max_length=64)],
@@ -446,7 +501,146 @@ def make_api(ctx: ServiceContext) -> FastAPI:
         grant.require("admin", "checking the audit log")
         return token_service.audit_verify(ctx)
 
+    # ------------------------------------------------------------ CRLs from outside
+
+    @api.get("/crl/status", tags=["crl"])
+    def crl_status(grant: Authorized) -> dict:
+        """Every issuer's CRL in force, its freshness, and the distribution points."""
+        return crl_service.status(ctx)
+
+    @api.get("/crl/settings", tags=["crl"])
+    def crl_settings(grant: Authorized) -> dict:
+        return crl_service.settings(ctx)
+
+    @api.patch("/crl/settings", tags=["crl"])
+    def change_crl_settings(body: CrlSettingsChange, grant: Authorized,
+                            request: Request) -> dict:
+        """The nightly time (UTC), spread, limits and margins; beat takes them at once."""
+        grant.require("admin", "changing the CRL settings")
+        changes = body.model_dump(exclude_none=True)
+        if "update_time_utc" in changes:
+            changes["update_time"] = changes.pop("update_time_utc")
+        return crl_service.update_settings(acting(grant, request), **changes)
+
+    @api.get("/crl/points", tags=["crl"])
+    def crl_points(grant: Authorized) -> list[dict]:
+        return crl_service.list_points(ctx)
+
+    @api.post("/crl/points", tags=["crl"])
+    def add_crl_points(body: Points, grant: Authorized, request: Request) -> dict:
+        grant.require("admin", "adding distribution points")
+        return {"added": crl_service.add_points(acting(grant, request), body.urls)}
+
+    @api.post("/crl/points/remove", tags=["crl"])
+    def remove_crl_points(body: Points, grant: Authorized, request: Request) -> dict:
+        grant.require("admin", "removing distribution points")
+        return {"removed": crl_service.remove_points(acting(grant, request), body.urls)}
+
+    @api.post("/crl/refresh", tags=["crl"])
+    def refresh_crls(grant: Authorized) -> dict:
+        """Fetch every distribution point now (409 while another refresh runs)."""
+        grant.require("admin", "refreshing CRLs")
+        return crl_service.refresh_now(ctx).as_dict()
+
+    @api.post("/crl/upload", tags=["crl"],
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/pkix-crl": {"schema": {"type": "string", "format": "binary"}},
+                  "application/x-pem-file": {"schema": {"type": "string"}}}}})
+    async def upload_crl(request: Request, grant: Authorized, force: bool = False) -> Any:
+        """A CRL by hand (DER as application/pkix-crl, PEM as application/x-pem-file),
+        validated against the trusted CA list as a fetched one is."""
+        grant.require("admin", "uploading CRLs")
+        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        if kind not in ("application/pkix-crl", "application/x-pem-file"):
+            raise HTTPException(415, "send the CRL as application/pkix-crl (DER) or "
+                                "application/x-pem-file (PEM)")
+        data = await request.body()
+        return await run_in_threadpool(crl_service.upload, acting(grant, request), data,
+                                       source=f"API upload by {grant.name}", force=force)
+
+    # ------------------------------------------------------------ the trusted CA list
+
+    @api.get("/trust", tags=["trust"])
+    def trust_list(grant: Authorized) -> dict:
+        return trust_service.list_entries(ctx)
+
+    @api.post("/trust", tags=["trust"])
+    def trust_add(body: Bundle, grant: Authorized, request: Request) -> dict:
+        grant.require("admin", "changing the trusted CA list")
+        return trust_service.add(acting(grant, request), body.pem.encode())
+
+    @api.post("/trust/remove", tags=["trust"])
+    def trust_remove(body: Refs, grant: Authorized, request: Request) -> dict:
+        grant.require("admin", "changing the trusted CA list")
+        return trust_service.remove(acting(grant, request), body.refs)
+
+    # ------------------------------------------------------------ nodes and stores
+
+    @api.get("/nodes", tags=["nodes"])
+    def nodes_list(grant: Authorized,
+                   cluster: Annotated[str | None, Query(max_length=64)] = None) -> list[dict]:
+        grant.require("approver", "listing nodes")
+        return node_service.list_nodes(ctx, cluster)
+
+    @api.get("/nodes/{fqdn}", tags=["nodes"])
+    def node_show(fqdn: Annotated[str, Path(min_length=1, max_length=253)],
+                  grant: Authorized) -> dict:
+        grant.require("approver", "reading a node")
+        return node_service.show_node(ctx, fqdn)
+
+    @api.get("/nodes/{fqdn}/check", tags=["nodes"])
+    def node_check(fqdn: Annotated[str, Path(min_length=1, max_length=253)],
+                   grant: Authorized) -> dict:
+        """Coverage: every CA of the node's trusted list with a CRL valid for the headroom."""
+        grant.require("approver", "checking a node")
+        return store_service.check(ctx, fqdn)[0]
+
+    @api.post("/nodes/{fqdn}/csr", status_code=201, tags=["nodes"])
+    def node_csr(fqdn: Annotated[str, Path(min_length=1, max_length=253)], body: NodeCsr,
+                 grant: Authorized, request: Request) -> dict:
+        """The guide's Generate CSR for a node: its key is made and kept here, encrypted;
+        with ``submit_to`` the request is queued on that CA at once."""
+        grant.require("admin", "generating a node's CSR")
+        if body.submit_to:
+            grant.require_ca(body.submit_to, "submitting a node's CSR")
+        deciding = acting(grant, request)
+        fields = {k: v for k, v in body.model_dump(include={
+            "organization", "unit", "locality", "state", "country"}).items() if v}
+        view = node_service.generate_csr(deciding, fqdn, key_type=body.key_type,
+                                         passphrase=_passphrase(ctx), subject_fields=fields)
+        if body.submit_to:
+            job, _warning = node_service.submit_csr(
+                deciding, fqdn, ca_name=body.submit_to, profile="webclientandserver",
+                requester=grant.name, days=body.days)
+            view = {**view, "job": job}
+        return view
+
+    @api.post("/nodes/{fqdn}/publish", tags=["nodes"])
+    def node_publish(fqdn: Annotated[str, Path(min_length=1, max_length=253)],
+                     grant: Authorized, request: Request, force: bool = False) -> dict:
+        """Publish the node's store now (its files, and the CRL bundle it is served)."""
+        grant.require("admin", "publishing a store")
+        [outcome] = store_service.publish(acting(grant, request), fqdn,
+                                          passphrase=_passphrase(ctx), force=force)
+        return outcome.view()
+
     return api
+
+
+def _passphrase(ctx: ServiceContext) -> bytes:
+    """The service passphrase of this process (node keys are sealed under it)."""
+    try:
+        found = ctx.settings.passphrase()
+    except PkiqError:
+        found = None
+    if not found:
+        raise _NoPassphrase("this web app has no service passphrase: node keys stay sealed. "
+                            "Set PKIQ_CA_PASSPHRASE_FILE for it, or use the pkiq command")
+    return found
+
+
+class _NoPassphrase(PkiqError):
+    http_status = 503
 
 
 def _submit(ctx: ServiceContext, acting: ServiceContext, grant: Grant, ca: str, data: bytes,
