@@ -9,6 +9,7 @@ import contextlib
 import json
 
 import hypothesis
+import hypothesis.stateful
 import pytest
 import requests
 import schemathesis
@@ -219,16 +220,21 @@ def test_the_openapi_document_and_readiness(app, estate):
     assert ready.status_code == 200 and ready.text == "ready"
 
 
+def media_types() -> None:
+    """Bodies schemathesis cannot make from a JSON schema: DER requests (real ones, and
+    bytes of any kind) and CRL uploads (garbage)."""
+    strategies = hypothesis.strategies
+    schemathesis.openapi.media_type("application/pkcs10", strategies.one_of(
+        strategies.just(make_csr("st.example.com", der=True)), strategies.binary(max_size=3000)))
+    for kind in ("application/pkix-crl", "application/x-pem-file"):
+        schemathesis.openapi.media_type(kind, strategies.binary(max_size=3000))
+
+
 def test_schemathesis_finds_no_server_error(app, estate):
     """Every operation of the served OpenAPI document, with generated (and broken) data,
     as an admin: no answer is a 500."""
     api, token = estate
-    # DER requests: real ones, and bytes of any kind
-    schemathesis.openapi.media_type("application/pkcs10", hypothesis.strategies.one_of(
-        hypothesis.strategies.just(make_csr("st.example.com", der=True)),
-        hypothesis.strategies.binary(max_size=3000)))
-    for kind in ("application/pkix-crl", "application/x-pem-file"):  # CRL uploads: garbage
-        schemathesis.openapi.media_type(kind, hypothesis.strategies.binary(max_size=3000))
+    media_types()
     schema = schemathesis.openapi.from_url(api.served.url("/api/v1/openapi.json"))
     base = api.served.url("/api/v1")
     failures, calls = [], []
@@ -251,3 +257,36 @@ def test_schemathesis_finds_no_server_error(app, estate):
                 check()  # Unsatisfiable: no negative case exists for this operation
     assert failures == []
     assert len(calls) > 400 and {200, 201, 404, 422} <= set(calls)
+
+
+def test_stateful_schemathesis_follows_the_links(app, estate):
+    """Submit, then what the OpenAPI links say can follow (read, wait, approve, reject,
+    retry; the certificate, its status, its revocation), in generated sequences, as an
+    admin: no answer is a 500. A worker signs what is queued between steps."""
+    api, token = estate
+    media_types()
+    schema = schemathesis.openapi.from_url(api.served.url("/api/v1/openapi.json"))
+    base = api.served.url("/api/v1")
+    failures, calls = [], []
+
+    class Machine(schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"base_url": base, "timeout": 60,
+                    "headers": {"Authorization": f"Bearer {token['root']}"}}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            calls.append((case.method, case.path, response.status_code))
+            if response.status_code >= 500:
+                failures.append((case.method, case.formatted_path, response.status_code,
+                                 response.text[:200]))
+
+        def after_call(self, response, case):
+            sign_queued(app)
+
+    hypothesis.stateful.run_state_machine_as_test(
+        Machine, settings=hypothesis.settings(
+            max_examples=30, stateful_step_count=6, deadline=None, database=None,
+            suppress_health_check=list(hypothesis.HealthCheck)))
+    assert failures == []
+    followed = {(method, path) for method, path, _status in calls}
+    assert ("POST", "/jobs") in followed and len(followed) >= 4, followed

@@ -163,6 +163,16 @@ class Problem(BaseModel):
     detail: str
 
 
+# OpenAPI links: what a client (and schemathesis's stateful runs) can do next with an answer.
+_JOB = {"job_id": "$response.body#/id"}
+JOB_LINKS = {name: {"operationId": op, "parameters": _JOB} for name, op in [
+    ("ShowJob", "showJob"), ("WaitJob", "waitJob"), ("ApproveJob", "approveJob"),
+    ("RejectJob", "rejectJob"), ("RetryJob", "retryJob")]}
+_CERT = {"ca": "$response.body#/ca", "serial": "$response.body#/serial"}
+CERTIFICATE_LINKS = {name: {"operationId": op, "parameters": _CERT} for name, op in [
+    ("GetCertificate", "getCertificate"), ("CertificateStatus", "certificateStatus"),
+    ("RevokeCertificate", "revokeCertificate")]}
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem} for code in (400, 401, 403, 404, 409, 413, 422)}
 
@@ -300,7 +310,8 @@ def make_api(ctx: ServiceContext) -> FastAPI:
 
     # ------------------------------------------------------------ jobs
 
-    @api.post("/jobs", status_code=201, response_model=Job, tags=["jobs"])
+    @api.post("/jobs", status_code=201, response_model=Job, tags=["jobs"],
+              operation_id="submitJob", responses={201: {"links": JOB_LINKS}})
     def submit(body: SubmitJob, grant: Authorized, request: Request,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> dict:
         """Queue a signing request (PEM). The same request for the same CA answers the
@@ -312,6 +323,7 @@ def make_api(ctx: ServiceContext) -> FastAPI:
                        body.model_dump_json())
 
     @api.post("/jobs/der", status_code=201, response_model=Job, tags=["jobs"],
+              operation_id="submitJobDer", responses={201: {"links": JOB_LINKS}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/pkcs10": {"schema": {"type": "string",
                                                     "format": "binary"}}}}})
@@ -350,11 +362,13 @@ def make_api(ctx: ServiceContext) -> FastAPI:
         job_allowed(grant, job, what)
         return job
 
-    @api.get("/jobs/{job_id}", response_model=Job, tags=["jobs"])
+    @api.get("/jobs/{job_id}", response_model=Job, tags=["jobs"], operation_id="showJob",
+             responses={200: {"links": CERTIFICATE_LINKS}})
     def show_job(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized) -> dict:
         return _job(grant, job_id, "reading a job")
 
-    @api.get("/jobs/{job_id}/wait", response_model=Job, tags=["jobs"])
+    @api.get("/jobs/{job_id}/wait", response_model=Job, tags=["jobs"], operation_id="waitJob",
+             responses={200: {"links": CERTIFICATE_LINKS}})
     def wait_job(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized,
                  timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 10.0) -> dict:
         """The job once it is issued, failed or rejected, or after ``timeout`` seconds
@@ -371,26 +385,29 @@ def make_api(ctx: ServiceContext) -> FastAPI:
         infos, _warning = action(deciding, [job_id], allowed=allowed, **kw)
         return infos[0]
 
-    @api.post("/jobs/{job_id}/approve", response_model=Job, tags=["jobs"])
+    @api.post("/jobs/{job_id}/approve", response_model=Job, tags=["jobs"],
+              operation_id="approveJob")
     def approve(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized,
                 request: Request) -> dict:
         return _decision(grant, request, job_id, "approving", job_service.approve,
                          by=grant.name)
 
-    @api.post("/jobs/{job_id}/reject", response_model=Job, tags=["jobs"])
+    @api.post("/jobs/{job_id}/reject", response_model=Job, tags=["jobs"],
+              operation_id="rejectJob")
     def reject(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized,
                request: Request, body: Decision | None = None) -> dict:
         return _decision(grant, request, job_id, "rejecting", job_service.reject,
                          by=grant.name, reason=body.reason if body else None)
 
-    @api.post("/jobs/{job_id}/retry", response_model=Job, tags=["jobs"])
+    @api.post("/jobs/{job_id}/retry", response_model=Job, tags=["jobs"],
+              operation_id="retryJob")
     def retry(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], grant: Authorized,
               request: Request) -> dict:
         return _decision(grant, request, job_id, "retrying", job_service.retry)
 
     # ------------------------------------------------------------ certificates
 
-    @api.get("/certificates/{ca}/{serial}", tags=["certificates"],
+    @api.get("/certificates/{ca}/{serial}", tags=["certificates"], operation_id="getCertificate",
              responses={200: {"content": {"application/x-pem-file": {},
                                           "application/pkix-cert": {}}}})
     def certificate(ca: Annotated[str, Path(min_length=1, max_length=64)],
@@ -423,7 +440,8 @@ def make_api(ctx: ServiceContext) -> FastAPI:
         if found is None:
             raise NotFound(f"no certificate {serial} of CA {ca} requested by {grant.name}")
 
-    @api.get("/certificates/{ca}/{serial}/status", tags=["certificates"])
+    @api.get("/certificates/{ca}/{serial}/status", tags=["certificates"],
+             operation_id="certificateStatus")
     def certificate_status(ca: Annotated[str, Path(min_length=1, max_length=64)],
                            serial: Annotated[str, Path(min_length=1, max_length=64)],
                            grant: Authorized) -> dict:
@@ -434,7 +452,8 @@ def make_api(ctx: ServiceContext) -> FastAPI:
         view, _state = ca_service.status(ctx, ca, serial)
         return view
 
-    @api.post("/certificates/{ca}/{serial}/revoke", tags=["certificates"])
+    @api.post("/certificates/{ca}/{serial}/revoke", tags=["certificates"],
+              operation_id="revokeCertificate")
     def revoke(ca: Annotated[str, Path(min_length=1, max_length=64)],
                serial: Annotated[str, Path(min_length=1, max_length=64)],
                grant: Authorized, request: Request,
