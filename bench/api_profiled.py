@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cProfile
 import pstats
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -51,6 +52,9 @@ def main() -> None:
     from pkiq.cli_common import make_context
     from web.server import run
 
+    # uvicorn re-raises the SIGTERM it caught once it has stopped (the default action would
+    # end the process before the statistics are written): let that re-raise do nothing
+    signal.signal(signal.SIGTERM, lambda *_: None)
     threading.setprofile(_start_in_thread)
     main_profile = cProfile.Profile()
     ctx = make_context()

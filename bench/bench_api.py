@@ -450,7 +450,9 @@ def render(report: dict) -> str:
              f"rate start to exit ({s['api_saturation_vs_pkiq_submit_rows']}x first to last "
              f"row), {s['api_cpu_vs_pkiq_submit_cpu']}x its CPU per job"]
     prof = report.get("profile")
-    if prof:
+    if prof and "failed" in prof:
+        rows += ["", f"profile: failed ({prof['failed']})"]
+    elif prof:
         rows += ["", f"profile (cProfile in every thread, {prof['run']['accepted']} "
                  f"submissions at {prof['run']['accepted_per_s']}/s under the profiler; "
                  "ms per job, profiler overhead included):"]
@@ -540,7 +542,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("a worker died during the run")
         if args.profile:
             server.stop()
-            profile = profile_run(estate, workers, csrs["prof"], args)
+            try:
+                profile = profile_run(estate, workers, csrs["prof"], args)
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - keep the measured runs
+                log(f"profile failed: {exc}")
+                profile = {"failed": str(exc)}
         if estate.queue:
             import redis
 
