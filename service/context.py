@@ -52,10 +52,12 @@ class ServiceContext:
             self._actor = Actor.command_line()
         return self._actor
 
-    def acting_as(self, actor: Actor) -> ServiceContext:
+    def acting_as(self, actor: Actor, **changes) -> ServiceContext:
         """The same settings, database and clock, on behalf of ``actor`` (one per API
-        request); closing it leaves the shared engine alone."""
-        view = ServiceContext(self.settings, self.clock, self.announcer, actor)
+        request); closing it leaves the shared engine alone. ``announcer=None``: jobs are
+        written and not announced (the caller does it)."""
+        view = ServiceContext(self.settings, self.clock,
+                              changes.get("announcer", self.announcer), actor)
         view._factory, view._engine, view._shared = self.sessions, self._engine, True
         return view
 

@@ -36,8 +36,8 @@ def announce(ctx: ServiceContext, job_ids: Sequence[int]) -> str | None:
 
 def check_ca(ctx: ServiceContext, ca_name: str) -> None:
     """An unknown CA, or one handed over to openssl ca, fails a whole submit before anything
-    is read or written."""
-    with ctx.transaction() as session:
+    is read or written. A read: it takes no writer lock."""
+    with ctx.read_transaction() as session:
         check_in_service(get_ca(session, ca_name))
 
 

@@ -11,11 +11,13 @@ The OpenAPI document is served at ``/api/v1/openapi.json`` (and read at ``/api/v
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
 import logging
 import re
+import time
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -277,12 +279,29 @@ async def _answer(send, status: int, detail: str) -> None:
 
 # ---------------------------------------------------------------- the app
 
-def grant_of(request: Request,
-             credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                    Depends(bearer)]) -> Grant:
-    """The bearer token's grant (401 without a known token)."""
+GRANT_SECONDS = 5.0  # how long a process trusts a token it checked (a revocation's delay)
+
+
+async def grant_of(request: Request,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                          Depends(bearer)]) -> Grant:
+    """The bearer token's grant (401 without a known token). A token checked in the last
+    few seconds is not looked up again: a busy client's requests then cost no database
+    read for their token, and a revocation (or expiry) takes effect within
+    ``GRANT_SECONDS`` (at once for a revocation made through this process)."""
     presented = credentials.credentials if credentials else None
-    return token_service.authenticate(request.app.state.pkiq_ctx, presented)
+    grants: dict = request.app.state.grants
+    key = hashlib.sha256(presented.encode()).hexdigest() if presented else None
+    if key is not None:
+        hit = grants.get(key)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+    grant = await run_in_threadpool(token_service.authenticate, request.app.state.pkiq_ctx,
+                                    presented)
+    if len(grants) > 10_000:
+        grants.clear()
+    grants[key] = (grant, time.monotonic() + GRANT_SECONDS)
+    return grant
 
 
 Authorized = Annotated[Grant, Depends(grant_of)]
@@ -298,10 +317,15 @@ def make_api(ctx: ServiceContext) -> FastAPI:
                   responses=ERRORS)
 
     api.state.pkiq_ctx = ctx
+    api.state.grants = {}
+
+    def actor_of(grant: Grant, request: Request) -> Actor:
+        return Actor(grant.name, "api", request.client.host if request.client else None)
 
     def acting(grant: Grant, request: Request) -> ServiceContext:
-        client = request.client.host if request.client else None
-        return ctx.acting_as(Actor(grant.name, "api", client))
+        return ctx.acting_as(actor_of(grant, request))
+
+    batcher = SubmitBatcher(ctx)
 
     def job_allowed(grant: Grant, job: dict, what: str) -> None:
         grant.require_ca(job["ca"], what)
@@ -312,15 +336,16 @@ def make_api(ctx: ServiceContext) -> FastAPI:
 
     @api.post("/jobs", status_code=201, response_model=Job, tags=["jobs"],
               operation_id="submitJob", responses={201: {"links": JOB_LINKS}})
-    def submit(body: SubmitJob, grant: Authorized, request: Request,
-               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> dict:
+    async def submit(body: SubmitJob, grant: Authorized, request: Request,
+                     idempotency_key: Annotated[str | None,
+                                                Header(max_length=255)] = None) -> Any:
         """Queue a signing request (PEM). The same request for the same CA answers the
         existing job (``new`` false); with an ``Idempotency-Key`` a retried call gets the
         same answer, and the key with another body is refused."""
         grant.require_ca(body.ca, "submitting")
-        return _submit(ctx, acting(grant, request), grant, body.ca, body.csr.encode(),
-                       body.profile, body.days, body.node, idempotency_key,
-                       body.model_dump_json())
+        return await _submit(ctx, batcher, actor_of(grant, request), grant, body.ca,
+                             body.csr.encode(), body.profile, body.days, body.node,
+                             idempotency_key, body.model_dump_json())
 
     @api.post("/jobs/der", status_code=201, response_model=Job, tags=["jobs"],
               operation_id="submitJobDer", responses={201: {"links": JOB_LINKS}},
@@ -340,9 +365,9 @@ def make_api(ctx: ServiceContext) -> FastAPI:
                                 "application/pkcs10 (or PEM as JSON to /jobs)")
         data = await request.body()
         grant.require_ca(ca, "submitting")
-        return await run_in_threadpool(
-            _submit, ctx, acting(grant, request), grant, ca, data, profile, days, None,
-            idempotency_key, hashlib.sha256(data).hexdigest() + f"|{ca}|{profile}|{days}")
+        return await _submit(ctx, batcher, actor_of(grant, request), grant, ca, data, profile,
+                             days, None, idempotency_key,
+                             hashlib.sha256(data).hexdigest() + f"|{ca}|{profile}|{days}")
 
     @api.get("/jobs", response_model=JobList, tags=["jobs"])
     def list_jobs(grant: Authorized,
@@ -501,7 +526,9 @@ def make_api(ctx: ServiceContext) -> FastAPI:
     def revoke_token(name: Annotated[str, Path(min_length=1, max_length=64)],
                      grant: Authorized, request: Request) -> dict:
         grant.require("admin", "revoking tokens")
-        return token_service.revoke_token(acting(grant, request), name)
+        view = token_service.revoke_token(acting(grant, request), name)
+        api.state.grants.clear()  # this process forgets every checked token at once
+        return view
 
     @api.get("/audit", tags=["admin"])
     def audit_log(grant: Authorized,
@@ -662,32 +689,105 @@ class _NoPassphrase(PkiqError):
     http_status = 503
 
 
-def _submit(ctx: ServiceContext, acting: ServiceContext, grant: Grant, ca: str, data: bytes,
-            profile: str, days: int | None, node: str | None, key: str | None,
-            fingerprint_of: str) -> dict:
+async def _submit(ctx: ServiceContext, batcher: SubmitBatcher, actor: Actor, grant: Grant,
+                  ca: str, data: bytes, profile: str, days: int | None, node: str | None,
+                  key: str | None, fingerprint_of: str) -> dict:
     """One request through the same use case as ``pkiq submit``; the requester is the
     token's name (a token cannot submit in someone else's name)."""
     request_sha = hashlib.sha256(fingerprint_of.encode()).hexdigest()
     if key is not None:
-        with ctx.read_transaction() as session:
-            seen = session.get(IdempotentRequest, (grant.token_id, key))
-            if seen is not None:
-                if seen.request_sha256 != request_sha:
-                    raise BadInput(f"Idempotency-Key {key!r} was used for another request: "
-                                   "use a new key")
-                return seen.answer
-    job_service.check_ca(ctx, ca)
-    rows, _warning = job_service.queue_requests(acting, ca, [data], profile=profile,
-                                                requester=grant.name, days=days, node=node)
-    row = rows[0]
+        seen = await run_in_threadpool(_idempotent_answer, ctx, grant, key, request_sha)
+        if seen is not None:
+            return seen
+    row = await batcher.submit((actor, ca, profile, days, node, grant.name), data)
     if row["state"] == "refused":
         raise _Refused(row["error"])
     if key is not None:
-        with ctx.transaction() as session:
-            insert_or_ignore(session, IdempotentRequest, dict(
-                token_id=grant.token_id, key=key, request_sha256=request_sha, answer=row,
-                created_at=ctx.clock()))
+        await run_in_threadpool(_remember, ctx, grant, key, request_sha, row)
     return row
+
+
+def _idempotent_answer(ctx: ServiceContext, grant: Grant, key: str, request_sha: str
+                       ) -> dict | None:
+    with ctx.read_transaction() as session:
+        seen = session.get(IdempotentRequest, (grant.token_id, key))
+        if seen is None:
+            return None
+        if seen.request_sha256 != request_sha:
+            raise BadInput(f"Idempotency-Key {key!r} was used for another request: use a new "
+                           "key")
+        return seen.answer
+
+
+def _remember(ctx: ServiceContext, grant: Grant, key: str, request_sha: str, row: dict) -> None:
+    with ctx.transaction() as session:
+        insert_or_ignore(session, IdempotentRequest, dict(
+            token_id=grant.token_id, key=key, request_sha256=request_sha, answer=row,
+            created_at=ctx.clock()))
+
+
+class SubmitBatcher:
+    """Submissions that arrive while others are being written join the next write: one
+    transaction, one turn of the audit log's head and one message to the workers for all of
+    them, as ``pkiq submit`` does for a folder of requests. Nothing waits to form a batch:
+    a lone request is written at once, and under load the batch is what arrived meanwhile
+    (at most ``SUBMIT_CHUNK``). Requests go together only with the same actor, CA, profile,
+    validity and node, so each keeps its own audit row, and one refused request (garbage,
+    policy) gets its own 422 while the others are queued."""
+
+    def __init__(self, ctx: ServiceContext, limit: int = job_service.SUBMIT_CHUNK):
+        self.ctx, self.limit = ctx, limit
+        self._waiting: dict[tuple, list[tuple[bytes, asyncio.Future]]] = {}
+        self._writing: set[tuple] = set()
+        self._announcing: set[asyncio.Task] = set()
+
+    async def submit(self, key: tuple, data: bytes) -> dict:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append((data, future))
+        if key not in self._writing:
+            self._writing.add(key)
+            asyncio.get_running_loop().create_task(self._drain(key))
+        return await future
+
+    async def _drain(self, key: tuple) -> None:
+        actor, ca, profile, days, node, requester = key
+        # written without announcing: the answers go out at the commit, and the workers
+        # are told in the background (a lost message is the reconciler's, as always)
+        acting = self.ctx.acting_as(actor, announcer=None)
+        try:
+            while self._waiting.get(key):
+                batch = self._waiting[key][:self.limit]
+                del self._waiting[key][:self.limit]
+                try:
+                    rows = await run_in_threadpool(_write, acting, ca, [d for d, _f in batch],
+                                                   profile, days, node, requester)
+                except Exception as exc:  # noqa: BLE001 - every waiting request gets it
+                    for _data, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_data, future), row in zip(batch, rows, strict=True):
+                    if not future.done():
+                        future.set_result(row)
+                queued = [row["id"] for row in rows if row.get("new") and
+                          row["state"] == "queued"]
+                if queued:
+                    task = asyncio.get_running_loop().create_task(
+                        run_in_threadpool(job_service.announce, self.ctx, queued))
+                    self._announcing.add(task)
+                    task.add_done_callback(self._announcing.discard)
+        finally:
+            self._writing.discard(key)
+            if not self._waiting.get(key):
+                self._waiting.pop(key, None)
+
+
+def _write(acting: ServiceContext, ca: str, requests: list[bytes], profile: str,
+           days: int | None, node: str | None, requester: str) -> list[dict]:
+    job_service.check_ca(acting, ca)
+    rows, _warning = job_service.queue_requests(acting, ca, requests, profile=profile,
+                                                requester=requester, days=days, node=node)
+    return rows
 
 
 class _Refused(PkiqError):
