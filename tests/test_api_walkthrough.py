@@ -15,25 +15,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from service import tokens
 
-from .conftest import PASSPHRASE, openssl
+from .conftest import PASSPHRASE, guide_csr, openssl
 from .test_api import Api, sign_queued
 from .test_nodes import ok
 from .test_web_downloads import Served
 
 PASS = PASSPHRASE.encode()
-REQUEST_CONFIG = """[ req ]
-distinguished_name = dn
-req_extensions = v3_req
-prompt = no
-[ dn ]
-C = GB
-O = Example Ltd
-OU = Video
-CN = expe.example.com
-[ v3_req ]
-extendedKeyUsage=serverAuth, clientAuth
-subjectAltName="DNS:expe.example.com,DNS:expe1.example.com,DNS:expe2.example.com"
-"""
 
 
 @pytest.mark.openssl
@@ -55,12 +42,8 @@ def test_the_walkthrough_through_the_api(app, pkiq, tmp_path):
 
 
 def _walk(app, pkiq, api, token, tmp_path):
-    config = tmp_path / "openssl_request.cfg"
-    config.write_text(REQUEST_CONFIG)
-    openssl("genrsa", "-out", str(tmp_path / "key.pem"), "2048")
-    openssl("req", "-new", "-key", str(tmp_path / "key.pem"), "-config", str(config),
-            "-out", str(tmp_path / "certcsr.der"), "-outform", "DER", "-sha1")
-    der = (tmp_path / "certcsr.der").read_bytes()
+    der = guide_csr(tmp_path, cn="expe.example.com",
+                    peers=("expe1.example.com", "expe2.example.com")).read_bytes()
 
     # the guide's request, as is, signed "web client and server"
     made = api.call("POST", "/jobs/der?ca=Issuing&profile=webclientandserver", token["ops"],
@@ -94,7 +77,8 @@ def _walk(app, pkiq, api, token, tmp_path):
         leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
     # a second peer, revoked for key compromise, then the CRL
-    openssl("req", "-new", "-key", str(tmp_path / "key.pem"), "-config", str(config), "-subj",
+    openssl("req", "-new", "-key", str(tmp_path / "certcsr.key"), "-config",
+            str(tmp_path / "certcsr.cfg"), "-subj",
             "/C=GB/O=Example Ltd/OU=Video/CN=old-expe.example.com", "-out",
             str(tmp_path / "old.csr"))
     old = api.call("POST", "/jobs", token["ops"], json={
