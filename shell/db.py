@@ -49,6 +49,9 @@ def make_engine(url: str, setting: str = "PKIQ_DATABASE_URL") -> Engine:
                           f"{DATABASE_ACCEPTED}") from None
 
 
+CONNECT_TIMEOUT = 10  # seconds to reach PostgreSQL
+
+
 def _make_engine(parsed: URL, setting: str) -> Engine:
     if parsed.drivername == "postgresql":  # plain URLs get the psycopg 3 driver we ship
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -59,7 +62,11 @@ def _make_engine(parsed: URL, setting: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         _sqlite_setup(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    # A database host that does not answer (a firewall dropping packets, a host gone) must
+    # fail a command, a readiness check or a scrape in seconds, not after the operating
+    # system's TCP timeout of minutes. A URL's own connect_timeout wins.
+    connect = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT}
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=connect)
 
 
 def _sqlite_file(path: Path, setting: str) -> None:

@@ -178,3 +178,25 @@ def test_a_context_makes_one_engine_when_first_used_from_threads(db_url, tmp_pat
         thread.join()
     assert len({id(factory) for factory in seen}) == 1
     ctx.close()
+
+
+def test_a_postgres_host_that_never_answers_fails_in_seconds():
+    """A listener that takes the connection and never speaks (as a firewall dropping the
+    answers would look): the command fails after the connect timeout, in one line."""
+    import socket
+    import time
+
+    import pytest
+
+    from shell.db import DatabaseUnavailable, make_engine, migrate
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        engine = make_engine(f"postgresql://nobody@127.0.0.1:{port}/x")  # the default: 10 s
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match="cannot reach the database"):
+            migrate(engine)
+        assert 9 < time.monotonic() - started < 20
+        engine.dispose()
