@@ -72,7 +72,7 @@ from bench.bench_sign import (
     make_request_keys,
     postgres_facts,
 )
-from bench.bench_web import Server, cpu_pressure_us, free_port, process_tree
+from bench.bench_web import Server, cpu_pressure_us, free_port, percentile, process_tree
 from ca import jobs
 from ca.models import SigningJob
 from shell.db import make_engine
@@ -87,12 +87,6 @@ KEPT_UP = 0.99  # a paced run kept up when it accepted this share of the offered
 REQUEST_KEYS = 4
 FINISHED = tuple(jobs.FINISHED)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def percentile(ordered: list[int], q: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] / 1000
 
 
 def latency(values: list[int]) -> dict:

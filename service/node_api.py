@@ -8,6 +8,7 @@ Views never carry the password, sealed or clear: they say only where it comes fr
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -33,7 +34,6 @@ from .context import ServiceContext
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _USERNAME = re.compile(r"^[^\s:]{1,128}$")
-UNSET = object()
 
 
 def _context(node: ExpresswayNode) -> str:
@@ -42,8 +42,7 @@ def _context(node: ExpresswayNode) -> str:
 
 @dataclass
 class ApiChanges:
-    """What ``pkiq node api set`` was given; None (or UNSET for the password) leaves a
-    setting as it is."""
+    """What ``pkiq node api set`` was given; None leaves a setting as it is."""
 
     address: str | None = None
     port: int | None = None
@@ -144,8 +143,6 @@ def set_api(ctx: ServiceContext, fqdn: str, changes: ApiChanges, *,
 def _address(value: str, node: ExpresswayNode) -> str:
     value = value.strip().lower()
     try:
-        import ipaddress
-
         return str(ipaddress.ip_address(value.strip("[]")))
     except ValueError:
         pass

@@ -41,9 +41,9 @@ from ca.models import ExpresswayNode, PushJob, Rollout
 from ca.store_material import Catalogue
 from ca.trust import fingerprint, load_bundle
 from shell.expressway_client import (
+    Connector,
     NodeApi,
     NodeApiError,
-    NodeEndpoint,
     NodeRefused,
     NodeUnreachable,
 )
@@ -59,7 +59,6 @@ OPEN = ("running", "waiting", "paused", "stopped")
 MAX_ERROR = 2000
 RETRY_MAX = dt.timedelta(minutes=10)
 STORE_FILES = ["server.pem", "chain.pem", "privkey.pem", "trusted-ca.pem", "manifest.json"]
-Connector = Callable[[NodeEndpoint], NodeApi]
 
 
 def retry_delay(first_seconds: int, attempts: int) -> dt.timedelta:

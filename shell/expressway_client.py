@@ -16,7 +16,6 @@ never carry the password (it travels only in the Authorization header).
 from __future__ import annotations
 
 import base64
-import hashlib
 import socket
 import ssl
 import time
@@ -395,10 +394,6 @@ def probe_certificate(address: str, port: int, server_name: str, timeout: float
         raise NodeUnreachable(f"https://{server_name}:{port}: no TLS handshake: "
                               f"{_reason(exc)}") from None
     return x509.load_der_x509_certificate(der)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 Connector = Callable[[NodeEndpoint], NodeApi]
