@@ -59,32 +59,67 @@ def submit(session: Session, ca: CertificateAuthority, csr_data: bytes, *, profi
     return done
 
 
-def submit_many(session: Session, ca: CertificateAuthority, requests: Sequence[bytes], *,
-                profile: str, requester: str, now: dt.datetime, days: int | None = None,
+@dataclass(frozen=True)
+class Prepared:
+    """A request parsed, its signature verified and checked against a profile: what a job
+    row needs, made without a transaction (a batch's CPU work then holds no writer lock)."""
+
+    csr_der: bytes
+    digest: str
+    subject: str
+    copy_mode: str  # the CA setting it was checked under (``copy_extensions``)
+
+
+def prepare_requests(requests: Sequence[bytes], *, profile: str,
+                     copy_mode: str) -> list[Prepared | PkiqError]:
+    """One answer per request in its place: ``Prepared``, or the error that refused it (it
+    does not parse, its signature does not verify, the profile or Expressway rules refuse
+    it). Needs no database: the CA's ``copy_extensions`` is all it reads of the CA."""
+    prof = get_profile(profile)
+    out: list[Prepared | PkiqError] = []
+    for data in requests:
+        try:
+            csr = load_csr(data)
+            check_request(csr, prof, copy_mode, canonical_name(csr.subject))
+        except PkiqError as exc:
+            out.append(exc)
+            continue
+        der = csr.public_bytes(serialization.Encoding.DER)
+        out.append(Prepared(der, request_fingerprint(der), openssl_oneline(csr.subject),
+                            copy_mode))
+    return out
+
+
+def submit_many(session: Session, ca: CertificateAuthority,
+                requests: Sequence[bytes | Prepared | PkiqError], *, profile: str, requester: str,
+                now: dt.datetime, days: int | None = None,
                 node: str | None = None) -> list[Submitted | PkiqError]:
     """Queue many requests in the caller's one transaction, one answer per request in its
-    place: ``Submitted``, or the error that refused it (it does not parse, its signature does
-    not verify). New jobs are written by one ``INSERT ... ON CONFLICT DO NOTHING`` and those
-    already there (submitted before, by a concurrent submit, or twice in ``requests``) are
-    found by one query, so a large submit costs a few statements, not a few per request."""
-    prof = get_profile(profile)
+    place: ``Submitted``, or the error that refused it. Requests may come prepared
+    (``prepare_requests``, outside the transaction, errors included); one prepared under another
+    ``copy_extensions`` than the CA's now is checked again. New jobs are written by one
+    ``INSERT ... ON CONFLICT DO NOTHING`` and those already there (submitted before, by a
+    concurrent submit, or twice in ``requests``) are found by one query, so a large submit
+    costs a few statements, not a few per request."""
     state = "awaiting_approval" if ca.approval == "manual" else "queued"
+    raw = [place for place, r in enumerate(requests) if isinstance(r, bytes) or (
+        isinstance(r, Prepared) and r.copy_mode != ca.copy_extensions)]
+    ready: list[Prepared | PkiqError] = list(requests)  # type: ignore[arg-type]
+    for place, prepared in zip(raw, prepare_requests(
+            [_request_bytes(requests[p]) for p in raw], profile=profile,
+            copy_mode=ca.copy_extensions), strict=True):
+        ready[place] = prepared
     out: list[Submitted | PkiqError | None] = [None] * len(requests)
     values: dict[str, dict] = {}  # fingerprint -> the new row, in request order
     where: dict[str, list[int]] = {}  # fingerprint -> its places in ``requests``
-    for place, data in enumerate(requests):
-        try:
-            csr = load_csr(data)
-            check_request(csr, prof, ca.copy_extensions, canonical_name(csr.subject))
-        except PkiqError as exc:
-            out[place] = exc
+    for place, prepared in enumerate(ready):
+        if isinstance(prepared, PkiqError):
+            out[place] = prepared
             continue
-        der = csr.public_bytes(serialization.Encoding.DER)
-        digest = request_fingerprint(der)
-        where.setdefault(digest, []).append(place)
-        values.setdefault(digest, dict(
+        where.setdefault(prepared.digest, []).append(place)
+        values.setdefault(prepared.digest, dict(
             ca_id=ca.id, profile=profile, days=days, node=node, requester=requester,
-            csr_der=der, csr_sha256=digest, subject=openssl_oneline(csr.subject),
+            csr_der=prepared.csr_der, csr_sha256=prepared.digest, subject=prepared.subject,
             state=state, attempts=0, submitted_at=now, updated_at=now))
     if not values:
         return out
@@ -105,6 +140,10 @@ def submit_many(session: Session, ca: CertificateAuthority, requests: Sequence[b
         for place in places:
             out[place] = Submitted(job, digest in inserted and place == places[0])
     return out
+
+
+def _request_bytes(request: bytes | Prepared) -> bytes:
+    return request.csr_der if isinstance(request, Prepared) else request
 
 
 # a request already queued is skipped, then looked up

@@ -51,8 +51,15 @@ def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes |
     rows: list[dict] = []
     new_ids: list[int] = []
     readable = [r for r in requests if not isinstance(r, PkiqError)]
+    with ctx.read_transaction() as session:
+        ca = get_ca(session, ca_name)
+        check_in_service(ca)
+        copy_mode = ca.copy_extensions
+    # parsed and verified before the write transaction: on SQLite that holds the one writer
+    # lock, which signing workers and other submitters wait for
+    prepared = jobs.prepare_requests(readable, profile=profile, copy_mode=copy_mode)
     with ctx.transaction() as session:
-        done = iter(jobs.submit_many(session, get_ca(session, ca_name), readable,
+        done = iter(jobs.submit_many(session, get_ca(session, ca_name), prepared,
                                      profile=profile, requester=requester, days=days,
                                      node=node, now=ctx.clock()))
         for request in requests:

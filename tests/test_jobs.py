@@ -224,3 +224,23 @@ def test_a_serial_taken_inside_a_batch_rolls_it_back_for_one_at_a_time(sessions,
     for job_id in ids:
         run_batch(sessions, clock, [job_id])
     assert states(sessions, ids) == ["issued"] * 3 and certificates(sessions) == 3
+
+
+@pytest.mark.parametrize("prepared_under, ca_mode, refused", [
+    ("none", "copy", True),   # the CA began copying names after the request was parsed
+    ("none", "none", False),  # unchanged: the wildcard is ignored, as it was when parsed
+])
+def test_a_request_prepared_before_the_transaction_is_judged_by_the_ca_as_it_is_then(
+        sessions, clock, prepared_under, ca_mode, refused):
+    """Parsing happens outside the write transaction (``prepare_requests``); a CA whose
+    copy_extensions changed in between has the request checked again under its setting.
+    (One refused when parsed stays refused: it was, under the CA's setting of that moment.)"""
+    new_ca(sessions, clock, copy_extensions=ca_mode)
+    wildcard = make_csr("a.example.com", sans=("a.example.com", "*.example.com"))
+    [prepared] = jobs.prepare_requests([wildcard], profile="webserver",
+                                       copy_mode=prepared_under)
+    assert isinstance(prepared, jobs.Prepared)
+    [out] = submit_many(sessions, clock, [prepared])
+    assert isinstance(out, Exception) == refused
+    if refused:
+        assert "wildcard" in str(out)

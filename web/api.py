@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -345,7 +346,7 @@ def make_api(ctx: ServiceContext) -> FastAPI:
         grant.require_ca(body.ca, "submitting")
         return await _submit(ctx, batcher, actor_of(grant, request), grant, body.ca,
                              body.csr.encode(), body.profile, body.days, body.node,
-                             idempotency_key, body.model_dump_json())
+                             idempotency_key, body.model_dump_json)
 
     @api.post("/jobs/der", status_code=201, response_model=Job, tags=["jobs"],
               operation_id="submitJobDer", responses={201: {"links": JOB_LINKS}},
@@ -367,7 +368,7 @@ def make_api(ctx: ServiceContext) -> FastAPI:
         grant.require_ca(ca, "submitting")
         return await _submit(ctx, batcher, actor_of(grant, request), grant, ca, data, profile,
                              days, None, idempotency_key,
-                             hashlib.sha256(data).hexdigest() + f"|{ca}|{profile}|{days}")
+                             lambda: hashlib.sha256(data).hexdigest() + f"|{ca}|{profile}|{days}")
 
     @api.get("/jobs", response_model=JobList, tags=["jobs"])
     def list_jobs(grant: Authorized,
@@ -691,20 +692,23 @@ class _NoPassphrase(PkiqError):
 
 async def _submit(ctx: ServiceContext, batcher: SubmitBatcher, actor: Actor, grant: Grant,
                   ca: str, data: bytes, profile: str, days: int | None, node: str | None,
-                  key: str | None, fingerprint_of: str) -> dict:
+                  key: str | None, fingerprint_of: Callable[[], str]) -> JSONResponse:
     """One request through the same use case as ``pkiq submit``; the requester is the
-    token's name (a token cannot submit in someone else's name)."""
-    request_sha = hashlib.sha256(fingerprint_of.encode()).hexdigest()
+    token's name (a token cannot submit in someone else's name). The answer is the job's
+    view as the service made it (the ``Job`` model documents it), sent without validating
+    it again: the hot path of the API."""
+    request_sha = None
     if key is not None:
+        request_sha = hashlib.sha256(fingerprint_of().encode()).hexdigest()
         seen = await run_in_threadpool(_idempotent_answer, ctx, grant, key, request_sha)
         if seen is not None:
-            return seen
+            return JSONResponse(seen, status_code=201)
     row = await batcher.submit((actor, ca, profile, days, node, grant.name), data)
     if row["state"] == "refused":
         raise _Refused(row["error"])
     if key is not None:
         await run_in_threadpool(_remember, ctx, grant, key, request_sha, row)
-    return row
+    return JSONResponse(row, status_code=201)
 
 
 def _idempotent_answer(ctx: ServiceContext, grant: Grant, key: str, request_sha: str
@@ -731,22 +735,27 @@ class SubmitBatcher:
     transaction, one turn of the audit log's head and one message to the workers for all of
     them, as ``pkiq submit`` does for a folder of requests. Nothing waits to form a batch:
     a lone request is written at once, and under load the batch is what arrived meanwhile
-    (at most ``SUBMIT_CHUNK``). Requests go together only with the same actor, CA, profile,
-    validity and node, so each keeps its own audit row, and one refused request (garbage,
-    policy) gets its own 422 while the others are queued."""
+    (at most ``SUBMIT_CHUNK``). Two batches of a kind are under way at once, so one is
+    parsed and verified (outside any transaction) while the other waits for the writer
+    lock or commits. Requests go together only with the same actor, CA, profile, validity
+    and node, so each keeps its own audit row, and one refused request (garbage, policy)
+    gets its own 422 while the others are queued."""
+
+    IN_FLIGHT = 2  # batches of one kind under way at once
 
     def __init__(self, ctx: ServiceContext, limit: int = job_service.SUBMIT_CHUNK):
         self.ctx, self.limit = ctx, limit
         self._waiting: dict[tuple, list[tuple[bytes, asyncio.Future]]] = {}
-        self._writing: set[tuple] = set()
+        self._writers: dict[tuple, int] = {}
         self._announcing: set[asyncio.Task] = set()
 
     async def submit(self, key: tuple, data: bytes) -> dict:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._waiting.setdefault(key, []).append((data, future))
-        if key not in self._writing:
-            self._writing.add(key)
-            asyncio.get_running_loop().create_task(self._drain(key))
+        if self._writers.get(key, 0) < self.IN_FLIGHT:
+            self._writers[key] = self._writers.get(key, 0) + 1
+            loop.create_task(self._drain(key))
         return await future
 
     async def _drain(self, key: tuple) -> None:
@@ -759,8 +768,9 @@ class SubmitBatcher:
                 batch = self._waiting[key][:self.limit]
                 del self._waiting[key][:self.limit]
                 try:
-                    rows = await run_in_threadpool(_write, acting, ca, [d for d, _f in batch],
-                                                   profile, days, node, requester)
+                    rows, _warning = await run_in_threadpool(
+                        job_service.queue_requests, acting, ca, [d for d, _f in batch],
+                        profile=profile, requester=requester, days=days, node=node)
                 except Exception as exc:  # noqa: BLE001 - every waiting request gets it
                     for _data, future in batch:
                         if not future.done():
@@ -777,17 +787,11 @@ class SubmitBatcher:
                     self._announcing.add(task)
                     task.add_done_callback(self._announcing.discard)
         finally:
-            self._writing.discard(key)
-            if not self._waiting.get(key):
-                self._waiting.pop(key, None)
-
-
-def _write(acting: ServiceContext, ca: str, requests: list[bytes], profile: str,
-           days: int | None, node: str | None, requester: str) -> list[dict]:
-    job_service.check_ca(acting, ca)
-    rows, _warning = job_service.queue_requests(acting, ca, requests, profile=profile,
-                                                requester=requester, days=days, node=node)
-    return rows
+            self._writers[key] -= 1
+            if not self._writers[key]:
+                del self._writers[key]
+                if not self._waiting.get(key):
+                    self._waiting.pop(key, None)
 
 
 class _Refused(PkiqError):
