@@ -3,7 +3,8 @@
 The job row is the truth; a broker message only says "look at jobs N, M, ...". ``run_jobs``
 and ``run_job`` take the rows' locks, so however often a message is delivered, one delivery
 signs and the others find the jobs finished. Certificates, serials and job states commit in
-the caller's one transaction.
+the caller's one transaction, but for a batch's block of sequential serials on PostgreSQL,
+taken just before signing in a short transaction of its own (``run_jobs``).
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def run_jobs(session: Session, job_ids: Sequence[int],
              clock: Callable[[], dt.datetime], actor: Actor | None = None
              ) -> list[SigningJob]:
     """Sign those of ``job_ids`` still owed, each exactly once, all in the caller's one
-    transaction (one commit for the lot). Returns the jobs it signed or failed.
+    transaction (one commit for the lot). Returns the jobs it signed or failed. Sequential
+    CAs' serials are taken first, one block per CA (``_reserve_serials``).
 
     One query finds and locks them (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the
     transaction holds the writer lock already). Jobs finished, awaiting approval or gone are
