@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .crl import RevokedEntry, build_crl, reason_name
 from .csr import check_expressway_names, check_key, load_csr
@@ -156,20 +158,71 @@ def spki_fingerprint(public_key) -> str:
 
 # ---------------------------------------------------------------- serials
 
-def _next_serial(session: Session, ca: CertificateAuthority, rng: Random) -> int:
+def _next_serial(session: Session, ca: CertificateAuthority, rng: Random,
+                 pending: PendingCertificates | None = None) -> int:
     if ca.serial_mode == "random":
         return random_serial(rng)
-    # Sequential: lock the CA row (SELECT ... FOR UPDATE on PostgreSQL, the writer lock on
-    # SQLite) so that concurrent signers each take their own number.
-    session.refresh(ca, with_for_update=True)
-    serial = int(ca.next_serial, 16)
-    if serial >> MAX_SERIAL_BITS:
+    serial = pending.take_serial(ca) if pending is not None else None
+    if serial is None:  # a single signature, or a batch without a block for this CA
+        [serial] = reserve_serials(session, ca, 1)
+    return serial
+
+
+_CAS = CertificateAuthority.__table__
+
+
+def reserve_serials(session: Session, ca: CertificateAuthority, count: int) -> range:
+    """Take ``count`` consecutive serials of sequential CA ``ca`` in ``session``'s
+    transaction: read ``next_serial``, advance it by ``count``, write it back.
+
+    Under a row lock (``FOR NO KEY UPDATE`` on PostgreSQL; on SQLite the writer lock of
+    BEGIN IMMEDIATE) rather than a conditional ``UPDATE ... WHERE next_serial = :old``: the
+    column is hex text SQL cannot add to, so it is read and computed here either way, and
+    the lock makes that one step without a retry loop for when a concurrent reservation
+    wins. NO KEY UPDATE does not conflict with the KEY SHARE every signer holds (see
+    ``lock_in_service``), only with another reservation or a CRL, for as long as this
+    transaction lasts: keep it short (``reserve_serials_apart``).
+
+    ``ca.next_serial`` is set to what was stored without being marked changed, so the ORM
+    never writes an older value back. Refused as a whole when the block would pass RFC
+    5280's 20 octets, or when the CA was handed over meanwhile."""
+    row = session.execute(
+        select(_CAS.c.next_serial, _CAS.c.handed_over_at, _CAS.c.handed_over_to)
+        .where(_CAS.c.id == ca.id).with_for_update(key_share=True)).one()
+    if row.handed_over_at is not None:
+        set_committed_value(ca, "handed_over_at", row.handed_over_at)
+        set_committed_value(ca, "handed_over_to", row.handed_over_to)
+        check_in_service(ca)
+    first = int(row.next_serial, 16)
+    if (first + count - 1) >> MAX_SERIAL_BITS:
         raise PolicyViolation(f"CA {ca.name!r} has used up its sequential serials (RFC 5280 "
                               "allows 20 octets); switch it to random serials with "
                               f"pkiq ca set {ca.name} --serial-mode random", "serial",
                               "sequential-exhausted")
-    ca.next_serial = serial_hex(serial + 1)
-    return serial
+    stored = serial_hex(first + count)
+    session.execute(update(_CAS).where(_CAS.c.id == ca.id).values(next_serial=stored))
+    set_committed_value(ca, "next_serial", stored)
+    return range(first, first + count)
+
+
+def reserve_serials_apart(session: Session, ca: CertificateAuthority, count: int) -> range:
+    """``reserve_serials`` for a batch about to sign. On PostgreSQL it runs in a short
+    transaction of its own that commits before the first signature, so the CA row is not
+    held while the batch signs: other workers on any host take their blocks meanwhile, and
+    ``generate_crl`` does not wait for the batch. The caller's transaction must not hold a
+    lock on the CA row stronger than KEY SHARE (it would wait for itself): reserve right
+    after claiming the jobs. A batch that rolls back leaves its block unused, and so does a
+    job of it that fails: a gap in the numbering, which RFC 5280 allows (a serial must be
+    unique per CA, not consecutive) and ``openssl ca`` takes as it comes (its serial file
+    need only be past every serial in index.txt).
+
+    On SQLite it stays in the caller's transaction: that holds the writer lock already
+    (BEGIN IMMEDIATE), and a second connection would wait for it forever."""
+    bind = session.get_bind()
+    if bind.dialect.name == "sqlite":
+        return reserve_serials(session, ca, count)
+    with Session(bind.engine) as apart, apart.begin():
+        return reserve_serials(apart, ca, count)
 
 
 # ---------------------------------------------------------------- CAs
@@ -453,23 +506,22 @@ def hand_over(session: Session, ca: CertificateAuthority, folder: str,
               now: dt.datetime) -> None:
     """Record that ``openssl ca`` in ``folder`` owns the CA from now on. The CA row is locked
     for update first, so a signature, revocation or CRL under way (each holds the row at
-    least shared, see ``lock_in_service``) commits before the caller renders the export."""
+    least KEY SHARE, see ``lock_in_service``) commits before the caller renders the export."""
     session.refresh(ca, with_for_update=True)
     check_in_service(ca)
     ca.handed_over_at, ca.handed_over_to = now.replace(microsecond=0), folder
 
 
-def lock_in_service(session: Session, ca: CertificateAuthority, *,
-                    exclusive: bool = False) -> None:
+def lock_in_service(session: Session, ca: CertificateAuthority) -> None:
     """Hold the CA row for the rest of the transaction and check it is still pkiq's: a
     handover waits for this change to commit (and then exports it), and one that committed
-    first is seen here. Shared, so signers do not wait for each other (PostgreSQL; SQLite's
-    writer lock already serialises every transaction); ``exclusive`` when the transaction
-    will lock the row for update anyway (sequential serials): two holders of a shared lock
-    that both upgrade it would deadlock."""
+    first is seen here. KEY SHARE, the weakest row lock: signers do not wait for each other,
+    nor for a serial reservation or a CRL (which take NO KEY UPDATE), and those do not wait
+    for them; only the handover's FOR UPDATE does (PostgreSQL; SQLite's writer lock already
+    serialises every transaction)."""
     handed_over = session.scalar(
         select(CertificateAuthority.handed_over_at)
-        .where(CertificateAuthority.id == ca.id).with_for_update(read=not exclusive))
+        .where(CertificateAuthority.id == ca.id).with_for_update(read=True, key_share=True))
     if handed_over is not None and ca.handed_over_at is None:
         session.refresh(ca)
     check_in_service(ca)
@@ -491,7 +543,7 @@ def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile
 def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subject, public_key,
            profile, days, now, rng, requested=(), digest=None, pending=None) -> SignResult:
     issuer = ca_certificate(ca)
-    lock_in_service(session, ca, exclusive=ca.serial_mode == "sequential")
+    lock_in_service(session, ca)
     _check_can_issue(ca, issuer, profile, now)
     subject_text = openssl_oneline(subject)
     active = subject_key(subject_text) if ca.unique_subject else None
@@ -503,7 +555,7 @@ def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subjec
         now, days, dt.timedelta(seconds=ca.clock_skew_seconds), ca.not_after)
     urls = CaUrls(tuple(ca.crl_urls), tuple(ca.ca_issuers_urls), tuple(ca.ocsp_urls))
     for _attempt in range(_SERIAL_ATTEMPTS):
-        serial = _next_serial(session, ca, rng)
+        serial = _next_serial(session, ca, rng, pending)
         issued = build_certificate(
             signer=signer, issuer_cert=issuer, subject=subject, public_key=public_key,
             serial=serial, not_before=not_before, not_after=not_after, profile=profile,
@@ -537,9 +589,20 @@ class BatchConflict(Exception):
 
 @dataclass
 class PendingCertificates:
-    """Index rows signed in one transaction and written together by ``write``."""
+    """Index rows signed in one transaction and written together by ``write``, and the
+    blocks of sequential serials the batch took for them."""
 
     rows: list[dict] = field(default_factory=list)
+    serials: dict[int, Iterator[int]] = field(default_factory=dict)
+
+    def reserve_serials(self, session: Session, ca: CertificateAuthority, count: int) -> None:
+        """Take ``count`` serials of sequential CA ``ca`` for the batch at once, before it
+        signs (``reserve_serials_apart``)."""
+        self.serials[ca.id] = iter(reserve_serials_apart(session, ca, count))
+
+    def take_serial(self, ca: CertificateAuthority) -> int | None:
+        """The next serial of the CA's block; None when it has none left."""
+        return next(self.serials.get(ca.id, iter(())), None)
 
     def write(self, session: Session) -> None:
         """One ``INSERT ... ON CONFLICT DO NOTHING`` for all of them; ``BatchConflict`` if
@@ -671,8 +734,10 @@ def generate_crl(
     session: Session, ca: CertificateAuthority, signer: Signer, now: dt.datetime
 ) -> Crl:
     """The CA's next CRL. The CA row is locked for the transaction, so two writers on any
-    host take numbers one after the other; the unique (ca, number) index backs that up."""
-    session.refresh(ca, with_for_update=True)
+    host take numbers one after the other; the unique (ca, number) index backs that up.
+    NO KEY UPDATE, which signers' KEY SHARE does not hold up: a CRL does not wait for
+    batches being signed."""
+    session.refresh(ca, with_for_update={"key_share": True})
     check_in_service(ca)
     number = ca.crl_number + 1
     ca.crl_number = number

@@ -3,14 +3,17 @@
 The job row is the truth; a broker message only says "look at jobs N, M, ...". ``run_jobs``
 and ``run_job`` take the rows' locks, so however often a message is delivered, one delivery
 signs and the others find the jobs finished. Certificates, serials and job states commit in
-the caller's one transaction.
+the caller's one transaction, but for a batch's block of sequential serials on PostgreSQL,
+taken just before signing in a short transaction of its own (``run_jobs``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -235,7 +238,8 @@ def run_jobs(session: Session, job_ids: Sequence[int],
              clock: Callable[[], dt.datetime], actor: Actor | None = None
              ) -> list[SigningJob]:
     """Sign those of ``job_ids`` still owed, each exactly once, all in the caller's one
-    transaction (one commit for the lot). Returns the jobs it signed or failed.
+    transaction (one commit for the lot). Returns the jobs it signed or failed. Sequential
+    CAs' serials are taken first, one block per CA (``_reserve_serials``).
 
     One query finds and locks them (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the
     transaction holds the writer lock already). Jobs finished, awaiting approval or gone are
@@ -255,13 +259,27 @@ def run_jobs(session: Session, job_ids: Sequence[int],
         select(SigningJob).where(SigningJob.id.in_(ids), SigningJob.state.in_(ACTIVE))
         .order_by(SigningJob.id).with_for_update(of=SigningJob, skip_locked=True)))
     pending = PendingCertificates()  # the index rows, written in one statement at the end
+    _reserve_serials(session, claimed, pending)
     for job in claimed:
-        _sign(session, job, signer_for, clock, pending)  # job.ca: one query per CA
+        _sign(session, job, signer_for, clock, pending)
     pending.write(session)  # BatchConflict (rare): the caller goes one job at a time
     session.flush()
     if actor is not None and claimed:  # one turn of the audit head for the batch
         audit.record_many(session, actor, [_issue_entry(job) for job in claimed], clock())
     return claimed
+
+
+def _reserve_serials(session: Session, claimed: Sequence[SigningJob],
+                     pending: PendingCertificates) -> None:
+    """One block of serials per sequential CA for the batch, each taken in one short step
+    before the first signature (``authority.reserve_serials_apart``), not one locked
+    increment per job held to the commit. A CA that cannot give its block (handed over,
+    out of serials) gets none: each of its jobs then fails with the reason, or takes one of
+    the serials left, as it would alone."""
+    counts = Counter(job.ca for job in claimed if job.ca.serial_mode == "sequential")
+    for ca, count in counts.items():  # job.ca: one query per CA
+        with suppress(PkiqError):
+            pending.reserve_serials(session, ca, count)
 
 
 def _issue_entry(job: SigningJob) -> tuple[str, str, dict]:

@@ -96,7 +96,9 @@ def renew_own_crls(session: Session, signer_for: Callable[[CertificateAuthority]
             continue
         try:
             with session.begin_nested():
-                session.refresh(ca, with_for_update=True)  # a second beat waits here...
+                # NO KEY UPDATE, as generate_crl: a second beat waits here (signers do not
+                # hold it up)...
+                session.refresh(ca, with_for_update={"key_share": True})
                 if not force and own_crl_reason(session, ca, now, overlap) is None:
                     continue  # ...and finds the CRL renewed
                 crl = generate_crl(session, ca, signer_for(ca), now)
