@@ -449,14 +449,16 @@ def sign_csr(
     digest: str | None = None,
     rng: Random = os.urandom,
     pending: PendingCertificates | None = None,
+    verified: bool = False,
 ) -> SignResult:
     """Check a request against the CA's policy and the Expressway rules, then issue it.
 
     With ``pending`` (a batch of signings in one transaction) the index row is not written
     here but collected, for ``pending.write`` to insert with the batch's others in one
     statement; CAs with unique_subject are written at once whatever, since the next request
-    in the batch must see this one's subject."""
-    csr = load_csr(csr_data)
+    in the batch must see this one's subject. ``verified``: the request's signature was
+    checked when it was queued (a job's), so it is not checked again."""
+    csr = load_csr(csr_data, verified=verified)
     issuer = ca_certificate(ca)
     prof = get_profile(profile)
     check_digest(signer.public_key(), digest)

@@ -19,10 +19,11 @@ MAX_CSR_BYTES = 64 * 1024
 SAN_WARN_CHARS = 999  # Expressway's CSR page and loader warn past this
 
 
-def load_csr(data: bytes) -> x509.CertificateSigningRequest:
+def load_csr(data: bytes, *, verified: bool = False) -> x509.CertificateSigningRequest:
     """A CSR in PEM (text before the block allowed, as ``openssl req -text`` writes) or DER,
     told apart by content, fully parsed here so that garbage fails with one message; its
-    signature must verify."""
+    signature must verify, unless ``verified`` says pkiq checked it already (a queued
+    job's request, verified when it was submitted)."""
     if len(data) > MAX_CSR_BYTES:
         raise BadInput(f"certificate request is {len(data)} bytes; pkiq reads at most "
                        f"{MAX_CSR_BYTES}")
@@ -56,7 +57,8 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise PolicyViolation("RSA-PSS-only keys (rsassaPss) are refused: TLS stacks, "
                               "Expressway's included, expect rsaEncryption keys",
                               "publicKey", "type")
-    verify_csr_signature(csr)
+    if not verified:
+        verify_csr_signature(csr)
     return csr
 
 

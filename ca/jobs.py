@@ -300,7 +300,8 @@ def _sign(session: Session, job: SigningJob,
     job.attempts += 1
     try:
         result = sign_csr(session, job.ca, signer_for(job.ca), job.csr_der,
-                          profile=job.profile, days=job.days, now=clock(), pending=pending)
+                          profile=job.profile, days=job.days, now=clock(), pending=pending,
+                          verified=True)  # at submit (submit_many)
     except PkiqError as exc:
         job.state, job.error = "failed", str(exc)[:MAX_ERROR]
     else:

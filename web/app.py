@@ -36,7 +36,7 @@ from ca.errors import PkiqError
 from service import ServiceContext
 from service.health import readiness
 
-from .api import BodyLimit, make_api
+from .api import NO_TELEMETRY, BodyLimit, make_api
 from .dashboard import make_dashboard
 from .downloads import ca_route, store_routes
 from .metrics import metrics_route
@@ -73,6 +73,7 @@ def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
     """The app over ``ctx``'s database. A new CRL or CA is served within ``refresh_seconds``
     (see ``web.cache``); the database is read on the first request, not here."""
     app = FastAPI(title="pkiq downloads", docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=NO_TELEMETRY,
                   exception_handlers={HTTPException: http_error, PkiqError: pkiq_error,
                                       Exception: internal_error})
 
