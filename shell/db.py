@@ -133,6 +133,7 @@ def _sqlite_setup(engine: Engine) -> None:
         for name in ("do_commit", "do_rollback"):  # the turn ends after the transaction
             setattr(dialect, name, _then_give_back(getattr(dialect, name), turns))
         event.listen(engine, "close", lambda dbapi_conn, _record: turns.forget(dbapi_conn))
+        event.listen(engine, "close_detached", turns.forget)
 
 
 def _then_give_back(end, turns: WriterTurns):
@@ -164,18 +165,20 @@ class WriterTurns:
         self.path, self.timeout = path, timeout
         self._files: dict[int, int] = {}  # id(DBAPI connection) -> its lock file descriptor
         self._holding: dict[int, int] = {}  # connection in a write transaction -> its thread
+        self._books = threading.Lock()  # over the two dicts, shared by the pool's threads
 
     def take(self, dbapi_conn) -> None:
         """Wait for the turn (at most ``timeout`` seconds: then "database is locked", as
         SQLite says). A thread that holds a turn through another connection does not wait
         for itself: SQLite's busy timeout then decides, as it would without turns."""
-        if threading.get_ident() in self._holding.values():
-            return
         key = id(dbapi_conn)
-        fd = self._files.get(key)
-        if fd is None:
-            fd = self._files[key] = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC,
-                                            0o600)
+        with self._books:
+            if threading.get_ident() in self._holding.values():
+                return
+            fd = self._files.get(key)
+            if fd is None:
+                fd = self._files[key] = os.open(self.path,
+                                                os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
         pause, deadline = self.POLL_FIRST, time.monotonic() + self.timeout
         while True:
             try:
@@ -185,23 +188,28 @@ class WriterTurns:
                 if time.monotonic() >= deadline:
                     raise OperationalError(
                         "BEGIN IMMEDIATE", None, sqlite3.OperationalError(
-                            f"database is locked: another pkiq process has been writing "
-                            f"for {self.timeout:g} s")) from None
+                            f"database is locked: another pkiq writer has held it for "
+                            f"{self.timeout:g} s")) from None
                 time.sleep(pause)
                 pause = min(pause * 2, self.POLL_MOST)
-        self._holding[key] = threading.get_ident()
+        with self._books:
+            self._holding[key] = threading.get_ident()
 
     def give_back(self, dbapi_conn) -> None:
         # do_commit and do_rollback are handed the pool's proxy, the events the connection
         key = id(getattr(dbapi_conn, "dbapi_connection", dbapi_conn))
-        if self._holding.pop(key, None) is not None:
-            fcntl.flock(self._files[key], fcntl.LOCK_UN)
+        with self._books:
+            if self._holding.pop(key, None) is None:
+                return
+            fd = self._files[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
     def forget(self, dbapi_conn) -> None:
         """The connection closed: close its lock file (which ends any turn it held)."""
         key = id(dbapi_conn)
-        self._holding.pop(key, None)
-        fd = self._files.pop(key, None)
+        with self._books:
+            self._holding.pop(key, None)
+            fd = self._files.pop(key, None)
         if fd is not None:
             os.close(fd)
 
