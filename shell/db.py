@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextvars
 import fcntl
+import logging
 import os
 import sqlite3
 import stat
 import threading
 import time
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext, suppress
 from pathlib import Path
 from urllib.parse import quote
 
@@ -100,8 +101,7 @@ def _sqlite_setup(engine: Engine) -> None:
     instead of failing with 'database is locked' when a read transaction tries to write.
     Writers of a database file take their turns through ``WriterTurns`` first."""
     database = engine.url.database
-    turns = WriterTurns(f"{database}-writer.lock") if database and database != ":memory:" \
-        else None
+    turns = WriterTurns(database) if database and database != ":memory:" else None
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -157,12 +157,17 @@ class WriterTurns:
     that has its turn finds SQLite's lock free. Every pkiq process on the file (web app,
     workers, CLI) takes turns; any other program is still waited for by the busy timeout.
     ``flock`` belongs to the open file, so each connection has its own and threads of one
-    process exclude each other too; a process that dies loses its turn with its files."""
+    process exclude each other too; a process that dies loses its turn with its files.
+
+    The lock file (``<database>-writer.lock``, 0600) is given the database's owner when root
+    makes it, as SQLite does with its -wal and -shm files. Where it cannot be opened at all,
+    writers go without turns: SQLite's own lock still keeps them apart, only less fairly."""
 
     POLL_FIRST, POLL_MOST = 0.0002, 0.002  # seconds between tries, doubling
 
-    def __init__(self, path: str, timeout: float = BUSY_SECONDS):
-        self.path, self.timeout = path, timeout
+    def __init__(self, database: str, timeout: float = BUSY_SECONDS):
+        self.database, self.path, self.timeout = database, f"{database}-writer.lock", timeout
+        self.unusable: str | None = None  # why the lock file cannot be opened, if it cannot
         self._files: dict[int, int] = {}  # id(DBAPI connection) -> its lock file descriptor
         self._holding: dict[int, int] = {}  # connection in a write transaction -> its thread
         self._books = threading.Lock()  # over the two dicts, shared by the pool's threads
@@ -175,10 +180,14 @@ class WriterTurns:
         with self._books:
             if threading.get_ident() in self._holding.values():
                 return
+            if self.unusable:
+                return
             fd = self._files.get(key)
             if fd is None:
-                fd = self._files[key] = os.open(self.path,
-                                                os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+                fd = self._open()
+                if fd is None:
+                    return
+                self._files[key] = fd
         pause, deadline = self.POLL_FIRST, time.monotonic() + self.timeout
         while True:
             try:
@@ -194,6 +203,21 @@ class WriterTurns:
                 pause = min(pause * 2, self.POLL_MOST)
         with self._books:
             self._holding[key] = threading.get_ident()
+
+    def _open(self) -> int | None:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self.unusable = f"{self.path}: {exc.strerror}"
+            logging.getLogger("pkiq.db").warning(
+                "cannot open %s (%s): writers wait for SQLite's lock without taking turns",
+                self.path, exc.strerror)
+            return None
+        if os.geteuid() == 0:
+            with suppress(OSError):  # the database's owner keeps using it after root did
+                owner = os.stat(self.database)
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+        return fd
 
     def give_back(self, dbapi_conn) -> None:
         # do_commit and do_rollback are handed the pool's proxy, the events the connection

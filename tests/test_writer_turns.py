@@ -88,7 +88,7 @@ def test_a_turn_never_given_back_ends_in_database_is_locked(tmp_path):
     lock = tmp_path / "x.db-writer.lock"
     holder = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
     fcntl.flock(holder, fcntl.LOCK_EX)
-    turns = WriterTurns(str(lock), timeout=0.2)
+    turns = WriterTurns(str(tmp_path / "x.db"), timeout=0.2)
     connection = object()
     with pytest.raises(OperationalError, match="database is locked"):
         turns.take(connection)
@@ -103,7 +103,7 @@ def test_a_turn_never_given_back_ends_in_database_is_locked(tmp_path):
 def test_a_thread_holding_the_turn_does_not_wait_for_itself(tmp_path):
     """A second write transaction opened by a thread inside its first would wait for the
     turn forever; it is left to SQLite's busy timeout, as without turns."""
-    turns = WriterTurns(str(tmp_path / "x.db-writer.lock"), timeout=0.2)
+    turns = WriterTurns(str(tmp_path / "x.db"), timeout=0.2)
     first, second = object(), object()
     turns.take(first)
     turns.take(second)  # at once, holding nothing
@@ -162,3 +162,30 @@ def test_threads_and_processes_writing_at_once_all_land(sqlite_file):
     held = [p for p in Path("/proc/self/fd").iterdir()
             if os.path.realpath(p) == os.path.realpath(lock)]
     assert held == []
+
+
+def test_a_lock_file_that_cannot_be_opened_leaves_writers_to_sqlite(tmp_path, caplog):
+    """Turns make waiting fairer; without them SQLite's lock still keeps writers apart."""
+    (tmp_path / "x.db-writer.lock").mkdir()  # something in its place that is no file
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("create table t (v integer)"))
+    with engine.begin() as conn:
+        conn.execute(text("insert into t values (1)"))
+    with engine.connect() as conn:
+        assert conn.scalar(text("select count(*) from t")) == 1
+    assert "writers wait for SQLite's lock without taking turns" in caplog.text
+    engine.dispose()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes files for another owner")
+def test_root_makes_the_lock_file_for_the_databases_owner(tmp_path):
+    """A command run as root must not leave a lock file the service's user cannot open."""
+    database = tmp_path / "x.db"
+    engine = make_engine(f"sqlite:///{database}")
+    os.chown(database, 4321, 4321)  # the service's user
+    with engine.begin() as conn:
+        conn.execute(text("create table t (v integer)"))
+    engine.dispose()
+    lock = os.stat(f"{database}-writer.lock")
+    assert (lock.st_uid, lock.st_gid) == (4321, 4321)
