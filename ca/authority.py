@@ -545,7 +545,10 @@ def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile
 def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subject, public_key,
            profile, days, now, rng, requested=(), digest=None, pending=None) -> SignResult:
     issuer = ca_certificate(ca)
-    lock_in_service(session, ca)
+    if pending is None or ca.id not in pending.in_service:
+        lock_in_service(session, ca)  # held to the commit: once per CA and transaction
+        if pending is not None:
+            pending.in_service.add(ca.id)
     _check_can_issue(ca, issuer, profile, now)
     subject_text = openssl_oneline(subject)
     active = subject_key(subject_text) if ca.unique_subject else None
@@ -591,11 +594,13 @@ class BatchConflict(Exception):
 
 @dataclass
 class PendingCertificates:
-    """Index rows signed in one transaction and written together by ``write``, and the
-    blocks of sequential serials the batch took for them."""
+    """Index rows signed in one transaction and written together by ``write``, the blocks
+    of sequential serials the batch took for them, and the CAs whose rows it holds
+    already (``lock_in_service``)."""
 
     rows: list[dict] = field(default_factory=list)
     serials: dict[int, Iterator[int]] = field(default_factory=dict)
+    in_service: set[int] = field(default_factory=set)
 
     def reserve_serials(self, session: Session, ca: CertificateAuthority, count: int) -> None:
         """Take ``count`` serials of sequential CA ``ca`` for the batch at once, before it
