@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -65,6 +66,20 @@ def browser():
         os.environ["SE_OFFLINE"] = previous
 
 
+def gone(element):
+    """A wait condition: ``element`` belongs to a page the browser has left. Selenium's
+    ``staleness_of`` knows only StaleElementReferenceException; ChromeDriver 156 also
+    answers "Node with given id does not belong to the document" while the next page
+    loads."""
+    def check(_driver) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:  # StaleElementReferenceException is one
+            return True
+        return False
+    return check
+
+
 class Dashboard:
     """The browser on one server, with helpers that wait for what they look for."""
 
@@ -91,7 +106,7 @@ class Dashboard:
         self.find("#token").send_keys(token)
         button = self.find("form[action$='/login'] button")
         button.click()
-        WebDriverWait(self.driver, 15).until(ec.staleness_of(button))  # the next page
+        WebDriverWait(self.driver, 15).until(gone(button))  # the next page
         return self
 
     def session(self) -> requests.Session:
