@@ -802,7 +802,7 @@ def render_table(report: dict) -> str:
     lines += ["", f"End to end, submit to issued (Redis + PostgreSQL; {cfg['request_keys']} cached "
               f"P-256 request keys; {cfg['submit_chunk']} requests per submit transaction, "
               f"{cfg['jobs_per_message']} job ids per message):"]
-    head = (f"{'CA key':<8} {'wk':>2} {'jobs':>6} {'s':>7} {'certs/s':>8} {'submit/s':>8} "
+    head = (f"{'CA key':<12} {'wk':>2} {'jobs':>6} {'s':>7} {'certs/s':>8} {'submit/s':>8} "
             f"{'vs 1proc':>8} {'vs -multi2':>10} {f'vs ca@{small}':>10} "
             f"{f'vs ca@{large}':>12} {'task ms':>7} {'box%':>5}  CPU ms/job: wk/sub/pg/redis/other")
     lines += [head, "-" * len(head)]
@@ -814,7 +814,7 @@ def render_table(report: dict) -> str:
         vs = ((f"{run['ratio_vs_openssl_1proc']:>8.1%} {run['ratio_vs_openssl_multi2']:>10.1%} ")
               if "ratio_vs_openssl_1proc" in run else f"{'-':>8} {'-':>10} ")
         lines.append(
-            f"{key:<8} {run['workers']:>2} {t['jobs']:>6} "
+            f"{key:<12} {run['workers']:>2} {t['jobs']:>6} "
             f"{t['seconds']:>7.1f} {t['certs_per_s']:>8.1f} {t['submit_per_s']:>8.1f} "
             f"{vs}"
             f"{_times(run.get(f'ratio_vs_openssl_ca_{small}')):>10} "
