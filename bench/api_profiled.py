@@ -25,12 +25,12 @@ _LOCK = threading.Lock()
 
 # stage -> (file suffix, function name): cumulative time of that function per job
 STAGES = {
-    "whole request in the thread pool (the sync endpoint)": ("web/api.py", "submit"),
+    "whole request (the endpoint)": ("web/api.py", "submit"),
     "  token authentication (service.tokens.authenticate)": ("service/tokens.py",
                                                              "authenticate"),
-    "  check_ca (its own transaction)": ("service/jobs.py", "check_ca"),
-    "  queue_requests (submit transaction + announce)": ("service/jobs.py", "queue_requests"),
-    "    ca.jobs.submit_many (parse, verify, insert)": ("ca/jobs.py", "submit_many"),
+    "  queue_requests (a batch: read, parse, write)": ("service/jobs.py", "queue_requests"),
+    "    ca.jobs.prepare_requests (parse, verify, check)": ("ca/jobs.py", "prepare_requests"),
+    "    ca.jobs.submit_many (insert)": ("ca/jobs.py", "submit_many"),
     "    audit rows (ca.audit.record_many)": ("ca/audit.py", "record_many"),
     "    announce to the workers (Celery publish)": ("service/jobs.py", "announce"),
     "    commits (Session.commit)": ("sqlalchemy/orm/session.py", "commit"),
