@@ -34,7 +34,7 @@ STAGES = {
     "    audit rows (ca.audit.record_many)": ("ca/audit.py", "record_many"),
     "    announce to the workers (Celery publish)": ("service/jobs.py", "announce"),
     "    commits (Session.commit)": ("sqlalchemy/orm/session.py", "commit"),
-    "request body validation (pydantic)": ("fastapi/routing.py", "serialize_response"),
+    "response model validation (not on submit)": ("fastapi/routing.py", "serialize_response"),
     "event loop: uvicorn + FastAPI + Starlette (main thread, total)": ("", "<main thread>"),
 }
 
