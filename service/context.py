@@ -43,6 +43,10 @@ class ServiceContext:
         self._factory: sessionmaker | None = None
         self._shared = False
         self._making = threading.Lock()
+        # facts a use case may carry from one call to the next in this process (a CA's
+        # copy_extensions for the next submit): hints only, each checked again in the
+        # transaction that relies on it
+        self.hints: dict = {}
 
     @property
     def actor(self) -> Actor:
@@ -59,6 +63,7 @@ class ServiceContext:
         view = ServiceContext(self.settings, self.clock,
                               changes.get("announcer", self.announcer), actor)
         view._factory, view._engine, view._shared = self.sessions, self._engine, True
+        view.hints = self.hints
         return view
 
     def audit(self, session, action: str, target: str | None, data: dict | None = None

@@ -51,17 +51,25 @@ def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes |
     rows: list[dict] = []
     new_ids: list[int] = []
     readable = [r for r in requests if not isinstance(r, PkiqError)]
-    with ctx.read_transaction() as session:
-        ca = get_ca(session, ca_name)
-        check_in_service(ca)
-        copy_mode = ca.copy_extensions
-    # parsed and verified before the write transaction: on SQLite that holds the one writer
-    # lock, which signing workers and other submitters wait for
+    # parsed and verified before the write transaction (on SQLite that holds the one writer
+    # lock, which signing workers and other submitters wait for), under the copy_extensions
+    # the last submit to this CA saw: the write transaction checks again, so only a CA
+    # never seen here costs a read first
+    hint = ("copy_extensions", ca_name)
+    copy_mode = ctx.hints.get(hint)
+    if copy_mode is None:
+        with ctx.read_transaction() as session:
+            ca = get_ca(session, ca_name)
+            check_in_service(ca)
+            copy_mode = ca.copy_extensions
     prepared = jobs.prepare_requests(readable, profile=profile, copy_mode=copy_mode)
     with ctx.transaction() as session:
-        done = iter(jobs.submit_many(session, get_ca(session, ca_name), prepared,
-                                     profile=profile, requester=requester, days=days,
-                                     node=node, now=ctx.clock()))
+        ca = get_ca(session, ca_name)
+        check_in_service(ca)
+        ctx.hints[hint] = ca.copy_extensions
+        done = iter(jobs.submit_many(session, ca, prepared, profile=profile,
+                                     requester=requester, days=days, node=node,
+                                     now=ctx.clock()))
         for request in requests:
             outcome = request if isinstance(request, PkiqError) else next(done)
             if isinstance(outcome, PkiqError):
