@@ -9,9 +9,11 @@ Measures, in one run:
    (``service.jobs.queue_requests``: ``SUBMIT_CHUNK`` requests per transaction, then
    announced, ``JOBS_PER_MESSAGE`` job ids to a message). Throughput is N divided by
    (last ``finished_at`` - first ``submitted_at``), both read from the job rows.
-2. Raw sign rates in the same run, before and after each CA key type's queue runs:
-   ``openssl speed -seconds S -mr ALG`` in one process and with ``-multi 2`` (the machine's
-   raw 2-core rate).
+2. Raw sign rates in the same run, before and after each CA key type's queue runs: the CA
+   key type signing through ``cryptography`` (the library pkiq signs with) in one process
+   and in two released together (the machine's raw 2-core rate: the yardstick the goals
+   use), and ``openssl speed -seconds S -mr ALG`` in one process and with ``-multi 2`` as a
+   second reference, converted to signatures per wall-clock second.
 3. ``openssl ca -batch`` in a loop over the same CSRs, for a demoCA with an RSA-4096 and with
    a P-256 key whose index.txt holds 100 and 200,000 entries.
 4. Latency at a light load: with 1 worker, jobs submitted one at a time at a fixed rate
@@ -67,6 +69,7 @@ from bench.bench_sign import (
     openssl_speed,
     postgres_facts,
     pyca_sign_rate,
+    sign_counts,
     time_openssl_ca,
     write_requests,
 )
@@ -87,7 +90,10 @@ PASSPHRASE = "pkiq queue benchmark passphrase"
 CA_NAME = "Bench"
 CA_KEY_TYPES = ("ec-p256", "rsa4096")
 KEY_LABEL = {"ec-p256": "P-256", "rsa4096": "RSA-4096"}
-RAW_GOAL = 0.60  # RSA-4096, 2 workers: >= 60% of openssl speed -multi 2
+# 2 workers >= 60% of the CA key's sign rate through cryptography in two processes released
+# together (the library pkiq signs with: the machine's physical limit), RSA-4096 and P-256;
+# ``openssl speed -multi 2`` is printed beside it, in wall-clock sign/s.
+RAW_GOAL = 0.60
 LOOP_GOALS = {"small": 3.0, "large": 40.0}  # >= 3x the openssl ca loop at 100, >= 40x at 200k
 SEQUENTIAL_GOAL = 0.90  # issue 14: sequential serials within 10% of random ones
 OTHER_BENCHMARK = "bench.bench_sign"  # never share the 2 cores with it
@@ -190,7 +196,8 @@ class ProcessCpu:
 # ---------------------------------------------------------------- raw sign rates
 
 def openssl_speed_multi(key_type: str, seconds: int, processes: int) -> dict:
-    """``openssl speed -seconds S -mr -multi P ALG``: the sum of P processes' sign/s."""
+    """``openssl speed -seconds S -mr -multi P ALG``: the sum of P processes' sign/s as
+    openssl prints it (per user CPU second) and over wall-clock seconds (``sign_counts``)."""
     cmd = ["openssl", "speed", "-seconds", str(seconds), "-mr", "-multi", str(processes),
            SPEED_ALGORITHM[key_type]]
     machine_cpu = MachineCpu()
@@ -202,28 +209,38 @@ def openssl_speed_multi(key_type: str, seconds: int, processes: int) -> dict:
         fields = line.split(":")
         if fields[0] in ("+F2", "+F4"):
             sign_per_s = float(fields[3])
-    if sign_per_s is None:
+    counts = sign_counts(proc.stderr)
+    if sign_per_s is None or len(counts) != processes:
         raise RuntimeError(f"could not read sign/s from {' '.join(cmd)}:\n{proc.stdout}")
     return {"command": " ".join(cmd), "sign_per_s": round(sign_per_s, 2),
+            "sign_per_wall_s": round(sum(c for c, _t in counts) / seconds, 2),
             "machine_cpu_busy_percent": busy, "machine_readable": lines}
 
 
-def _pyca_child(args) -> float:
-    key_der, seconds = args
+def _pyca_child(key_der: bytes, seconds: float, start, results) -> None:
     key = serialization.load_der_private_key(key_der, None)
-    return pyca_sign_rate(key, seconds)
+    start.wait()  # both children loaded and warm: released together
+    results.put(pyca_sign_rate(key, seconds))
 
 
 def pyca_rates(key_type: str, seconds: int) -> dict:
     """The CA key's sign rate through ``cryptography`` (the library pkiq signs with, which
-    links its own OpenSSL), in one process and in two at once (summed)."""
+    links its own OpenSSL), in one process and in two released together (summed): the
+    yardsticks the queue's throughput is judged against."""
     key = (rsa.generate_private_key(public_exponent=65537, key_size=4096)
            if key_type == "rsa4096" else ec.generate_private_key(ec.SECP256R1()))
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     one = pyca_sign_rate(key, seconds)
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        two = sum(pool.map(_pyca_child, [(der, seconds)] * 2, chunksize=1))
+    spawn = multiprocessing.get_context("spawn")
+    start, results = spawn.Barrier(2), spawn.Queue()
+    children = [spawn.Process(target=_pyca_child, args=(der, seconds, start, results))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    two = sum(results.get(timeout=120 + 4 * seconds) for _ in children)
+    for child in children:
+        child.join()
     return {"single": {"sign_per_s": one}, "multi2": {"sign_per_s": round(two, 2)}}
 
 
@@ -233,8 +250,8 @@ def raw_rates(key_type: str, seconds: int) -> dict:
     one = openssl_speed(key_type, seconds)
     two = openssl_speed_multi(key_type, seconds, 2)
     pyca = pyca_rates(key_type, seconds)
-    log(f"  {SPEED_ALGORITHM[key_type]}: {one['sign_per_s']:.1f} sign/s one process, "
-        f"{two['sign_per_s']:.1f} sign/s -multi 2; cryptography "
+    log(f"  {SPEED_ALGORITHM[key_type]}: {one['sign_per_wall_s']:.1f} sign/s one process, "
+        f"{two['sign_per_wall_s']:.1f} sign/s -multi 2 (wall-clock); cryptography "
         f"{pyca['single']['sign_per_s']:.1f} / {pyca['multi2']['sign_per_s']:.1f} sign/s")
     return {"single": one, "multi2": two, "pyca": pyca}
 
@@ -737,21 +754,23 @@ def evaluate(report: dict) -> dict:
                     "goal": SEQUENTIAL_GOAL, "met": ratio >= SEQUENTIAL_GOAL})
             continue  # the other goals are judged on random serials, the default
         raw = report["raw"][kt]
-        one = max(raw["before"]["single"]["sign_per_s"], raw["after"]["single"]["sign_per_s"])
-        two = max(raw["before"]["multi2"]["sign_per_s"], raw["after"]["multi2"]["sign_per_s"])
+        one = max(raw[x]["single"]["sign_per_wall_s"] for x in ("before", "after"))
+        two = max(raw[x]["multi2"]["sign_per_wall_s"] for x in ("before", "after"))
+        pyca1 = max(raw[x]["pyca"]["single"]["sign_per_s"] for x in ("before", "after"))
+        pyca2 = max(raw[x]["pyca"]["multi2"]["sign_per_s"] for x in ("before", "after"))
+        run["ratio_vs_pyca_1proc"] = round(rate / pyca1, 4)
+        run["ratio_vs_pyca_2proc"] = round(rate / pyca2, 4)
         run["ratio_vs_openssl_1proc"] = round(rate / one, 4)
         run["ratio_vs_openssl_multi2"] = round(rate / two, 4)
-        pyca2 = max(raw[w]["pyca"]["multi2"]["sign_per_s"] for w in ("before", "after"))
-        run["ratio_vs_pyca_2proc"] = round(rate / pyca2, 4)
         if "drain" in run:
-            run["drain_ratio_vs_openssl_multi2"] = round(run["drain"]["certs_per_s"] / two, 4)
-        if kt == "rsa4096" and w == 2:
+            run["drain_ratio_vs_pyca_2proc"] = round(run["drain"]["certs_per_s"] / pyca2, 4)
+        if w == 2:
             goals["raw_2core"].append({
-                "key_type": kt, "workers": w, "certs_per_s": rate, "multi2_sign_per_s": two,
-                "ratio": run["ratio_vs_openssl_multi2"], "goal": RAW_GOAL,
-                "met": run["ratio_vs_openssl_multi2"] >= RAW_GOAL,
-                "pyca_2proc_sign_per_s": pyca2, "ratio_vs_pyca": run["ratio_vs_pyca_2proc"],
-                "met_vs_pyca": run["ratio_vs_pyca_2proc"] >= RAW_GOAL})
+                "key_type": kt, "workers": w, "certs_per_s": rate,
+                "pyca_2proc_sign_per_s": pyca2, "ratio": run["ratio_vs_pyca_2proc"],
+                "goal": RAW_GOAL, "met": run["ratio_vs_pyca_2proc"] >= RAW_GOAL,
+                "openssl_multi2_sign_per_wall_s": two,
+                "ratio_vs_openssl": run["ratio_vs_openssl_multi2"]})
         loop = report["openssl_ca"].get(kt)
         if not loop:
             continue
@@ -787,23 +806,24 @@ def render_table(report: dict) -> str:
         f"(synchronous_commit {report['postgresql']['synchronous_commit']}); Redis "
         f"{report['redis']['redis_version']}",
         "",
-        "Raw sign rates (openssl speed -mr, sign/s per CPU-second of user time; before / after):",
+        "Raw sign rates, before / after (cryptography: the CA key through the library pkiq "
+        "signs with, 1 process and 2 released together; openssl speed -mr: its signatures "
+        "over wall-clock seconds):",
     ]
     for kt, raw in report["raw"].items():
+        b, a = raw["before"], raw["after"]
         lines.append(
-            f"  {KEY_LABEL[kt]:<8} one process {raw['before']['single']['sign_per_s']:>9.1f} / "
-            f"{raw['after']['single']['sign_per_s']:<9.1f}  -multi 2 "
-            f"{raw['before']['multi2']['sign_per_s']:>9.1f} / "
-            f"{raw['after']['multi2']['sign_per_s']:.1f}  cryptography 1 / 2 processes "
-            f"{raw['before']['pyca']['single']['sign_per_s']:.1f} / "
-            f"{raw['before']['pyca']['multi2']['sign_per_s']:.1f}, after "
-            f"{raw['after']['pyca']['single']['sign_per_s']:.1f} / "
-            f"{raw['after']['pyca']['multi2']['sign_per_s']:.1f}")
+            f"  {KEY_LABEL[kt]:<8} cryptography 1 proc {b['pyca']['single']['sign_per_s']:>9.1f}"
+            f" / {a['pyca']['single']['sign_per_s']:<9.1f} 2 procs "
+            f"{b['pyca']['multi2']['sign_per_s']:>9.1f} / {a['pyca']['multi2']['sign_per_s']:<9.1f}"
+            f"  openssl 1 proc {b['single']['sign_per_wall_s']:.1f} / "
+            f"{a['single']['sign_per_wall_s']:.1f}, -multi 2 {b['multi2']['sign_per_wall_s']:.1f}"
+            f" / {a['multi2']['sign_per_wall_s']:.1f}")
     lines += ["", f"End to end, submit to issued (Redis + PostgreSQL; {cfg['request_keys']} cached "
               f"P-256 request keys; {cfg['submit_chunk']} requests per submit transaction, "
               f"{cfg['jobs_per_message']} job ids per message):"]
     head = (f"{'CA key':<12} {'wk':>2} {'jobs':>6} {'s':>7} {'certs/s':>8} {'submit/s':>8} "
-            f"{'vs 1proc':>8} {'vs -multi2':>10} {f'vs ca@{small}':>10} "
+            f"{'vs lib1':>8} {'vs lib2':>8} {'vs ossl2':>8} {f'vs ca@{small}':>10} "
             f"{f'vs ca@{large}':>12} {'task ms':>7} {'box%':>5}  CPU ms/job: wk/sub/pg/redis/other")
     lines += [head, "-" * len(head)]
     for run in report["queue"]:
@@ -811,8 +831,9 @@ def render_table(report: dict) -> str:
         cpu = t["cpu_ms_per_job"]
         key = KEY_LABEL[run["key_type"]] + (" seq" if run.get("serial_mode") == "sequential"
                                             else "")
-        vs = ((f"{run['ratio_vs_openssl_1proc']:>8.1%} {run['ratio_vs_openssl_multi2']:>10.1%} ")
-              if "ratio_vs_openssl_1proc" in run else f"{'-':>8} {'-':>10} ")
+        vs = ((f"{run['ratio_vs_pyca_1proc']:>8.1%} {run['ratio_vs_pyca_2proc']:>8.1%} "
+               f"{run['ratio_vs_openssl_multi2']:>8.1%} ")
+              if "ratio_vs_pyca_1proc" in run else f"{'-':>8} {'-':>8} {'-':>8} ")
         lines.append(
             f"{key:<12} {run['workers']:>2} {t['jobs']:>6} "
             f"{t['seconds']:>7.1f} {t['certs_per_s']:>8.1f} {t['submit_per_s']:>8.1f} "
@@ -822,8 +843,9 @@ def render_table(report: dict) -> str:
             f"{t['task_ms_per_job']:>7.2f} {t['machine_cpu_busy_percent'] or 0:>5.0f}  "
             f"{cpu['workers']:.1f}/{cpu['submitter']:.1f}/{cpu['postgresql']:.1f}/"
             f"{cpu['redis']:.1f}/{cpu['other']:.1f}")
-    lines.append("  vs 1proc / vs -multi2: certs/s over the faster openssl speed rate (one "
-                 "process / -multi 2); vs ca@N: over the openssl ca loop's certs/s;")
+    lines.append("  vs lib1 / vs lib2: certs/s over cryptography's sign rate in 1 / 2 processes "
+                 "(the yardstick); vs ossl2: over openssl speed -multi 2, wall-clock;")
+    lines.append("  vs ca@N: over the openssl ca loop's certs/s;")
     lines.append("  task ms: Celery's 'succeeded in' summed over the tasks, per job (a task "
                  "signs up to a message's jobs, incl. commit); "
                  "box%: whole-machine CPU busy;")
@@ -839,7 +861,8 @@ def render_table(report: dict) -> str:
             lines.append(
                 f"  {KEY_LABEL[run['key_type']]:<8} {run['workers']} worker(s): {d['jobs']} jobs "
                 f"in {d['seconds']:.1f}s = {d['certs_per_s']:.1f} certs/s "
-                f"({run['drain_ratio_vs_openssl_multi2']:.1%} of -multi 2); CPU ms/job: "
+                f"({run['drain_ratio_vs_pyca_2proc']:.1%} of cryptography's 2-process rate); "
+                f"CPU ms/job: "
                 f"workers {ms['workers']:.1f}, postgresql {ms['postgresql']:.1f}, redis "
                 f"{ms['redis']:.1f}; pool children busy {d['pool_child_busy_fraction']:.0%}")
     if report["openssl_ca"]:
@@ -865,12 +888,11 @@ def render_table(report: dict) -> str:
     goals = report["goals"]
     lines += ["", "Goals:"]
     for g in goals["raw_2core"]:
-        lines.append(f"  RSA-4096, 2 workers >= {g['goal']:.0%} of openssl speed -multi 2: "
-                     f"{g['certs_per_s']:.1f} / {g['multi2_sign_per_s']:.1f} = {g['ratio']:.1%}"
-                     f"  {'MET' if g['met'] else 'NOT MET'}")
-        lines.append(f"    the same against cryptography's own 2-process sign rate (the library "
-                     f"pkiq signs with): {g['certs_per_s']:.1f} / {g['pyca_2proc_sign_per_s']:.1f}"
-                     f" = {g['ratio_vs_pyca']:.1%}  {'MET' if g['met_vs_pyca'] else 'NOT MET'}")
+        lines.append(f"  {KEY_LABEL[g['key_type']]:<8} 2 workers >= {g['goal']:.0%} of "
+                     f"cryptography's 2-process sign rate: {g['certs_per_s']:.1f} / "
+                     f"{g['pyca_2proc_sign_per_s']:.1f} = {g['ratio']:.1%}  "
+                     f"{'MET' if g['met'] else 'NOT MET'} (openssl speed -multi 2, wall-clock: "
+                     f"{g['openssl_multi2_sign_per_wall_s']:.1f}, {g['ratio_vs_openssl']:.1%})")
     for g in goals["openssl_ca_loop"]:
         lines.append(f"  {KEY_LABEL[g['key_type']]:<8} {g['workers']} worker(s) >= "
                      f"{g['goal']:g}x the openssl ca loop at {g['index_entries']:,}: "
