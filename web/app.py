@@ -36,7 +36,7 @@ from ca.errors import PkiqError
 from service import ServiceContext
 from service.health import readiness
 
-from .api import NO_TELEMETRY, BodyLimit, make_api
+from .api import NO_TELEMETRY, BodyLimit, SubmitShortcut, make_api
 from .dashboard import make_dashboard
 from .downloads import ca_route, store_routes
 from .metrics import metrics_route
@@ -80,7 +80,7 @@ def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
     app.router.routes += [Route("/healthz", healthz, methods=["GET", "HEAD"]),
                           Route("/readyz", readyz(ctx), methods=["GET", "HEAD"]),
                           ca_route(ctx, refresh_seconds), *store_routes(ctx, refresh_seconds)]
-    app.mount("/api/v1", BodyLimit(make_api(ctx)))
+    app.mount("/api/v1", BodyLimit(SubmitShortcut(make_api(ctx))))
     app.router.routes.append(Route("/metrics", metrics_route(ctx), methods=["GET"]))
     app.mount("/ui", BodyLimit(make_dashboard(ctx), 64 * 1024))  # the dashboard (web.dashboard)
     return app
