@@ -31,6 +31,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -53,6 +54,7 @@ OCSP_RESPONSE = "application/ocsp-response"
 MAX_REQUEST = 8192  # DER bytes: one CertID with a nonce is about 100; signed ones a few KB
 MAX_CACHED = 100_000  # answers kept per process (about 2 KB each with an RSA responder)
 CA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # as web.downloads: no look-up for others
+SIGNING_THREADS = 2  # one per core of the machine it was measured on (bench/run ocsp)
 NO_CACHE = {"cache-control": "no-cache"}  # a revocation must be seen at once: revalidate
 
 
@@ -226,6 +228,9 @@ def ocsp_routes(ctx: ServiceContext, passphrase: Callable[[], bytes | None] | No
     setting, PKIQ_CA_PASSPHRASE_FILE)."""
     cache = AnswerCache()
     fresh = Freshness(ctx, cache)
+    # Uncached answers (a read and a signature, mostly in C) on two threads of their own:
+    # forty threads of the shared pool taking turns at the GIL cost more than they sign.
+    signing = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="pkiq-ocsp")
     responders = Responders(ctx, passphrase or process_passphrase(ctx))
 
     async def answer(name: str, der: bytes) -> Response:
@@ -262,8 +267,8 @@ def ocsp_routes(ctx: ServiceContext, passphrase: Callable[[], bytes | None] | No
         if responder.key is None:
             return ocsp_body(unsuccessful("tryLater"))
         generation = fresh.generation(responder.ca_id)
-        status, signed, next_update = await to_thread.run_sync(
-            _status_and_answer, ctx, responder, question, now)
+        status, signed, next_update = await asyncio.get_running_loop().run_in_executor(
+            signing, _status_and_answer, ctx, responder, question, now)
         if (question.nonce is None and status.state != "unknown"
                 and fresh.generation(responder.ca_id) == generation):
             # (a status change applied while this one was read may not be in it: not kept)
