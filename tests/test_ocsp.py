@@ -180,6 +180,28 @@ def _ecdsa(algorithm):
     return ec.ECDSA(algorithm)
 
 
+def test_the_url_a_profile_writes_into_aia_is_the_responder(served, estate, tmp_path):
+    """``pkiq ca set NAME --ocsp-url``: new certificates carry the URL, and openssl asks
+    it as written there."""
+    from click.testing import CliRunner
+
+    from pkiq.cli import cli
+
+    url = served.url("/ocsp/Root")
+    result = CliRunner().invoke(cli, ["ca", "set", "Root", "--ocsp-url", url],
+                                obj=estate.ctx, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    issued = cas.sign_request(estate.ctx, "Root", make_csr("aia.example.com"),
+                              passphrase=PASS, profile="webserver")
+    leaf = estate.write("aia", issued.certificate)
+    found = openssl("x509", "-in", str(leaf), "-noout", "-ocsp_uri").stdout.decode().strip()
+    assert found == url
+    done = openssl("ocsp", "-issuer", str(estate.ca_pem["Root"]), "-cert", str(leaf),
+                   "-url", found, "-CAfile", str(estate.ca_pem["Root"]))
+    out = done.stdout.decode() + done.stderr.decode()
+    assert status_line(out, str(leaf)) == "good" and "Response verify OK" in out
+
+
 # ---------------------------------------------------------------- nonces and the cache
 
 def test_a_nonce_is_echoed_and_its_answer_signed_afresh(served, estate):
