@@ -61,6 +61,10 @@ class Responder:
     def __repr__(self) -> str:  # never print key material, even by accident
         return f"Responder({self.name!r}, cert={self.cert is not None})"
 
+    def usable(self, now: dt.datetime) -> bool:
+        """Can it sign an answer at ``now``?"""
+        return self.key is not None and self.cert.not_valid_after_utc > now
+
     def issued_by(self, question: Question) -> bool:
         """Does the CertID name this CA as the issuer (both hashes, per its algorithm)?"""
         return self.hashes.get(question.algorithm) == (question.name_hash, question.key_hash)
@@ -69,9 +73,11 @@ class Responder:
 RECHECK = dt.timedelta(minutes=1)  # how often a process without a responder looks again
 
 
-def load_responder(ctx: ServiceContext, name: str, passphrase: bytes | None) -> Responder:
+def load_responder(ctx: ServiceContext, name: str, passphrase: bytes | None,
+                   known: Responder | None = None) -> Responder:
     """CA ``name``'s responder as it is now (NotFound for no such CA). The PBKDF2 unlock of
-    the responder key happens here: call it once per certificate, not per request."""
+    the responder key happens here, once per certificate: the key of ``known`` (what the
+    caller loaded last) is taken over when its certificate is still the current one."""
     now = ctx.clock()
     with ctx.read_transaction() as session:
         ca = authority.get_ca(session, name)
@@ -90,7 +96,11 @@ def load_responder(ctx: ServiceContext, name: str, passphrase: bytes | None) -> 
                        f"key of CA {name!r} (set PKIQ_CA_PASSPHRASE_FILE)")
     else:
         cert = authority.load_certificate(cert_der)
-        key = decrypt_key(key_pem, passphrase, what=f"the OCSP responder key of CA {name!r}")
+        if known is not None and known.key is not None and known.cert == cert:
+            key = known.key
+        else:
+            key = decrypt_key(key_pem, passphrase,
+                              what=f"the OCSP responder key of CA {name!r}")
     return Responder(ca_id, name, hashes, handed_over, cert, key, unavailable,
                      max(half_life, now + RECHECK) if cert is not None else now + RECHECK)
 

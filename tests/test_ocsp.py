@@ -394,6 +394,29 @@ def test_a_ca_without_a_responder_yet_is_try_later(tmp_path, now_clock):
         ctx.close()
 
 
+def test_a_renewed_responder_certificate_is_taken_up_by_the_running_server(served, estate,
+                                                                          now_clock):
+    from .test_web_downloads import wait_for
+
+    first = x509.load_pem_x509_certificate(estate.responder_pem["Root"].read_bytes())
+    answer = ocsp.load_der_ocsp_response(post(served, "Root", request_for(estate,
+                                                                        "a.example.com")).content)
+    assert answer.certificates == [first]
+    now_clock.now = first.not_valid_after_utc - dt.timedelta(days=1)  # past half life
+    renewed = [o for o in service_ocsp.renew_responders(estate.ctx, passphrase=PASS)
+               if o.ca == "Root"]
+    assert renewed and renewed[0].error is None
+
+    def signer() -> x509.Certificate:
+        der = post(served, "Root", request_for(estate, "b.example.com",
+                                               nonce=b"r" * 16)).content
+        return ocsp.load_der_ocsp_response(der).certificates[0]
+
+    second = wait_for(lambda: (found := signer()) != first and found)
+    assert f"{int(renewed[0].serial, 16):X}" == f"{second.serial_number:X}"
+    assert second.not_valid_after_utc > first.not_valid_after_utc
+
+
 # ---------------------------------------------------------------- revocation at once
 
 @pytest.mark.parametrize("through", ["service", "cli"])

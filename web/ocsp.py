@@ -187,18 +187,22 @@ class Responders:
 
     async def get(self, name: str) -> service_ocsp.Responder:
         found = self.loaded.get(name)
-        if found is not None and self.ctx.clock() < found.recheck_at:
+        now = self.ctx.clock()
+        if found is not None and now < found.recheck_at:
             return found
         task = self._loading.get(name)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(name))
+            task = asyncio.get_running_loop().create_task(self._load(name, found))
             self._loading[name] = task
+        if found is not None and found.usable(now):
+            return found  # still good: answer with it while the look-up runs
         return await asyncio.shield(task)
 
-    async def _load(self, name: str) -> service_ocsp.Responder:
+    async def _load(self, name: str, known: service_ocsp.Responder | None
+                    ) -> service_ocsp.Responder:
         try:
             responder = await to_thread.run_sync(service_ocsp.load_responder, self.ctx,
-                                                 name, self.passphrase())
+                                                 name, self.passphrase(), known)
         finally:
             del self._loading[name]
         self.loaded[name] = responder
