@@ -19,7 +19,8 @@ def commit_counter(engine: Engine) -> Callable[[], int] | None:
     committed since it last returned, for a SQLite file; None for any other database.
 
     It holds one connection of its own in autocommit mode (no read transaction stays open
-    to hold back WAL checkpoints), guarded by a lock so that threads may share it."""
+    to hold back WAL checkpoints), guarded by a lock so that threads may share it; the
+    function's ``close()`` closes it."""
     if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
         return None
     conn = sqlite3.connect(engine.url.database, check_same_thread=False, isolation_level=None)
@@ -29,4 +30,5 @@ def commit_counter(engine: Engine) -> Callable[[], int] | None:
         with lock:
             return conn.execute("PRAGMA data_version").fetchone()[0]
 
+    counter.close = conn.close  # for the owner's shutdown
     return counter

@@ -74,15 +74,16 @@ async def healthz(_request: Request) -> Response:
 def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
     """The app over ``ctx``'s database. A new CRL or CA is served within ``refresh_seconds``
     (see ``web.cache``); the database is read on the first request, not here."""
+    ocsp = ocsp_routes(ctx)  # /ocsp/NAME: each CA's responder (web.ocsp)
     app = FastAPI(title="pkiq downloads", docs_url=None, redoc_url=None, openapi_url=None,
-                  telemetry=NO_TELEMETRY,
+                  telemetry=NO_TELEMETRY, lifespan=ocsp.lifespan,
                   exception_handlers={HTTPException: http_error, PkiqError: pkiq_error,
                                       Exception: internal_error})
 
     app.router.routes += [Route("/healthz", healthz, methods=["GET", "HEAD"]),
                           Route("/readyz", readyz(ctx), methods=["GET", "HEAD"]),
                           ca_route(ctx, refresh_seconds), *store_routes(ctx, refresh_seconds),
-                          *ocsp_routes(ctx)]  # /ocsp/NAME: each CA's responder (web.ocsp)
+                          *ocsp.routes]
     app.mount("/api/v1", BodyLimit(make_api(ctx)))
     app.router.routes.append(Route("/metrics", metrics_route(ctx), methods=["GET"]))
     app.mount("/ui", BodyLimit(make_dashboard(ctx), 64 * 1024))  # the dashboard (web.dashboard)

@@ -27,10 +27,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -106,34 +107,51 @@ class Freshness:
         self.counter = None
         self.known: dict[int, int] | None = None
         self._seen_commits: int | None = None
+        self._reads_made = self._applied = 0
+        self._generations = None
         self._reads = FreshRead(self._read)
         self._applying = asyncio.Lock()
 
-    def _read(self) -> tuple[int | None, dict[int, int]]:
+    def _read(self) -> tuple[int, int | None, dict[int, int]]:
+        """(this read's number, the commit counter, the generations), in a worker thread;
+        reads run one at a time (``FreshRead``), so numbers and values both grow."""
         if self.counter is None and self.known is None:
             self.counter = service_ocsp.commit_watch(self.ctx)
-        commits = self.counter() if self.counter is not None else None
-        return commits, service_ocsp.generations(self.ctx)
+            if self.counter is None:  # asked on every request: its own connection
+                self._generations = service_ocsp.GenerationReader(self.ctx)
+        self._reads_made += 1
+        if self.counter is not None:  # SQLite: read only after a commit, through the pool
+            return self._reads_made, self.counter(), service_ocsp.generations(self.ctx)
+        return self._reads_made, None, self._generations()
 
     async def check(self) -> None:
         if self.counter is not None and self.counter() == self._seen_commits:
             return  # SQLite: nothing committed anywhere since the last read
-        commits, generations = await self._reads.get()
+        number, commits, generations = await self._reads.get()
         async with self._applying:
+            if number <= self._applied:
+                return  # a newer read was applied while this one waited
             if self.known is None:
                 self.known = generations
             else:
                 for ca_id, generation in generations.items():
                     before = self.known.get(ca_id, 0)
-                    if generation != before:
+                    if generation > before:  # generations only grow
                         serials = await to_thread.run_sync(
                             service_ocsp.changed_serials, self.ctx, ca_id, before, generation)
                         self.cache.drop(ca_id, serials)
                         self.known[ca_id] = generation
-            self._seen_commits = commits
+            self._seen_commits, self._applied = commits, number
 
     def generation(self, ca_id: int) -> int | None:
         return None if self.known is None else self.known.get(ca_id, 0)
+
+    def close(self) -> None:
+        """The connections it holds, when the app shuts down."""
+        if self.counter is not None:
+            self.counter.close()
+        if self._generations is not None:
+            self._generations.close()
 
 
 # ---------------------------------------------------------------- answers kept
@@ -225,8 +243,23 @@ def process_passphrase(ctx: ServiceContext) -> Callable[[], bytes | None]:
     return read
 
 
+@dataclass(frozen=True)
+class OcspRoutes:
+    """The routes, and what to call when the app shuts down (``lifespan``)."""
+
+    routes: list[Route]
+    close: Callable[[], None]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            self.close()
+
+
 def ocsp_routes(ctx: ServiceContext, passphrase: Callable[[], bytes | None] | None = None
-                ) -> list[Route]:
+                ) -> OcspRoutes:
     """``/ocsp/NAME`` (POST) and ``/ocsp/NAME/REQUEST`` (GET) over ``ctx``; ``passphrase``
     gives the CA passphrase that unlocks responder keys (by default this process's
     setting, PKIQ_CA_PASSPHRASE_FILE)."""
@@ -313,9 +346,13 @@ def ocsp_routes(ctx: ServiceContext, passphrase: Callable[[], bytes | None] | No
             return line(413, f"an OCSP request is at most {MAX_REQUEST} bytes here")
         return await answer(request.path_params["name"], der)
 
-    return [Route("/ocsp/{name}", post, methods=["POST"]),
-            Route("/ocsp/{name}/", post, methods=["POST"]),
-            Route("/ocsp/{name}/{request:path}", get, methods=["GET"])]
+    def close() -> None:
+        fresh.close()
+        signing.shutdown(wait=False)
+
+    return OcspRoutes([Route("/ocsp/{name}", post, methods=["POST"]),
+                       Route("/ocsp/{name}/", post, methods=["POST"]),
+                       Route("/ocsp/{name}/{request:path}", get, methods=["GET"])], close)
 
 
 def _status_and_answer(ctx: ServiceContext, responder: service_ocsp.Responder, question,
