@@ -514,3 +514,33 @@ def request_by_serial_for(ctx: ServiceContext, ca: str, serial: int) -> bytes:
     return ocsp.OCSPRequestBuilder().add_certificate_by_hash(
         name_hash, key_hash, serial, hashes.SHA1()).build().public_bytes(
         serialization.Encoding.DER)
+
+
+def test_fresh_read_never_answers_with_a_read_older_than_the_request():
+    """What "at once" rests on (web.ocsp.FreshRead): a request that arrives while a read
+    runs waits for the next one, and the twenty that arrive then share that one."""
+    import asyncio
+    import time
+
+    from web.ocsp import FreshRead
+
+    started = []
+
+    def read() -> int:
+        started.append(time.monotonic())
+        time.sleep(0.02)
+        return len(started)
+
+    async def main():
+        fresh = FreshRead(read, spacing=0.005)
+        first = asyncio.get_running_loop().create_task(fresh.get())
+        while not started:
+            await asyncio.sleep(0.001)  # the first read is under way
+        arrived = time.monotonic()
+        later = await asyncio.gather(*(fresh.get() for _ in range(20)))
+        assert await first == 1
+        assert set(later) == {2} and started[1] >= arrived
+        assert started[1] - started[0] >= 0.005  # spaced
+        assert await fresh.get() == 3  # nothing is answered from an older read
+
+    asyncio.run(main())
