@@ -512,6 +512,7 @@ def hand_over(session: Session, ca: CertificateAuthority, folder: str,
     session.refresh(ca, with_for_update=True)
     check_in_service(ca)
     ca.handed_over_at, ca.handed_over_to = now.replace(microsecond=0), folder
+    bump_status_generation(session, ca)  # OCSP: pkiq's index no longer has the last word
 
 
 def lock_in_service(session: Session, ca: CertificateAuthority) -> None:
@@ -715,14 +716,21 @@ def status_changed(session: Session, ca: CertificateAuthority, serial: str,
     process compares the generation on each request and drops that serial's cached answers
     (``web.ocsp``); the CRL renewal is due from the same commit, as
     ``scheduler.upkeep.own_crl_reason`` finds a revocation after the last CRL."""
+    generation = bump_status_generation(session, ca)
+    session.add(OcspInvalidation(ca_id=ca.id, generation=generation, serial=serial,
+                                 at=now.replace(microsecond=0)))
+    return generation
+
+
+def bump_status_generation(session: Session, ca: CertificateAuthority) -> int:
+    """The CA's next ``status_generation``. Alone (no serial listed under it) it tells
+    responders that every answer of the CA is void (a handover)."""
     generation = session.execute(
         update(CertificateAuthority).where(CertificateAuthority.id == ca.id)
         .values(status_generation=CertificateAuthority.status_generation + 1)
         .returning(CertificateAuthority.status_generation)
         .execution_options(synchronize_session=False)).scalar_one()
     set_committed_value(ca, "status_generation", generation)
-    session.add(OcspInvalidation(ca_id=ca.id, generation=generation, serial=serial,
-                                 at=now.replace(microsecond=0)))
     return generation
 
 

@@ -544,3 +544,19 @@ def test_fresh_read_never_answers_with_a_read_older_than_the_request():
         assert await fresh.get() == 3  # nothing is answered from an older read
 
     asyncio.run(main())
+
+
+def test_a_handover_makes_the_running_responder_unauthorized_at_once(served, estate,
+                                                                    tmp_path):
+    """After ``export-openssl --handover`` openssl ca revokes there: pkiq's index may be
+    behind, so its answers stop (unauthorized), cached ones included."""
+    request = request_for(estate, "a.example.com")
+    first = ocsp.load_der_ocsp_response(post(served, "Root", request).content)
+    assert first.certificate_status == ocsp.OCSPCertStatus.GOOD
+    cas.export_openssl(estate.ctx, "Root", tmp_path / "democa", handover=True)
+    for der in (request, request_for(estate, "b.example.com", nonce=b"h" * 16)):
+        answer = ocsp.load_der_ocsp_response(post(served, "Root", der).content)
+        assert answer.response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
+    other = ocsp.load_der_ocsp_response(post(
+        served, "Other", request_by_serial(estate, "Other", 5)).content)
+    assert other.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL

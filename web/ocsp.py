@@ -111,8 +111,9 @@ class Freshness:
     """Which CA status generations this process has applied to its cache, brought up to
     date on every request (see the module's docstring)."""
 
-    def __init__(self, ctx: ServiceContext, cache: AnswerCache):
-        self.ctx, self.cache = ctx, cache
+    def __init__(self, ctx: ServiceContext, cache: AnswerCache,
+                 changed: Callable[[int], None] = lambda ca_id: None):
+        self.ctx, self.cache, self.changed = ctx, cache, changed
         self.counter = None
         self.known: dict[int, int] | None = None
         self._seen_commits: int | None = None
@@ -149,6 +150,8 @@ class Freshness:
                         serials = await to_thread.run_sync(
                             service_ocsp.changed_serials, self.ctx, ca_id, before, generation)
                         self.cache.drop(ca_id, serials)
+                        if serials is None:  # the CA itself changed (a handover)
+                            self.changed(ca_id)
                         self.known[ca_id] = generation
             self._seen_commits, self._applied = commits, number
 
@@ -212,6 +215,12 @@ class Responders:
         self._loading: dict[str, asyncio.Task] = {}
         self._told: set[str] = set()
 
+    def forget(self, ca_id: int) -> None:
+        """Load the CA's responder again on its next request."""
+        for name, responder in list(self.loaded.items()):
+            if responder.ca_id == ca_id:
+                del self.loaded[name]
+
     async def get(self, name: str) -> service_ocsp.Responder:
         found = self.loaded.get(name)
         now = self.ctx.clock()
@@ -273,11 +282,11 @@ def ocsp_routes(ctx: ServiceContext, passphrase: Callable[[], bytes | None] | No
     gives the CA passphrase that unlocks responder keys (by default this process's
     setting, PKIQ_CA_PASSPHRASE_FILE)."""
     cache = AnswerCache()
-    fresh = Freshness(ctx, cache)
+    responders = Responders(ctx, passphrase or process_passphrase(ctx))
+    fresh = Freshness(ctx, cache, responders.forget)
     # Uncached answers (a read and a signature, mostly in C) on two threads of their own:
     # forty threads of the shared pool taking turns at the GIL cost more than they sign.
     signing = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="pkiq-ocsp")
-    responders = Responders(ctx, passphrase or process_passphrase(ctx))
 
     async def answer(name: str, der: bytes) -> Response:
         """An OCSP answer whatever happens: a database that does not answer is tryLater,
@@ -294,11 +303,11 @@ def ocsp_routes(ctx: ServiceContext, passphrase: Callable[[], bytes | None] | No
     async def answer_for(name: str, der: bytes) -> Response:
         if not CA_NAME.fullmatch(name):
             return line(404, "no such CA: CA names are 1-64 letters, digits, '-', '_' or '.'")
+        await fresh.check()  # first: it may void the responder (a handover)
         try:
             responder = await responders.get(name)
         except NotFound:
             return line(404, f"no CA named {name!r}")
-        await fresh.check()
         now = ctx.clock()
         key = (name, der)
         body = cache.get(key, now)
