@@ -28,7 +28,7 @@ from . import pkcs8
 from .authority import ca_certificate, lock_in_service
 from .crl import REASONS
 from .errors import BadInput, CaExpired
-from .keys import Signer, decrypt_key, generate_key, signature_hash
+from .keys import Signer, generate_key, signature_hash
 from .models import Certificate, CertificateAuthority, OcspResponder
 from .names import openssl_oneline
 from .serials import Random, random_serial, serial_hex
@@ -143,12 +143,6 @@ def issue_responder(session: Session, ca: CertificateAuthority, signer: Signer,
     session.add(row)
     session.flush()
     return row
-
-
-def responder_key(row: OcspResponder, passphrase: bytes | None, ca_name: str):
-    """The responder's private key (a PBKDF2 unlock: do it once per certificate)."""
-    return decrypt_key(row.key_pem, passphrase,
-                       what=f"the OCSP responder key of CA {ca_name!r}")
 
 
 # ---------------------------------------------------------------- requests and answers
