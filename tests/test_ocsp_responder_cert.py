@@ -246,3 +246,16 @@ def test_answers_pass_pkilint(ctx, clock, ca_name):
         assert [f for f in lint_ocsp_response(der) if f.severity in ("ERROR", "FATAL")] == []
         assert ocsp.load_der_ocsp_response(der).response_status.name.replace(
             "_", "").lower() == state.lower()
+
+
+def test_responder_certificates_pass_pkilint_rfc_5280(ctx):
+    """pkilint's certificate and issuer/subject linters, as every certificate pkiq issues."""
+    from .test_pkilint import lint_certificate, lint_chain
+
+    service_ocsp.renew_responders(ctx, passphrase=PASS)
+    for ca_name, rows in responders(ctx).items():
+        der = rows[-1].cert_der
+        issuer = cas.show_ca(ctx, ca_name)[1].public_bytes(serialization.Encoding.DER)
+        bad = [f for f in lint_certificate(der) + lint_chain(issuer, der)
+               if f.severity != "INFO"]  # INFO: the SKI is method 1 (RFC 5280 4.2.1.2)
+        assert bad == [], (ca_name, [str(f) for f in bad])
