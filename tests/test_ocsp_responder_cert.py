@@ -5,6 +5,7 @@ and the answers it signs under pkilint's RFC 6960 linter."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from cryptography import x509
@@ -259,3 +260,27 @@ def test_responder_certificates_pass_pkilint_rfc_5280(ctx):
         bad = [f for f in lint_certificate(der) + lint_chain(issuer, der)
                if f.severity != "INFO"]  # INFO: the SKI is method 1 (RFC 5280 4.2.1.2)
         assert bad == [], (ca_name, [str(f) for f in bad])
+
+
+def test_pkiq_ca_ocsp_responders_issues_them_now(ctx, clock, tmp_path):
+    from click.testing import CliRunner
+
+    from pkiq.cli import cli
+
+    passfile = tmp_path / "pass"
+    passfile.write_text(PASSPHRASE + "\n")
+    run = CliRunner()
+    args = ["ca", "ocsp-responders", "--passphrase-file", str(passfile)]
+    first = run.invoke(cli, [*args, "--json"], obj=ctx, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    issued = json.loads(first.output)
+    assert sorted(o["ca"] for o in issued) == ["Root", "Rsa", "Sub"]
+    assert all(o["serial"] and o["error"] is None for o in issued)
+    again = run.invoke(cli, args, obj=ctx, catch_exceptions=False)
+    assert again.exit_code == 0 and "every CA has a current OCSP responder" in again.output
+    clock.advance(days=3)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase of these CAs\n")
+    failed = run.invoke(cli, ["ca", "ocsp-responders", "--passphrase-file", str(wrong)],
+                        obj=ctx, catch_exceptions=False)
+    assert failed.exit_code == 1 and failed.output.count("FAILED") == 3
