@@ -92,7 +92,8 @@ def load_responder(ctx: ServiceContext, name: str, passphrase: bytes | None,
                      if row is not None else now)
     cert = key = unavailable = None
     if cert_der is None:
-        unavailable = (f"CA {name!r} has no OCSP responder certificate yet (beat issues one)")
+        unavailable = (f"CA {name!r} has no OCSP responder certificate yet (beat issues "
+                       "one; or pkiq ca ocsp-responders)")
     elif not passphrase:
         unavailable = ("this web process has no CA passphrase to unlock the OCSP responder "
                        f"key of CA {name!r} (set PKIQ_CA_PASSPHRASE_FILE)")
