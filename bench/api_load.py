@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import base64
 import json
 import random
 import resource
@@ -56,6 +57,8 @@ class Run:
         self.first_send = self.last_answer = 0.0
         self.done: asyncio.Future = loop.create_future()
         self.outstanding = len(requests)
+        self.ok_status = config.get("ok_status")  # other than 201: bodies kept, not parsed
+        self.bodies: set[bytes] = set()
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -175,7 +178,10 @@ class Client(asyncio.Protocol):
         if self.due_clock:
             run.latency_due.append(int((now - self.due_clock) * 1e6))
         run.statuses[status] = run.statuses.get(status, 0) + 1
-        if status == 201:
+        if status == run.ok_status:
+            if len(run.bodies) < 1000:  # distinct answers, a sample for the parent to check
+                run.bodies.add(body)
+        elif status == 201:
             answer = json.loads(body)
             run.ids.append(answer["id"])
             run.new += bool(answer.get("new"))
@@ -209,13 +215,20 @@ class Client(asyncio.Protocol):
 
 
 def prepared(config: dict) -> list[bytes]:
-    head = (f"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{config['port']}\r\n"
-            f"User-Agent: pkiq-bench\r\nAuthorization: Bearer {config['token']}\r\n"
-            "Content-Type: application/json\r\nAccept: application/json\r\n")
+    """The requests, ready to write. By default API job submissions; ``path``,
+    ``content_type`` and ``base64_bodies`` (one base64 line per binary body, no token) make
+    them another POST, such as OCSP requests (``bench.bench_ocsp``)."""
+    head = (f"POST {config.get('path', '/api/v1/jobs')} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{config['port']}\r\nUser-Agent: pkiq-bench\r\n"
+            + (f"Authorization: Bearer {config['token']}\r\n" if config.get("token") else "")
+            + f"Content-Type: {config.get('content_type', 'application/json')}\r\n"
+            + ("Accept: application/json\r\n" if "content_type" not in config else ""))
     out = []
     with open(config["bodies_path"], "rb") as handle:
         for line in handle:
             body = line.rstrip(b"\n")
+            if config.get("base64_bodies"):
+                body = base64.b64decode(body)
             out.append(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
     return out
 
@@ -245,6 +258,7 @@ async def main(config: dict) -> dict:
     return {"statuses": {str(k): v for k, v in run.statuses.items()}, "errors": run.errors,
             "latency_us": list(run.latency), "latency_due_us": list(run.latency_due),
             "ids": run.ids, "new": run.new, "samples": run.samples, "behind": run.behind,
+            "bodies_b64": [base64.b64encode(b).decode() for b in sorted(run.bodies)[:50]],
             "first_send": run.first_send, "last_answer": run.last_answer,
             "cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime
                            - cpu_before.ru_utime - cpu_before.ru_stime, 3)}

@@ -44,7 +44,7 @@ from .keys import (
     passphrase_length,
     reencrypt_key,
 )
-from .models import Certificate, CertificateAuthority, Crl
+from .models import Certificate, CertificateAuthority, Crl, OcspInvalidation
 from .names import canonical_name, check_name, check_no_email, openssl_oneline, without_email
 from .pkcs8 import current as current_protection
 from .pkcs8 import protection
@@ -512,6 +512,7 @@ def hand_over(session: Session, ca: CertificateAuthority, folder: str,
     session.refresh(ca, with_for_update=True)
     check_in_service(ca)
     ca.handed_over_at, ca.handed_over_to = now.replace(microsecond=0), folder
+    bump_status_generation(session, ca)  # OCSP: pkiq's index no longer has the last word
 
 
 def lock_in_service(session: Session, ca: CertificateAuthority) -> None:
@@ -702,8 +703,35 @@ def revoke(
     record.revoked_at = now.replace(microsecond=0)
     record.revocation_reason = reason
     record.invalidity_date = invalidity_date.replace(microsecond=0) if invalidity_date else None
+    status_changed(session, ca, record.serial, now)
     session.flush()
     return record
+
+
+def status_changed(session: Session, ca: CertificateAuthority, serial: str,
+                   now: dt.datetime) -> int:
+    """Record, in the caller's transaction, that ``serial``'s status changed: the CA's
+    ``status_generation`` goes up by one (under the row lock the UPDATE takes, so
+    generations commit in order) and the serial is listed under it. Every OCSP responder
+    process compares the generation on each request and drops that serial's cached answers
+    (``web.ocsp``); the CRL renewal is due from the same commit, as
+    ``scheduler.upkeep.own_crl_reason`` finds a revocation after the last CRL."""
+    generation = bump_status_generation(session, ca)
+    session.add(OcspInvalidation(ca_id=ca.id, generation=generation, serial=serial,
+                                 at=now.replace(microsecond=0)))
+    return generation
+
+
+def bump_status_generation(session: Session, ca: CertificateAuthority) -> int:
+    """The CA's next ``status_generation``. Alone (no serial listed under it) it tells
+    responders that every answer of the CA is void (a handover)."""
+    generation = session.execute(
+        update(CertificateAuthority).where(CertificateAuthority.id == ca.id)
+        .values(status_generation=CertificateAuthority.status_generation + 1)
+        .returning(CertificateAuthority.status_generation)
+        .execution_options(synchronize_session=False)).scalar_one()
+    set_committed_value(ca, "status_generation", generation)
+    return generation
 
 
 def release_hold(session: Session, ca: CertificateAuthority, serial: int,
@@ -720,6 +748,7 @@ def release_hold(session: Session, ca: CertificateAuthority, serial: int,
     if ca.unique_subject and record.status == "V":
         _check_unique_subject(session, ca, record.subject, now)
         record.active_subject = subject_key(record.subject)
+    status_changed(session, ca, record.serial, now)
     session.flush()
     return record
 

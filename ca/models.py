@@ -93,6 +93,9 @@ class CertificateAuthority(Base):
     # index, serial and crlnumber, and pkiq neither signs with the CA nor renews its CRL.
     handed_over_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     handed_over_to: Mapped[str | None] = mapped_column(Text)
+    # Bumped by every revocation and hold release, in its transaction: what an OCSP
+    # responder's cache compares to see a status change made by any process (ca.ocsp).
+    status_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     parent: Mapped[CertificateAuthority | None] = relationship(remote_side=[id])
 
@@ -143,6 +146,37 @@ class Crl(Base):
     next_update: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     entries: Mapped[int] = mapped_column(Integer)
     der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class OcspResponder(Base):
+    """A delegated OCSP responder certificate of a CA (RFC 6960 section 4.2.2.2) and its
+    key, encrypted at rest under the CA passphrase as the CA's own key is."""
+
+    __tablename__ = "ocsp_responders"
+    __table_args__ = (UniqueConstraint("ca_id", "serial", name="uq_ocsp_responders_serial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    serial: Mapped[str] = mapped_column(String(42))
+    cert_der: Mapped[bytes] = mapped_column(LargeBinary)
+    key_pem: Mapped[str] = mapped_column(Text)  # PKCS#8, PBES2 AES-256: never clear
+    not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class OcspInvalidation(Base):
+    """Which serial's status changed at which ``status_generation`` of its CA: a responder
+    that saw generation g drops the cached answers of the serials of g+1.. only."""
+
+    __tablename__ = "ocsp_invalidations"
+    __table_args__ = (Index("ix_ocsp_invalidations_ca_generation", "ca_id", "generation"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    generation: Mapped[int] = mapped_column(BigInteger)
+    serial: Mapped[str] = mapped_column(String(42))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class SigningJob(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 
@@ -275,6 +276,28 @@ def ca_gencrl(ctx, name, out, der, passphrase_file, passphrase_env, as_json):
         number = result.info["crl_number"]
         _deliver_crl(output, result, as_json, issued=f"CRL number {number} of CA {name}",
                      recover=_again("ca", "crl", name, out=out, der=der))
+
+
+@ca_group.command("ocsp-responders")
+@passphrase_options()
+@json_option
+@pass_service
+def ca_ocsp_responders(ctx, passphrase_file, passphrase_env, as_json):
+    """Issue OCSP responder certificates to the CAs that need one, now (beat does it too).
+
+    A CA needs one when it has none valid, or less than half of its current one's life is
+    left. Their keys are encrypted under the passphrase given (the CAs' own)."""
+    from service import ocsp
+
+    passphrase = read_passphrase(ctx, passphrase_file, passphrase_env, what="the CAs")
+    outcomes = [dataclasses.asdict(o) for o in ocsp.renew_responders(ctx,
+                                                                      passphrase=passphrase)]
+    emit(outcomes, as_json, lambda: "\n".join(
+        f"{o['ca']}: " + (f"responder {o['serial']} issued ({o['reason']})" if o["serial"]
+                          else f"FAILED: {o['error']}") for o in outcomes)
+        or "every CA has a current OCSP responder")
+    if any(o["error"] for o in outcomes):
+        raise SystemExit(1)
 
 
 @ca_group.command("passwd")

@@ -30,6 +30,7 @@ class TickReport:
     refresh: refresh_mod.RefreshReport | None = None
     skipped: str | None = None  # why no refresh ran although one was due
     own_crls: list[upkeep.OwnCrlOutcome] = field(default_factory=list)
+    responders: list[upkeep.ResponderOutcome] = field(default_factory=list)
     alerted: list[str] = field(default_factory=list)
 
 
@@ -73,12 +74,16 @@ def _slots(session: Session, now: dt.datetime, policy: crl_config.CrlPolicy | No
 def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
          signer_for: Callable[[CertificateAuthority], Signer] | None, send: Callable,
          sleep=None, network: crl_config.CrlNetwork | None = None,
-         min_overlap: dt.timedelta = dt.timedelta(0)) -> TickReport:
+         min_overlap: dt.timedelta = dt.timedelta(0),
+         passphrase: bytes | None = None) -> TickReport:
     """One beat tick. ``signer_for(ca)`` loads a CA's key (None: own CRLs are not renewed
     here, and say so as a problem); ``send(problem, severity)`` delivers an alert;
     ``network``: the fetches' proxy and internal-network settings; ``min_overlap``: renew
     pkiq's own CRLs at least this long before their nextUpdate (the stores' CRL headroom,
-    so a store never carries a CRL of ours with less left than it asks for)."""
+    so a store never carries a CRL of ours with less left than it asks for);
+    ``passphrase``: the CA passphrase, which OCSP responder keys are encrypted under (None:
+    responder certificates are not renewed here; without it the CA keys do not unlock
+    either, and the CRLs' alert says so)."""
     report = TickReport()
     with transaction(sessions) as session:  # the settings, once: one tick, one set of them
         policy = crl_config.snapshot(session, clock())
@@ -105,8 +110,13 @@ def tick(sessions: sessionmaker, clock: Callable[[], dt.datetime], *,
             report.own_crls = upkeep.renew_own_crls(
                 session, signer_for, clock(), max(policy.overlap, min_overlap),
                 force=report.refresh is not None)
+    if signer_for is not None and passphrase is not None:
+        with transaction(sessions) as session:
+            report.responders = upkeep.renew_responders(session, signer_for, passphrase,
+                                                        clock())
     with transaction(sessions) as session:
-        found = upkeep.problems(session, clock(), policy.warn, report.own_crls)
+        found = upkeep.problems(session, clock(), policy.warn, report.own_crls,
+                                report.responders)
         outgoing = upkeep.plan_alerts(session, found, clock())
     if outgoing:
         results = upkeep.deliver_alerts(outgoing, send)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ca import audit, crl_install
+from ca import audit, crl_install, ocsp
 from ca.audit import Actor
 from ca.authority import generate_crl, latest_crl
 from ca.crl_scope import COMPLETE
-from ca.errors import PkiqError
+from ca.errors import PkiqError, WrongPassphrase
 from ca.keys import Signer
 from ca.models import (
     Certificate,
@@ -115,6 +115,53 @@ def renew_own_crls(session: Session, signer_for: Callable[[CertificateAuthority]
     return done
 
 
+# ---------------------------------------------------------------- OCSP responders
+
+@dataclass(frozen=True)
+class ResponderOutcome:
+    """What renewing one CA's OCSP responder certificate came to: serial ``serial`` issued
+    because ``reason``, or ``error``."""
+
+    ca: str
+    serial: str | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
+def renew_responders(session: Session, signer_for: Callable[[CertificateAuthority], Signer],
+                     passphrase: bytes | None, now: dt.datetime) -> list[ResponderOutcome]:
+    """Issue a responder certificate to every pkiq CA in service whose current one has
+    less than half its life left (``ca.ocsp.needs_renewal``), on the same ticks as the
+    CRLs. Its key is encrypted under ``passphrase``; without one nothing is issued and each
+    CA that needs a responder says so. The caller commits."""
+    done = []
+    for ca in session.scalars(select(CertificateAuthority).where(
+            CertificateAuthority.handed_over_at.is_(None)).order_by(CertificateAuthority.id)):
+        if ca.not_after <= now:
+            continue
+        reason = ocsp.needs_renewal(ocsp.current_responder(session, ca, now), now)
+        if reason is None:
+            continue
+        try:
+            if not passphrase:
+                raise WrongPassphrase("no CA passphrase to encrypt the responder key under")
+            with session.begin_nested():
+                session.refresh(ca, with_for_update={"key_share": True})  # one beat at a time
+                if ocsp.needs_renewal(ocsp.current_responder(session, ca, now), now) is None:
+                    continue
+                row = ocsp.issue_responder(session, ca, signer_for(ca), passphrase, now)
+                audit.record(session, BEAT, "ocsp.responder.issue",
+                             f"ca:{ca.name}/serial:{row.serial}",
+                             {"not_after": row.not_after.isoformat(), "reason": reason}, now)
+        except PkiqError as exc:
+            log.error("cannot renew the OCSP responder of CA %s: %s", ca.name, exc)
+            done.append(ResponderOutcome(ca.name, reason=reason, error=str(exc)))
+            continue
+        done.append(ResponderOutcome(ca.name, row.serial, reason))
+        log.info("CA %s: OCSP responder %s issued because %s", ca.name, row.serial, reason)
+    return done
+
+
 # ---------------------------------------------------------------- problems and alerts
 
 @dataclass(frozen=True)
@@ -126,7 +173,8 @@ class Problem:
 
 
 def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
-             own_crls: Sequence[OwnCrlOutcome] = ()) -> list[Problem]:
+             own_crls: Sequence[OwnCrlOutcome] = (),
+             responders: Sequence[ResponderOutcome] = ()) -> list[Problem]:
     """Everything wrong right now: failed distribution points, refused CRLs, CRLs (ours or
     installed from outside) inside the nextUpdate margin or past it."""
     found = []
@@ -163,6 +211,11 @@ def problems(session: Session, now: dt.datetime, warn: dt.timedelta,
         if outcome.error is not None:
             found.append(Problem(f"own-renew:{outcome.ca}", "critical",
                                  f"cannot renew the CRL of pkiq CA {outcome.ca}: "
+                                 f"{outcome.error}", dict(ca=outcome.ca)))
+    for outcome in responders:
+        if outcome.error is not None:
+            found.append(Problem(f"ocsp-renew:{outcome.ca}", "critical",
+                                 f"cannot renew the OCSP responder of pkiq CA {outcome.ca}: "
                                  f"{outcome.error}", dict(ca=outcome.ca)))
     return found
 

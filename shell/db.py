@@ -238,7 +238,7 @@ class WriterTurns:
             os.close(fd)
 
 
-SCHEMA_HEAD = "0010"  # the newest migration; tests/test_db.py checks it against Alembic's
+SCHEMA_HEAD = "0011"  # the newest migration; tests/test_db.py checks it against Alembic's
 
 
 def alembic_config(engine: Engine, connection: Connection | None = None):

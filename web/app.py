@@ -10,6 +10,7 @@ access, RFC 5280 sections 4.2.1.13 and 4.2.2.1):
     GET /nodes/FQDN/crls.zip      the CRLs of node FQDN's published store, ZIP (DER files)
     GET /nodes/FQDN/crls.tar.gz   the same, GZIP'd tar; /nodes/FQDN/crls.pem one PEM file
     GET /clusters/NAME/crls.zip   (and .tar.gz, .pem) every CRL any peer of cluster NAME carries
+    POST /ocsp/NAME        CA NAME's OCSP responder (RFC 6960); GET /ocsp/NAME/REQUEST too
     GET /healthz           200 "ok" while the process is up
     GET /readyz            200 when the database and the queue answer, else 503 saying which
     GET /metrics           Prometheus text format (web.metrics; PKIQ_METRICS_TOKEN if set)
@@ -40,6 +41,7 @@ from .api import NO_TELEMETRY, BodyLimit, SubmitShortcut, make_api
 from .dashboard import make_dashboard
 from .downloads import ca_route, store_routes
 from .metrics import metrics_route
+from .ocsp import ocsp_routes
 
 log = logging.getLogger("pkiq.web")
 
@@ -72,14 +74,16 @@ async def healthz(_request: Request) -> Response:
 def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
     """The app over ``ctx``'s database. A new CRL or CA is served within ``refresh_seconds``
     (see ``web.cache``); the database is read on the first request, not here."""
+    ocsp = ocsp_routes(ctx)  # /ocsp/NAME: each CA's responder (web.ocsp)
     app = FastAPI(title="pkiq downloads", docs_url=None, redoc_url=None, openapi_url=None,
-                  telemetry=NO_TELEMETRY,
+                  telemetry=NO_TELEMETRY, lifespan=ocsp.lifespan,
                   exception_handlers={HTTPException: http_error, PkiqError: pkiq_error,
                                       Exception: internal_error})
 
     app.router.routes += [Route("/healthz", healthz, methods=["GET", "HEAD"]),
                           Route("/readyz", readyz(ctx), methods=["GET", "HEAD"]),
-                          ca_route(ctx, refresh_seconds), *store_routes(ctx, refresh_seconds)]
+                          ca_route(ctx, refresh_seconds), *store_routes(ctx, refresh_seconds),
+                          *ocsp.routes]
     app.mount("/api/v1", BodyLimit(SubmitShortcut(make_api(ctx))))
     app.router.routes.append(Route("/metrics", metrics_route(ctx), methods=["GET"]))
     app.mount("/ui", BodyLimit(make_dashboard(ctx), 64 * 1024))  # the dashboard (web.dashboard)

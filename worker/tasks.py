@@ -205,14 +205,20 @@ def crl_tick() -> dict:
         send = undeliverable(f"alert channels are misconfigured: {exc}")
     # Without a passphrase signer_for raises WrongPassphrase for the CA that needs a CRL:
     # that becomes an alert ("cannot renew the CRL of pkiq CA ..."), not a failed tick.
+    try:
+        passphrase = settings.passphrase()
+    except PkiqError as exc:  # as signer_for: an alert per CA that needs a responder
+        log.error("no CA passphrase for the OCSP responder keys: %s", exc)
+        passphrase = None
     report = tick.tick(process_sessions(), utc_now, signer_for=signer_for, send=send,
                        network=settings.crl_network(),
-                       min_overlap=stores.headroom(settings))
+                       min_overlap=stores.headroom(settings), passphrase=passphrase)
     if report.refresh is not None:
         log.info("CRL refresh %s: %s", report.refresh.trigger, report.refresh.summary())
     return {"refresh": report.refresh.summary() if report.refresh else None,
             "skipped": report.skipped,
             "own_crls": [dataclasses.asdict(outcome) for outcome in report.own_crls],
+            "responders": [dataclasses.asdict(outcome) for outcome in report.responders],
             "alerted": report.alerted}
 
 
