@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,43 @@ def test_root_makes_the_lock_file_for_the_databases_owner(tmp_path):
     engine.dispose()
     lock = os.stat(f"{database}-writer.lock")
     assert (lock.st_uid, lock.st_gid) == (4321, 4321)
+
+
+def test_a_writer_that_keeps_coming_back_does_not_keep_another_out(tmp_path):
+    """One writer takes the turn again the moment it gives it back (a worker between
+    batches), for a second; another that asks meanwhile gets it after that writer's current
+    transaction, not after the whole second: it is at the head of the queue, and the first
+    writer lines up behind it."""
+    database = str(tmp_path / "pkiq.db")
+    Path(database).touch()
+    busy, patient = WriterTurns(database), WriterTurns(database)
+    busy_conn, patient_conn = object(), object()
+    stop, waited = threading.Event(), []
+    rounds = 0
+
+    def keep_coming_back():
+        nonlocal rounds
+        while not stop.is_set():
+            busy.take(busy_conn)
+            time.sleep(0.002)  # a short transaction
+            busy.give_back(busy_conn)
+            rounds += 1
+
+    loop = threading.Thread(target=keep_coming_back)
+    loop.start()
+    try:
+        time.sleep(0.05)
+        for _ in range(5):
+            started = time.monotonic()
+            patient.take(patient_conn)
+            waited.append(time.monotonic() - started)
+            patient.give_back(patient_conn)
+            time.sleep(0.01)
+        stop.set()
+    finally:
+        stop.set()
+        loop.join()
+        busy.forget(busy_conn)
+        patient.forget(patient_conn)
+    assert rounds > 20  # the busy writer was really at it
+    assert max(waited) < 0.1, waited  # one short transaction and a few tries, not its loop
