@@ -269,6 +269,14 @@ def _to_asn1(cert: x509.Certificate) -> a_x509.Certificate:
     return a_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
 
 
+def _anchors(certs: Sequence[x509.Certificate]) -> list:
+    """Trust anchors that keep their own constraints (path length, name constraints), as
+    OpenSSL applies a root's basicConstraints to the chain below it (RFC 5937)."""
+    from pyhanko_certvalidator.authority import CertTrustAnchor
+
+    return [CertTrustAnchor(_to_asn1(c), derive_default_quals_from_cert=True) for c in certs]
+
+
 def _from_asn1(cert) -> x509.Certificate:
     return x509.load_der_x509_certificate(cert.dump())
 
@@ -355,7 +363,7 @@ async def _build_and_validate(req: Request) -> Path:
         return Path([req.cert], False, (0, "no trust anchor: the trusted CA list holds no "
                                            "self-signed root certificate"))
     context = ValidationContext(
-        trust_roots=[_to_asn1(c) for c in anchors],
+        trust_roots=_anchors(anchors),
         other_certs=[_to_asn1(c) for c in [*others, *req.intermediates]],
         moment=req.at, allow_fetching=False, algorithm_usage_policy=_algorithms(),
         revinfo_policy=_no_revocation_policy())
@@ -555,7 +563,7 @@ async def _pyhanko_crl_status(cert: x509.Certificate, cert_a, vpath, req: Reques
     relevant = [c.der for c in crls.crls if c.issuer_key in names]
     anchors, others = split_trusted(req.trusted)
     context = ValidationContext(
-        trust_roots=[_to_asn1(c) for c in anchors],
+        trust_roots=_anchors(anchors),
         other_certs=[_to_asn1(c) for c in [*others, *req.intermediates]],
         crls=relevant, moment=req.at, allow_fetching=False,
         algorithm_usage_policy=_algorithms(),
@@ -584,7 +592,7 @@ async def _ocsp_status(cert_a, vpath, req: Request, response: bytes) -> Status:
 
     anchors, others = split_trusted(req.trusted)
     context = ValidationContext(
-        trust_roots=[_to_asn1(c) for c in anchors],
+        trust_roots=_anchors(anchors),
         other_certs=[_to_asn1(c) for c in [*others, *req.intermediates]],
         ocsps=[response], moment=req.at, allow_fetching=False,
         algorithm_usage_policy=_algorithms(),

@@ -60,9 +60,9 @@ def verify_cmd(click_ctx, cert, node, trusted, crls, intermediates, purpose, hos
     check = Check(read_input(cert), tuple(read_input(p) for p in intermediates), when,
                   purpose, host, RevocationSettings(use_ocsp, use_crls, cdp_downloads,
                                                     fallback))
-    for path in crls:
+    for path in (*trusted, *crls):
         if not path.is_file():
-            raise BadInput(f"{path}: no such file")
+            raise BadInput(f"cannot read {path}: No such file or directory")
     if node:
         from .cli_common import make_context
 

@@ -101,6 +101,7 @@ def verify_files(check: Check, trusted: Sequence[Path], crl_files: Sequence[Path
     cache = cache or CrlCache()
     if not trusted:
         raise BadInput("give the trusted CA list: --node NODE, or --trusted FILE")
+    _certs(check)  # the certificate's own problems first
     anchors = [c for path in trusted
                for c in domain.load_certificates(_read(path), str(path))]
     parsed = [p for path in crl_files for p in cache.file(path)]
