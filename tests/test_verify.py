@@ -604,3 +604,56 @@ def test_an_unknown_node_is_not_found(pkiq, tmp_path, pki):
     leaf = tmp_path / "leaf.pem"
     leaf.write_bytes(pki[2].pem)
     assert_one_line_error(pkiq("verify", leaf, "--node", "nope.example.com"), 5, "no node")
+
+
+# ------------------------------------------------------------------ the API
+
+def test_the_api_answers_as_the_command_does(pkiq, app, tmp_path):
+    import requests
+
+    from service import tokens
+
+    from .test_web_downloads import Served
+
+    make_estate(pkiq)
+    ok(pkiq("ca", "gencrl", "Root"))
+    csr = tmp_path / "peer.csr"
+    csr.write_bytes(make_csr("peer.example.com", sans=("peer.example.com",)))
+    leaf_file = tmp_path / "peer.pem"
+    issued = js(pkiq("ca", "sign", "Root", csr, "--out", leaf_file, "--json"))
+    token = {name: tokens.create_token(app, name, role, None)["token"]
+             for name, role in [("alice", "requester"), ("carol", "approver")]}
+    served = Served(app)
+    try:
+        def call(who, **body):
+            headers = {"Authorization": f"Bearer {token[who]}"} if who else {}
+            return requests.post(served.url("/api/v1/verify"), json=body, headers=headers,
+                                 timeout=60)
+
+        body = {"node": "expe1.example.com", "certificate": leaf_file.read_text(),
+                "host": "peer.example.com", "purpose": "serverAuth", "fallback": "revoked"}
+        answer = call("alice", **body)
+        assert answer.status_code == 200, answer.text
+        out = answer.json()
+        assert out["result"] == "valid" and out["source"] == "node expe1.example.com"
+        assert out["revocation"]["use_ocsp"] is False and out["revocation"]["cdp_downloads"] \
+            is False
+        assert [p["role"] for p in out["path"]] == ["end-entity", "trust anchor"]
+        assert call(None, **body).status_code == 401
+        refused = call("alice", **body, cdp_downloads=True)
+        assert refused.status_code == 403 and "approver" in refused.json()["detail"]
+        approver = call("carol", **body).json()
+        assert approver["result"] == "valid" and approver["revocation"]["use_ocsp"] is True
+        garbage = call("alice", **{**body, "certificate": "not a certificate"})
+        assert garbage.status_code == 400 and "certificate" in garbage.json()["detail"]
+        assert call("alice", **{**body, "node": "nope.example.com"}).status_code == 404
+        assert call("alice", **{**body, "purpose": "codeSigning"}).status_code == 422
+
+        pkiq.app.clock.advance(minutes=5)
+        ok(pkiq("ca", "revoke", "Root", issued["serial"], "--reason", "keyCompromise"))
+        pkiq.app.clock.advance(minutes=5)
+        ok(pkiq("ca", "gencrl", "Root"))
+        revoked = call("alice", **body).json()
+        assert revoked["result"] == "invalid" and revoked["path"][0]["state"] == "revoked"
+    finally:
+        served.close()
