@@ -657,3 +657,101 @@ def test_the_api_answers_as_the_command_does(pkiq, app, tmp_path):
         assert revoked["result"] == "invalid" and revoked["path"][0]["state"] == "revoked"
     finally:
         served.close()
+
+
+# ------------------------------------------------------------------ OCSP, openssl as responder
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _responder(tmp_path: Path, issuing: Made, entries: list[str], port: int):
+    """``openssl ocsp`` answering on 127.0.0.1:port, signing as the issuer (stopped by the
+    caller)."""
+    index = tmp_path / f"index-{port}.txt"
+    index.write_text("".join(f"{line}\n" for line in entries))
+    key = tmp_path / f"issuing-{port}.key"
+    key.write_bytes(issuing.key.private_bytes(serialization.Encoding.PEM,
+                                              serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    ca = tmp_path / f"issuing-{port}.pem"
+    ca.write_bytes(issuing.pem)
+    proc = subprocess.Popen(["openssl", "ocsp", "-index", str(index), "-port", str(port),
+                             "-rsigner", str(ca), "-rkey", str(key), "-CA", str(ca),
+                             "-ndays", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # it says so once listening; a probe connection would hold its single-threaded loop
+    line = proc.stderr.readline()
+    if "waiting" in line.lower():
+        return proc
+    _stop(proc)
+    raise AssertionError(f"openssl ocsp did not start: {line}")
+
+
+def _stop(proc) -> None:
+    proc.kill()
+    proc.wait(10)
+    proc.stderr.close()
+
+
+def _with_ocsp(issuer: Made, cn: str, url: str, now: dt.datetime) -> Made:
+    leaf = make(cn, issuer, before=now - DAY, after=now + 30 * DAY)
+    builder = (x509.CertificateBuilder().subject_name(leaf.cert.subject)
+               .issuer_name(issuer.cert.subject).public_key(leaf.key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - DAY).not_valid_after(now + 30 * DAY)
+               .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+                   x509.AuthorityInformationAccessOID.OCSP,
+                   x509.UniformResourceIdentifier(url))]), False))
+    return Made(builder.sign(issuer.key, hashes.SHA256()), leaf.key)
+
+
+@pytest.mark.openssl
+def test_ocsp_answers_good_and_revoked_and_a_dead_responder_falls_back(files, tmp_path):
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    root = make("OCSP Root", ca=True, before=now - DAY, after=now + 90 * DAY)
+    issuing = make("OCSP Issuing", root, ca=True, before=now - DAY, after=now + 90 * DAY)
+    root_crl = crl(root, this=now - DAY, nxt=now + 7 * DAY)
+    expiry = (now + 30 * DAY).strftime("%y%m%d%H%M%SZ")
+    gone = (now - DAY).strftime("%y%m%d%H%M%SZ")
+
+    def verify(leaf: Made, *extra):
+        return CliRunner().invoke(cli, ["verify", str(files(leaf)), "--trusted", str(files(root)),
+                                        "--intermediate", str(files(issuing)), "--crl",
+                                        str(files(root_crl)), "--no-cdp-downloads", "--json",
+                                        *extra])
+
+    port = _free_port()
+    good = _with_ocsp(issuing, "good.example.com", f"http://127.0.0.1:{port}/", now)
+    proc = _responder(tmp_path, issuing, [
+        f"V\t{expiry}\t\t{good.cert.serial_number:X}\tunknown\t/CN=good.example.com"], port)
+    try:
+        result = verify(good, "--fallback", "revoked")
+    finally:
+        _stop(proc)
+    assert result.exit_code == 0, (result.output, verdict(result)["notes"])
+    assert "OCSP response good" in verdict(result)["path"][0]["detail"]
+
+    port = _free_port()
+    bad = _with_ocsp(issuing, "bad.example.com", f"http://127.0.0.1:{port}/", now)
+    proc = _responder(tmp_path, issuing, [
+        f"R\t{expiry}\t{gone},keyCompromise\t{bad.cert.serial_number:X}\tunknown\t"
+        "/CN=bad.example.com"], port)
+    try:
+        result = verify(bad)
+    finally:
+        _stop(proc)
+    assert result.exit_code == 4, result.output
+    line = verdict(result)["path"][0]
+    assert line["state"] == "revoked" and "OCSP" in line["detail"]
+
+    dead = _with_ocsp(issuing, "dead.example.com", f"http://127.0.0.1:{_free_port()}/", now)
+    assert verify(dead, "--no-use-crls", "--fallback", "revoked").exit_code == 9
+    lenient = verify(dead, "--no-use-crls")
+    assert lenient.exit_code == 0 and "treated as not revoked" in lenient.stdout
+    # OCSP off: the CRL (none for the issuer here) and the fallback decide
+    assert verify(good, "--no-use-ocsp", "--fallback", "revoked").exit_code == 9
