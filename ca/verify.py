@@ -163,6 +163,15 @@ class ParsedCrl:
     source: str = ""
     _index: CrlIndex | None = field(default=None, repr=False)
     _plain: bool | None = None
+    _digest: bytes | None = field(default=None, repr=False)
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the DER, once: hashing a 40 MB CRL per check would cost more than the
+        whole check."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.der).digest()
+        return self._digest
 
     @property
     def issuer(self) -> x509.Name:
@@ -232,7 +241,7 @@ class CrlSet:
 
     def add(self, crls: Iterable[ParsedCrl]) -> None:
         for parsed in crls:
-            key = hashlib.sha256(parsed.der).digest()
+            key = parsed.digest
             if key not in self._seen:
                 self._seen.add(key)
                 self.crls.append(parsed)
@@ -244,7 +253,7 @@ class CrlSet:
         return [c for c in self.crls if c.issuer_key == key]
 
     def signed_by(self, parsed: ParsedCrl, issuer: x509.Certificate) -> bool:
-        key = (hashlib.sha256(parsed.der).digest(), issuer.fingerprint(hashes.SHA256()))
+        key = (parsed.digest, issuer.fingerprint(hashes.SHA256()))
         if key not in self._signed:
             try:
                 self._signed[key] = parsed.crl.is_signature_valid(issuer.public_key())
