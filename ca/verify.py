@@ -17,9 +17,10 @@ Who does what, and why:
     as revoked;
   - ``CrlIndex``: a plain complete CRL (no distribution point, no delta, no critical
     extension beyond the known ones), signed by the issuer in the path, is parsed once with
-    ``cryptography`` and looked up by serial. pyhanko walks a CRL's entries in Python for
-    every check, which takes seconds on a CRL of a million entries; anything that is not
-    plain goes to pyhanko, so the full section 6.3 semantics stay with it.
+    ``cryptography`` and looked up by serial (a Rust scan the first time, a dict after).
+    pyhanko walks a CRL's entries in Python for every check, which takes seconds on a CRL
+    of a million entries; anything that is not plain goes to pyhanko, so the full section
+    6.3 semantics stay with it.
 
 Only self-signed members of the trusted list are trust anchors; the others serve as
 intermediates, as OpenSSL (and so Expressway) builds a chain to a root and checks every CA
@@ -191,7 +192,7 @@ class ParsedCrl:
 
     def index(self) -> CrlIndex:
         if self._index is None:
-            self._index = CrlIndex.build(self.crl)
+            self._index = CrlIndex(self.der, self.crl)
         return self._index
 
 
@@ -207,26 +208,42 @@ def parse_crls(data: bytes, source: str) -> list[ParsedCrl]:
             for d in decoded]
 
 
-@dataclass(frozen=True)
 class CrlIndex:
-    """serial -> entry number of a plain CRL; ``None`` as ``plain_entries`` when an entry
-    carries a critical extension the fast path does not know (RFC 5280 5.3: such a CRL
-    must not be used by one who cannot process it, so pyhanko decides)."""
+    """Finds a serial in a plain CRL. The first lookup scans in Rust (cryptography's
+    ``get_revoked_certificate_by_serial_number``, some 65 ms for a million entries), which
+    is all a one-shot ``pkiq verify`` needs; the second builds a serial -> entry dict (about
+    a second, once), so a long-lived caller's later lookups cost microseconds."""
 
-    serials: dict[int, int]
-    plain_entries: bool
+    def __init__(self, der: bytes, crl: x509.CertificateRevocationList):
+        self.der = der
+        self.crl = crl
+        self.lookups = 0
+        self.serials: dict[int, int] | None = None
+        self._plain_entries: bool | None = None
 
-    @classmethod
-    def build(cls, crl: x509.CertificateRevocationList) -> CrlIndex:
-        serials: dict[int, int] = {}
-        plain = True
-        for number, entry in enumerate(crl):
-            serials[entry.serial_number] = number
-            if plain:
-                for ext in entry.extensions:
-                    if ext.critical and ext.oid not in _PLAIN_ENTRY_EXTENSIONS:
-                        plain = False
-        return cls(serials, plain)
+    @property
+    def plain_entries(self) -> bool:
+        """No entry carries a critical extension the fast path does not know (RFC 5280
+        5.3: a CRL with one must not be used by whoever cannot process it, so pyhanko
+        decides). A byte scan first: a critical extension is an OID, BOOLEAN TRUE (01 01 FF)
+        and an OCTET STRING (04); only when those four bytes occur (perhaps by chance,
+        inside a serial) are the entries walked."""
+        if self._plain_entries is None:
+            self._plain_entries = b"\x01\x01\xff\x04" not in self.der or all(
+                not ext.critical or ext.oid in _PLAIN_ENTRY_EXTENSIONS
+                for entry in self.crl for ext in entry.extensions)
+        return self._plain_entries
+
+    def find(self, serial: int) -> x509.RevokedCertificate | None:
+        """The entry of ``serial``, or None. A negative serial (PKITS 4.4.14/15; RFC 5280
+        forbids them, old CAs made them) goes to the dict: the Rust scan refuses it."""
+        self.lookups += 1
+        if self.serials is None and (self.lookups > 1 or serial < 0):
+            self.serials = {entry.serial_number: n for n, entry in enumerate(self.crl)}
+        if self.serials is None:
+            return self.crl.get_revoked_certificate_by_serial_number(serial)
+        number = self.serials.get(serial)
+        return None if number is None else self.crl[number]
 
 
 class CrlSet:
@@ -482,8 +499,8 @@ class Status:
     detail: str
 
 
-def _entry_status(parsed: ParsedCrl, number: int, at: dt.datetime) -> Status | None:
-    entry = parsed.crl[number]
+def _entry_status(parsed: ParsedCrl, entry: x509.RevokedCertificate, at: dt.datetime
+                  ) -> Status | None:
     reason = "unspecified"
     with contextlib.suppress(x509.ExtensionNotFound):
         reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value
@@ -517,8 +534,15 @@ def fast_crl_status(cert: x509.Certificate, issuer: x509.Certificate, crls: CrlS
         return None
     if not _may_sign_crls(issuer):
         return None  # pyhanko says why (keyUsage without cRLSign)
+    # RFC 5280 5.3: a CRL with a critical entry extension one cannot process must not be
+    # used for any certificate (OpenSSL agrees; pyhanko looks at the matching entry only)
+    unusable = [c for c in candidates if not c.index().plain_entries]
+    if unusable and len(unusable) == len(candidates):
+        return Status("undetermined", f"{_crl_name(unusable[0])} has a critical entry "
+                                      "extension pkiq cannot process (RFC 5280 5.3: such a "
+                                      "CRL must not be used)")
     current, expired = [], []
-    for parsed in candidates:
+    for parsed in (c for c in candidates if c not in unusable):
         this, nxt = parsed.crl.last_update_utc, parsed.crl.next_update_utc
         if this > at:
             continue
@@ -527,12 +551,9 @@ def fast_crl_status(cert: x509.Certificate, issuer: x509.Certificate, crls: CrlS
         else:
             current.append(parsed)
     for parsed in current:
-        index = parsed.index()
-        if not index.plain_entries:
-            return None
-        number = index.serials.get(cert.serial_number)
-        if number is not None:
-            status = _entry_status(parsed, number, at)
+        entry = parsed.index().find(cert.serial_number)
+        if entry is not None:
+            status = _entry_status(parsed, entry, at)
             if status is not None:
                 return status
     if current:

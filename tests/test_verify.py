@@ -755,3 +755,39 @@ def test_ocsp_answers_good_and_revoked_and_a_dead_responder_falls_back(files, tm
     assert lenient.exit_code == 0 and "treated as not revoked" in lenient.stdout
     # OCSP off: the CRL (none for the issuer here) and the fallback decide
     assert verify(good, "--no-use-ocsp", "--fallback", "revoked").exit_code == 9
+
+
+# ------------------------------------------------------------------ the CRL index
+
+def test_the_crl_index_answers_alike_by_scan_and_by_dict(pki):
+    from ca.verify import CrlIndex, parse_crls
+
+    root, issuing, leaf = pki
+    other = make("other.example.com", issuing)
+    [parsed] = parse_crls(crl(issuing, (leaf,)), "test")
+    index = CrlIndex(parsed.der, parsed.crl)
+    assert index.plain_entries
+    assert index.find(leaf.cert.serial_number).serial_number == leaf.cert.serial_number
+    assert index.serials is None  # one lookup: the Rust scan, no dict yet
+    assert index.find(other.cert.serial_number) is None
+    assert index.serials is not None
+    assert index.find(leaf.cert.serial_number).serial_number == leaf.cert.serial_number
+
+
+def test_an_unknown_critical_entry_extension_leaves_the_crl_to_pyhanko(files, pki):
+    """RFC 5280 5.3: a CRL whose entry has a critical extension one cannot process must not
+    be used; the fast path sees the BOOLEAN TRUE, walks the entries, and hands over."""
+    from ca.verify import CrlIndex, parse_crls
+
+    root, issuing, leaf = pki
+    odd = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
+    entry = (x509.RevokedCertificateBuilder().serial_number(12345).revocation_date(T0 - DAY)
+             .add_extension(odd, critical=True).build())
+    data = (x509.CertificateRevocationListBuilder().issuer_name(issuing.cert.subject)
+            .last_update(T0 - DAY).next_update(T0 + 7 * DAY)
+            .add_revoked_certificate(entry).sign(issuing.key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM))
+    [parsed] = parse_crls(data, "test")
+    assert not CrlIndex(parsed.der, parsed.crl).plain_entries
+    result = check(files, pki, leaf, "--fallback", "revoked", crls=[data, crl(root)])
+    assert result.exit_code == 9, result.output  # no usable CRL for the leaf
