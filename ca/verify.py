@@ -703,9 +703,11 @@ async def _revocation(path: Path, req: Request, crls: CrlSet,
             if ocsp_note is not None and status.state == "undetermined":
                 status = Status("undetermined", f"{ocsp_note.detail}; {status.detail}")
         elif status is None:
-            status = Status("undetermined", "no OCSP responder named in the certificate, "
-                                            "and CRLs are not used" if s.use_ocsp else
-                                            "no revocation source is enabled")
+            url = ocsp_url(cert)
+            status = Status("undetermined",
+                            f"the OCSP responder {url} gave no answer, and CRLs are not used"
+                            if url else "no OCSP responder named in the certificate, and "
+                            "CRLs are not used")
         out.append(status)
     return out
 

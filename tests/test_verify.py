@@ -750,7 +750,10 @@ def test_ocsp_answers_good_and_revoked_and_a_dead_responder_falls_back(files, tm
     assert line["state"] == "revoked" and "OCSP" in line["detail"]
 
     dead = _with_ocsp(issuing, "dead.example.com", f"http://127.0.0.1:{_free_port()}/", now)
-    assert verify(dead, "--no-use-crls", "--fallback", "revoked").exit_code == 9
+    strict = verify(dead, "--no-use-crls", "--fallback", "revoked")
+    assert strict.exit_code == 9
+    assert "gave no answer" in verdict(strict)["path"][0]["detail"]
+    assert any(n.startswith("OCSP http://127.0.0.1:") for n in verdict(strict)["notes"])
     lenient = verify(dead, "--no-use-crls")
     assert lenient.exit_code == 0 and "treated as not revoked" in lenient.stdout
     # OCSP off: the CRL (none for the issuer here) and the fallback decide
