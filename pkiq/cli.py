@@ -51,6 +51,8 @@ COMMANDS = {
     "token": ("pkiq.cli_tokens", "token_group", "API tokens: create (shown once), list, revoke."),
     "audit": ("pkiq.cli_tokens", "audit_group",
               "The audit log, newest first: who changed what, when, from where."),
+    "verify": ("pkiq.cli_verify", "verify_cmd",
+               "Validate a certificate's path and revocation as an Expressway node would."),
     "x509": ("pkiq.cli_x509", "x509_group",
              "Decode and convert certificates, requests and CRLs (no database needed)."),
 }

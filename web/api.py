@@ -47,6 +47,8 @@ from service import stores as store_service
 from service import tokens as token_service
 from service import trust as trust_service
 
+from .api_verify import verify_router
+
 log = logging.getLogger("pkiq.api")
 MAX_BODY = 1024 * 1024  # a CSR is a few KiB; nothing here takes more than this
 MAX_WAIT = 30.0
@@ -686,6 +688,7 @@ def make_api(ctx: ServiceContext) -> FastAPI:
                                           passphrase=_passphrase(ctx), force=force)
         return outcome.view()
 
+    api.include_router(verify_router())  # POST /verify: web/api_verify.py
     return api
 
 
