@@ -30,6 +30,7 @@ from .context import ServiceContext
 
 log = logging.getLogger("pkiq.verify")
 OCSP_TIMEOUT = (5.0, 10.0)  # connect, read: an Expressway does not wait long either
+OCSP_TOTAL_SECONDS = 15.0  # the whole answer, however slowly it drips
 OCSP_MAX_BYTES = 1 << 20
 
 
@@ -190,21 +191,49 @@ def _fetch_ocsp(path: domain.Path, request: domain.Request, notes: list[str]
         try:
             check_url(url)
             body = domain.ocsp_request(cert, path.certs[position + 1])
-            with requests.Session() as session:
-                session.trust_env = False
-                answer = session.post(url, data=body, timeout=OCSP_TIMEOUT,
-                                      allow_redirects=False,
-                                      headers={"Content-Type": "application/ocsp-request"})
-            if answer.status_code != 200:
-                notes.append(f"OCSP {url}: HTTP {answer.status_code}")
+            status, content = _post_ocsp(url, body)
+            if status != 200:
+                notes.append(f"OCSP {url}: HTTP {status}")
                 continue
-            if len(answer.content) > OCSP_MAX_BYTES:
-                notes.append(f"OCSP {url}: answer larger than {OCSP_MAX_BYTES} bytes")
-                continue
-            out[cert.fingerprint(hashes.SHA256()).hex()] = answer.content
+            out[cert.fingerprint(hashes.SHA256()).hex()] = content
             notes.append(f"OCSP {url}: answered")
         except BadInput as exc:
             notes.append(f"OCSP {url}: {exc}")
         except requests.RequestException as exc:
             notes.append(f"OCSP {url}: {type(exc).__name__}")
     return out
+
+
+def _post_ocsp(url: str, body: bytes) -> tuple[int, bytes]:
+    """POST one OCSP request; (HTTP status, answer). The answer is read in pieces and given
+    up past ``OCSP_MAX_BYTES`` or ``OCSP_TOTAL_SECONDS`` (BadInput): the URL comes from the
+    certificate being checked, so the responder may be anyone's, and ``requests`` would
+    otherwise read an endless body whole, a byte every few seconds."""
+    import time
+
+    import requests
+    import urllib3
+
+    deadline = time.monotonic() + OCSP_TOTAL_SECONDS
+    with requests.Session() as session:
+        session.trust_env = False
+        with session.post(url, data=body, timeout=OCSP_TIMEOUT, allow_redirects=False,
+                          stream=True,
+                          headers={"Content-Type": "application/ocsp-request"}) as answer:
+            if answer.status_code != 200:
+                return answer.status_code, b""
+            declared = answer.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > OCSP_MAX_BYTES:
+                raise BadInput(f"answer larger than {OCSP_MAX_BYTES} bytes")
+            content = bytearray()
+            try:
+                while piece := answer.raw.read1(16384):  # one socket read at a time
+                    content += piece
+                    if len(content) > OCSP_MAX_BYTES:
+                        raise BadInput(f"answer larger than {OCSP_MAX_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise BadInput(f"no whole answer within {OCSP_TOTAL_SECONDS:g} s")
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise BadInput(f"the answer broke off after {len(content)} bytes "
+                               f"({type(exc).__name__})") from None
+            return 200, bytes(content)
