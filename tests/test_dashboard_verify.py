@@ -5,7 +5,8 @@ one line per certificate; a revoked one is invalid and says why; a DER file uplo
 as the pasted PEM does; garbage, nothing, too much, an unknown node and a requester asking
 for OCSP get a message on the page and a 4xx, and nothing is written.
 
-With PKIQ_SCREENSHOTS=DIR the page with a verdict is saved as DIR/verify.png."""
+With PKIQ_SCREENSHOTS=DIR the page is saved with each verdict as DIR/verify.png and
+DIR/verify-revoked.png (the README's: PKIQ_SCREENSHOTS=docs/screenshots)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ def test_a_valid_leaf_then_a_revoked_one_then_garbage(app, estate, tmp_path):
     assert ui.find("#verdict").get_attribute("data-result") == "invalid"
     state, detail = path_lines(ui)[0]
     assert state == "revoked" and "keyCompromise" in detail, detail
+    ui.shoot("verify-revoked")
 
     # the same revoked leaf as a DER file, uploaded: the same answer
     der = tmp_path / "stolen.der"

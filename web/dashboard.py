@@ -57,7 +57,7 @@ from service import stores as store_service
 from service import tokens as token_service
 from service import verify as verify_service
 
-from .verify_form import MAX_VERIFY_FORM, TooLarge, verify_form, verify_options
+from .verify_form import MAX_CERT, TooLarge, verify_form, verify_options
 
 log = logging.getLogger("pkiq.web")
 HERE = Path(__file__).resolve().parent
@@ -375,7 +375,7 @@ def make_dashboard(ctx: ServiceContext) -> Starlette:
         return pages.render("verify.html", request, session, status=status,
                             title="Check a certificate", nodes=names,
                             network=session.grant.at_least("approver"),
-                            max_kib=MAX_VERIFY_FORM // 1024, **values)
+                            max_kib=MAX_CERT // 1024, **values)
 
     def verify_page(request: Request) -> Response:
         session = pages.session_of(request)
