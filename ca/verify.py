@@ -574,6 +574,17 @@ def _may_sign_crls(issuer: x509.Certificate) -> bool:
         return True
 
 
+def _described(vpath):
+    """pyhanko's state for one revocation check, naming the certificate "the certificate":
+    left to itself it numbers from the anchor and calls an end-entity certificate found
+    revoked by OCSP "the trust anchor" (each line of the path already says its role)."""
+    from pyhanko_certvalidator._state import ValProcState
+    from pyhanko_certvalidator.util import ConsList
+
+    return ValProcState(cert_path_stack=ConsList.sing(vpath), ee_name_override="certificate",
+                        init_index=vpath.pkix_len)
+
+
 async def _pyhanko_crl_status(cert: x509.Certificate, cert_a, vpath, req: Request,
                               crls: CrlSet, path_issuers: set[x509.Name]) -> Status:
     from pyhanko_certvalidator import ValidationContext
@@ -599,7 +610,7 @@ async def _pyhanko_crl_status(cert: x509.Certificate, cert_a, vpath, req: Reques
         algorithm_usage_policy=_algorithms(),
         revinfo_policy=_crl_side_policy())
     try:
-        await verify_crl(cert_a, vpath, context)
+        await verify_crl(cert_a, vpath, context, proc_state=_described(vpath))
     except RevokedError as exc:
         return Status("revoked", _clean(exc))
     except CRLNoMatchesError:
@@ -628,7 +639,7 @@ async def _ocsp_status(cert_a, vpath, req: Request, response: bytes) -> Status:
         algorithm_usage_policy=_algorithms(),
         revinfo_policy=_no_revocation_policy())
     try:
-        await verify_ocsp_response(cert_a, vpath, context)
+        await verify_ocsp_response(cert_a, vpath, context, proc_state=_described(vpath))
     except RevokedError as exc:
         return Status("revoked", _clean(exc).replace("revoked", "revoked (OCSP)", 1))
     except OCSPValidationError as exc:

@@ -42,6 +42,7 @@ from .dashboard import make_dashboard
 from .downloads import ca_route, store_routes
 from .metrics import metrics_route
 from .ocsp import ocsp_routes
+from .verify_form import MAX_BODY as MAX_UI_BODY
 
 log = logging.getLogger("pkiq.web")
 
@@ -86,7 +87,9 @@ def make_app(ctx: ServiceContext, *, refresh_seconds: float = 1.0) -> FastAPI:
                           *ocsp.routes]
     app.mount("/api/v1", BodyLimit(SubmitShortcut(make_api(ctx))))
     app.router.routes.append(Route("/metrics", metrics_route(ctx), methods=["GET"]))
-    app.mount("/ui", BodyLimit(make_dashboard(ctx), 64 * 1024))  # the dashboard (web.dashboard)
+    # the dashboard (web.dashboard): its forms are bounded again inside, the certificate
+    # upload's at web.verify_form.MAX_VERIFY_FORM with a message on the page
+    app.mount("/ui", BodyLimit(make_dashboard(ctx), MAX_UI_BODY))
     return app
 
 

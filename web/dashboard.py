@@ -9,6 +9,9 @@ same API tokens the HTTP API takes.
     GET  /ui/cas              the CAs and their latest CRLs
     GET  /ui/crls             every issuer's CRL validity on a timeline, the nightly refresh
     GET  /ui/nodes            nodes: coverage gaps, publish state, REST rollouts (approver)
+    GET  /ui/verify           "Check a certificate": paste PEM or upload PEM/DER, pick a node;
+                              POST answers with the verdict and the path, from the same
+                              service.verify.verify_node as POST /api/v1/verify
 
 The session cookie holds the token itself (HttpOnly, SameSite=Strict, path /ui, Secure over
 HTTPS), checked on every request, so a revoked token ends its sessions at once. Every POST
@@ -52,6 +55,9 @@ from service import nodes as node_service
 from service import push as push_service
 from service import stores as store_service
 from service import tokens as token_service
+from service import verify as verify_service
+
+from .verify_form import MAX_CERT, TooLarge, verify_form, verify_options
 
 log = logging.getLogger("pkiq.web")
 HERE = Path(__file__).resolve().parent
@@ -62,7 +68,8 @@ JOB_STATES = ("awaiting_approval", "queued", "signing", "issued", "failed", "rej
 MAX_ID = 2**31 - 1
 MAX_FORM = 16 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-NAV = (("jobs", "Jobs"), ("cas", "CAs"), ("crls", "CRL timeline"), ("nodes", "Nodes"))
+NAV = (("jobs", "Jobs"), ("cas", "CAs"), ("crls", "CRL timeline"), ("nodes", "Nodes"),
+       ("verify", "Check a certificate"))
 DONE = {"approve": "approved", "reject": "rejected"}
 
 
@@ -360,6 +367,40 @@ def make_dashboard(ctx: ServiceContext) -> Starlette:
         return pages.render("nodes.html", request, session, title="Nodes", nodes=nodes,
                             rollouts=rollouts)
 
+    verify_cache = verify_service.CrlCache()  # a node's CRLs parsed once, not per check
+
+    def _verify_page(request: Request, session: Session, status: int = 200,
+                     **values) -> Response:
+        names = [view["fqdn"] for view in node_service.list_nodes(ctx)]
+        return pages.render("verify.html", request, session, status=status,
+                            title="Check a certificate", nodes=names,
+                            network=session.grant.at_least("approver"),
+                            max_kib=MAX_CERT // 1024, **values)
+
+    def verify_page(request: Request) -> Response:
+        session = pages.session_of(request)
+        return _verify_page(request, session, form={})
+
+    async def verify(request: Request) -> Response:
+        """Expressway's "client certificate testing": the API's check, for people. Bad input
+        is said on the form itself (4xx) so it can be corrected; nothing is stored."""
+        session = await run_in_threadpool(pages.session_of, request)
+        try:
+            form, upload = await verify_form(request)
+        except TooLarge as exc:  # said on the page, which comes back empty
+            return await run_in_threadpool(_verify_page, request, session, exc.http_status,
+                                           form={}, error=str(exc))
+        _check_csrf(form, session.csrf)
+        try:
+            node, check = verify_options(form, upload, session.grant.at_least("approver"))
+            outcome = await run_in_threadpool(verify_service.verify_node, ctx, node, check,
+                                              verify_cache)
+        except (BadInput, NotFound, Forbidden) as exc:
+            return await run_in_threadpool(_verify_page, request, session, exc.http_status,
+                                           form=form, error=str(exc))
+        return await run_in_threadpool(_verify_page, request, session, form=form,
+                                       outcome=outcome.view())
+
     # ------------------------------------------------------------ errors
 
     def _session_or_none(request: Request) -> Session | None:
@@ -408,6 +449,8 @@ def make_dashboard(ctx: ServiceContext) -> Starlette:
         Route("/cas", cas_page, methods=["GET"]),
         Route("/crls", crls_page, methods=["GET"]),
         Route("/nodes", nodes_page, methods=["GET"]),
+        Route("/verify", verify_page, methods=["GET"]),
+        Route("/verify", verify, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 
