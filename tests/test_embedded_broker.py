@@ -30,10 +30,14 @@ def race(transport_cls, folder, messages: int = 40) -> tuple[int, list[Exception
 
         def consume():
             while not done.is_set() or len(received) + len(errors) < messages:
+                # whether the writer had finished before this look: only then does an empty
+                # folder mean there is nothing more (a look that began before the last
+                # rename can miss it, and the writer may finish while it looks)
+                finished = done.is_set()
                 try:
                     received.append(reader._get("q"))
                 except Empty:
-                    if done.is_set():
+                    if finished:
                         break
                 except Exception as exc:  # noqa: BLE001 - what the race produces
                     errors.append(exc)
