@@ -145,27 +145,10 @@ class HostWorkers(Workers):
         super().__init__(env, folder, hosts)
         self.concurrency = concurrency
 
-    def start(self, timeout: float = 90) -> float:
-        t0 = time.perf_counter()
-        for k, path in enumerate(self.logs):
-            env = dict(self.env, PKIQ_DATA_DIR=str(self.folder / f"host{k}"))
-            with open(path, "w") as out:
-                self.procs.append(subprocess.Popen(
-                    ["ip", "netns", "exec", NAMESPACE.format(k), sys.executable, "-m", "pkiq",
-                     "worker", "-c", str(self.concurrency), "-n", f"w@host{k}"],
-                    env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True))
-        deadline = time.monotonic() + timeout
-        while not all(self.READY.search(p.read_text()) for p in self.logs):
-            for proc, path in zip(self.procs, self.logs, strict=True):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"worker host exited ({proc.returncode}):\n"
-                                       f"{path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker hosts not ready after {timeout}s:\n"
-                                   f"{self.logs[0].read_text()[-3000:]}")
-            time.sleep(0.1)
-        return time.perf_counter() - t0
+    def command(self, k: int) -> tuple[list[str], dict]:
+        return (["ip", "netns", "exec", NAMESPACE.format(k), sys.executable, "-m", "pkiq",
+                 "worker", "-c", str(self.concurrency), "-n", f"w@host{k}"],
+                dict(self.env, PKIQ_DATA_DIR=str(self.folder / f"host{k}")))
 
 
 def _over_bridge(url: str) -> str:

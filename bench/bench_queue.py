@@ -271,13 +271,17 @@ class Workers:
         self.procs: list[subprocess.Popen] = []
         self.logs = [folder / f"w{k}.log" for k in range(count)]
 
+    def command(self, k: int) -> tuple[list[str], dict]:
+        """Worker ``k``'s command line and environment."""
+        return [sys.executable, "-m", "pkiq", "worker", "-c", "1", "-n", f"w{k}@%h"], self.env
+
     def start(self, timeout: float = 90) -> float:
         t0 = time.perf_counter()
         for k, path in enumerate(self.logs):
+            argv, env = self.command(k)
             with open(path, "w") as out:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "pkiq", "worker", "-c", "1", "-n", f"w{k}@%h"],
-                    env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                    argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True))
         deadline = time.monotonic() + timeout
         while not all(self.READY.search(p.read_text()) for p in self.logs):
