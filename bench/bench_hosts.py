@@ -38,12 +38,13 @@ import redis
 from sqlalchemy import text
 
 from bench.bench_queue import (
-    CA_NAME,
     DEFAULT_REDIS_URL,
     KEY_LABEL,
     PASSPHRASE,
     WARMUP_JOBS,
     Workers,
+    create_ca,
+    estate_env,
     run_drain,
     warm_up,
 )
@@ -169,15 +170,8 @@ def run_hosts(args, hosts: int, csrs: list[bytes], warmup: list[bytes], workdir:
     log(f"{hosts} host(s) x {args.concurrency}: schema, queue {queue}, pkiq ca create ...")
     with Backend("postgresql", args.postgres_url).database(workdir, f"h-{label}") as engine:
         db_url = engine.url.render_as_string(hide_password=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PKIQ_")}
-        env.update(PKIQ_DATABASE_URL=db_url, PKIQ_BROKER_URL=args.redis_url, PKIQ_QUEUE=queue,
-                   PKIQ_CA_PASSPHRASE=PASSPHRASE, PKIQ_DATA_DIR=str(folder / "data"))
-        created = subprocess.run(
-            [sys.executable, "-m", "pkiq", "ca", "create", CA_NAME, "--subject",
-             f"/CN=pkiq hosts benchmark {KEY_LABEL[args.key_type]} CA", "--key-type",
-             args.key_type], env=env, cwd=ROOT, capture_output=True, text=True)
-        if created.returncode != 0:
-            raise RuntimeError(f"pkiq ca create failed: {created.stderr}")
+        env = estate_env(db_url, args.redis_url, queue, folder / "data")
+        create_ca(env, args.key_type, f"hosts benchmark {KEY_LABEL[args.key_type]}")
         app = make_context(Settings(data_dir=folder / "data", database_url=db_url,
                                     broker_url=args.redis_url, queue=queue,
                                     ca_passphrase=PASSPHRASE))

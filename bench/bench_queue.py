@@ -617,6 +617,25 @@ def run_latency(app: ServiceContext, engine, workers: Workers, csrs: list[bytes]
 
 # ---------------------------------------------------------------- one configuration
 
+def estate_env(db_url: str, redis_url: str, queue: str, data_dir: Path) -> dict:
+    """This process's environment without its PKIQ_*, pointed at one run's database, queue,
+    data directory and the benchmark's passphrase: what the run's pkiq commands get."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PKIQ_")}
+    env.update(PKIQ_DATABASE_URL=db_url, PKIQ_BROKER_URL=redis_url, PKIQ_QUEUE=queue,
+               PKIQ_CA_PASSPHRASE=PASSPHRASE, PKIQ_DATA_DIR=str(data_dir))
+    return env
+
+
+def create_ca(env: dict, key_type: str, what: str, serial_mode: str = "random") -> None:
+    """``pkiq ca create`` of the run's CA, as an operator would."""
+    created = subprocess.run(
+        [sys.executable, "-m", "pkiq", "ca", "create", CA_NAME, "--subject",
+         f"/C=GB/O=Example Ltd/CN=pkiq {what} CA", "--key-type", key_type,
+         "--serial-mode", serial_mode], env=env, cwd=ROOT, capture_output=True, text=True)
+    if created.returncode != 0:
+        raise RuntimeError(f"pkiq ca create failed: {created.stderr}")
+
+
 def run_config(args, key_type: str, worker_count: int, csrs: list[bytes],
                warmup_csrs: list[bytes], latency_csrs: list[bytes] | None,
                drain_csrs: list[bytes], workdir: Path, serial_mode: str = "random") -> dict:
@@ -629,16 +648,8 @@ def run_config(args, key_type: str, worker_count: int, csrs: list[bytes],
         f"queue {queue}, pkiq ca create ...")
     with Backend("postgresql", args.postgres_url).database(workdir, f"q-{label}") as engine:
         db_url = engine.url.render_as_string(hide_password=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PKIQ_")}
-        env.update(PKIQ_DATABASE_URL=db_url, PKIQ_BROKER_URL=args.redis_url, PKIQ_QUEUE=queue,
-                   PKIQ_CA_PASSPHRASE=PASSPHRASE, PKIQ_DATA_DIR=str(folder / "data"))
-        created = subprocess.run(
-            [sys.executable, "-m", "pkiq", "ca", "create", CA_NAME, "--subject",
-             f"/C=GB/O=Example Ltd/CN=pkiq queue benchmark {KEY_LABEL[key_type]} CA",
-             "--key-type", key_type, "--serial-mode", serial_mode], env=env, cwd=ROOT,
-            capture_output=True, text=True)
-        if created.returncode != 0:
-            raise RuntimeError(f"pkiq ca create failed: {created.stderr}")
+        env = estate_env(db_url, args.redis_url, queue, folder / "data")
+        create_ca(env, key_type, f"queue benchmark {KEY_LABEL[key_type]}", serial_mode)
         settings = Settings(data_dir=folder / "data", database_url=db_url,
                             broker_url=args.redis_url, queue=queue, ca_passphrase=PASSPHRASE)
         app = make_context(settings)

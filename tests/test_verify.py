@@ -555,13 +555,19 @@ def test_node_and_files_together_is_a_usage_error(files, pki):
 
 # ------------------------------------------------------------------ a node, from pkiq
 
-def test_a_node_checks_with_its_trusted_list_and_pkiq_crls(pkiq, clock, tmp_path):
+def _peer_of_node(pkiq, tmp_path: Path) -> tuple[Path, dict]:
+    """The nodes estate with Root's first CRL, and a peer certificate Root signed: its file
+    and ``pkiq ca sign``'s view of it."""
     make_estate(pkiq)
     ok(pkiq("ca", "gencrl", "Root"))
     csr = tmp_path / "peer.csr"
     csr.write_bytes(make_csr("peer.example.com", sans=("peer.example.com",)))
     leaf_file = tmp_path / "peer.pem"
-    issued = js(pkiq("ca", "sign", "Root", csr, "--out", leaf_file, "--json"))
+    return leaf_file, js(pkiq("ca", "sign", "Root", csr, "--out", leaf_file, "--json"))
+
+
+def test_a_node_checks_with_its_trusted_list_and_pkiq_crls(pkiq, clock, tmp_path):
+    leaf_file, issued = _peer_of_node(pkiq, tmp_path)
     args = ["verify", leaf_file, "--node", "expe1.example.com", "--host", "peer.example.com",
             "--no-use-ocsp", "--no-cdp-downloads", "--fallback", "revoked", "--json"]
     good = pkiq(*args)
@@ -587,12 +593,7 @@ def test_a_node_checks_with_its_trusted_list_and_pkiq_crls(pkiq, clock, tmp_path
 
 
 def test_a_node_whose_crl_expired_treats_the_ca_as_revoking(pkiq, clock, tmp_path):
-    make_estate(pkiq)
-    ok(pkiq("ca", "gencrl", "Root"))
-    csr = tmp_path / "peer.csr"
-    csr.write_bytes(make_csr("peer.example.com", sans=("peer.example.com",)))
-    leaf_file = tmp_path / "peer.pem"
-    ok(pkiq("ca", "sign", "Root", csr, "--out", leaf_file))
+    leaf_file, _issued = _peer_of_node(pkiq, tmp_path)
     clock.advance(days=60)  # past the CRL's nextUpdate, the leaf still valid
     result = pkiq("verify", leaf_file, "--node", "expe1.example.com", "--no-use-ocsp",
                   "--no-cdp-downloads", "--json")
@@ -615,12 +616,7 @@ def test_the_api_answers_as_the_command_does(pkiq, app, tmp_path):
 
     from .test_web_downloads import Served
 
-    make_estate(pkiq)
-    ok(pkiq("ca", "gencrl", "Root"))
-    csr = tmp_path / "peer.csr"
-    csr.write_bytes(make_csr("peer.example.com", sans=("peer.example.com",)))
-    leaf_file = tmp_path / "peer.pem"
-    issued = js(pkiq("ca", "sign", "Root", csr, "--out", leaf_file, "--json"))
+    leaf_file, issued = _peer_of_node(pkiq, tmp_path)
     token = {name: tokens.create_token(app, name, role, None)["token"]
              for name, role in [("alice", "requester"), ("carol", "approver")]}
     served = Served(app)
