@@ -1,9 +1,10 @@
-"""The workers' batch path in one process: CPU per job of ``ca.jobs.run_jobs``.
+"""The workers' batch path in one process: CPU per job of ``service.jobs.sign_batch``.
 
-A worker signs the jobs a message names (up to ``JOBS_PER_MESSAGE``) in one transaction
-with ``ca.jobs.run_jobs``. This measures that path alone, without Celery, the broker or a
+A worker signs the jobs a message names (up to ``JOBS_PER_MESSAGE``) with
+``service.jobs.sign_batch``: claimed in one transaction, signed holding none, recorded in
+another. This measures that path alone, without Celery, the broker or a
 submitter running beside it: ``--jobs`` requests are queued (untimed), then signed
-``JOBS_PER_MESSAGE`` to a transaction, and the process's CPU time (``time.process_time``)
+``JOBS_PER_MESSAGE`` to a batch, and the process's CPU time (``time.process_time``)
 and wall time are divided by the jobs. Beside it, in the same run, the raw sign rate of a
 key of the CA's type through ``cryptography`` (the library pkiq signs with), so the
 non-signing part is the difference. One configuration per line: SQLite and (with
@@ -37,6 +38,7 @@ from bench.bench_sign import (
 from ca import authority, jobs
 from ca.authority import CaOptions
 from ca.names import parse_name
+from service.jobs import sign_batch
 from shell.db import session_factory, transaction
 from worker.celery_app import JOBS_PER_MESSAGE
 
@@ -64,12 +66,11 @@ def run_config(backend: Backend, workdir: Path, key_type: str, serial_mode: str,
         clock = lambda: dt.datetime.now(dt.UTC)  # noqa: E731
         cpu, wall = time.process_time(), time.perf_counter()
         for start in range(0, len(ids), JOBS_PER_MESSAGE):
-            with transaction(factory) as session:
-                done = jobs.run_jobs(session, ids[start:start + JOBS_PER_MESSAGE],
-                                     lambda _ca: signer, clock)
-                failed = [job.error for job in done if job.state != "issued"]
-                if failed:
-                    raise RuntimeError(f"{label}: a job failed: {failed[0]}")
+            done = sign_batch(factory, ids[start:start + JOBS_PER_MESSAGE],
+                              lambda _ca: signer, clock)
+            failed = [job.error for job in done if job.state != "issued"]
+            if failed:
+                raise RuntimeError(f"{label}: a job failed: {failed[0]}")
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     raw = pyca_sign_rate(signer.private_key, 2.0)  # the CA's own key, through cryptography
     return {"backend": backend.name, "key_type": key_type, "serial_mode": serial_mode,
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"batch-{started:%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"ca.jobs.run_jobs in one process, {JOBS_PER_MESSAGE} jobs a transaction - "
+    print(f"service.jobs.sign_batch in one process, {JOBS_PER_MESSAGE} jobs a batch - "
           f"{report['started_at']}, commit {report['machine'].get('git_commit', '?')}, load "
           f"{report['loadavg_start']} -> {report['loadavg_end']}")
     print(f"{'database':<11} {'CA key':<8} {'serials':<11} {'jobs':>5} {'CPU ms/job':>10} "

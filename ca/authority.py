@@ -143,6 +143,7 @@ class SignResult:
     record: Certificate
     certificate: x509.Certificate
     warnings: list[str]
+    row: dict | None = None  # the index row not written yet (a batch's, see PendingCertificates)
 
 
 def subject_key(subject_text: str) -> str:
@@ -429,6 +430,18 @@ def configure(session: Session, ca: CertificateAuthority, options: CaOptions) ->
 
 # ---------------------------------------------------------------- signing
 
+SIGNING_INPUTS = ("cert_der", "policy", "copy_extensions", "unique_subject", "default_days",
+                  "profile_days", "clock_skew_seconds", "serial_mode", "crl_urls",
+                  "ca_issuers_urls", "ocsp_urls", "not_after", "handed_over_at")
+
+
+def signing_inputs(ca: CertificateAuthority) -> tuple:
+    """Every setting of the CA that a certificate it signs depends on (its certificate and
+    so its key, policy, extensions, validity, serial mode, URLs): a certificate signed
+    under other values than the CA has when it is recorded is signed again."""
+    return tuple(getattr(ca, name) for name in SIGNING_INPUTS)
+
+
 def resolve_days(ca: CertificateAuthority, profile: Profile, days: int | None) -> int:
     if days is not None:
         return days
@@ -438,7 +451,7 @@ def resolve_days(ca: CertificateAuthority, profile: Profile, days: int | None) -
 
 
 def sign_csr(
-    session: Session,
+    session: Session | None,
     ca: CertificateAuthority,
     signer: Signer,
     csr_data: bytes,
@@ -456,8 +469,9 @@ def sign_csr(
     With ``pending`` (a batch of signings in one transaction) the index row is not written
     here but collected, for ``pending.write`` to insert with the batch's others in one
     statement; CAs with unique_subject are written at once whatever, since the next request
-    in the batch must see this one's subject. ``verified``: the request's signature was
-    checked when it was queued (a job's), so it is not checked again."""
+    in the batch must see this one's subject; with ``pending.apart`` there is no session
+    (None) and the row is only returned. ``verified``: the request's signature was checked
+    when it was queued (a job's), so it is not checked again."""
     csr = load_csr(csr_data, verified=verified)
     issuer = ca_certificate(ca)
     prof = get_profile(profile)
@@ -546,7 +560,7 @@ def _check_can_issue(ca: CertificateAuthority, issuer: x509.Certificate, profile
 def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subject, public_key,
            profile, days, now, rng, requested=(), digest=None, pending=None) -> SignResult:
     issuer = ca_certificate(ca)
-    if pending is None or ca.id not in pending.in_service:
+    if pending is None or not (pending.apart or ca.id in pending.in_service):
         lock_in_service(session, ca)  # held to the commit: once per CA and transaction
         if pending is not None:
             pending.in_service.add(ca.id)
@@ -572,9 +586,9 @@ def _issue(session: Session, ca: CertificateAuthority, signer: Signer, *, subjec
             profile=profile.name, created_at=now,
             der=issued.certificate.public_bytes(serialization.Encoding.DER))
         if pending is not None and not ca.unique_subject:
-            pending.rows.append(values)
-            return SignResult(Certificate(**values), issued.certificate,
-                              warnings)
+            if not pending.apart:
+                pending.rows.append(values)
+            return SignResult(Certificate(**values), issued.certificate, warnings, values)
         if _insert_unless_taken(session, values):
             record = Certificate(**values)  # what was stored, for the caller to read
             return SignResult(record, issued.certificate, warnings)
@@ -597,16 +611,28 @@ class BatchConflict(Exception):
 class PendingCertificates:
     """Index rows signed in one transaction and written together by ``write``, the blocks
     of sequential serials the batch took for them, and the CAs whose rows it holds
-    already (``lock_in_service``)."""
+    already (``lock_in_service``).
+
+    ``apart``: signing outside any transaction (``ca.jobs.sign_claimed``). Nothing is read
+    or held then: each ``SignResult.row`` is written later by a transaction that first holds
+    and checks its CA (``ca.jobs.record_claimed``). Only for CAs without unique_subject (its
+    check reads the index) and, if sequential, with a block of serials for every request."""
 
     rows: list[dict] = field(default_factory=list)
     serials: dict[int, Iterator[int]] = field(default_factory=dict)
     in_service: set[int] = field(default_factory=set)
+    apart: bool = False
 
-    def reserve_serials(self, session: Session, ca: CertificateAuthority, count: int) -> None:
+    def reserve_serials(self, session: Session, ca: CertificateAuthority, count: int,
+                        *, apart: bool = True) -> None:
         """Take ``count`` serials of sequential CA ``ca`` for the batch at once, before it
-        signs (``reserve_serials_apart``)."""
-        self.serials[ca.id] = iter(reserve_serials_apart(session, ca, count))
+        signs: in a transaction of its own (``reserve_serials_apart``), or with ``apart``
+        false in ``session``'s, when that is short and commits before the signing."""
+        reserve = reserve_serials_apart if apart else reserve_serials
+        self.serials[ca.id] = iter(reserve(session, ca, count))
+
+    def has_serials_for(self, ca: CertificateAuthority) -> bool:
+        return ca.serial_mode != "sequential" or ca.id in self.serials
 
     def take_serial(self, ca: CertificateAuthority) -> int | None:
         """The next serial of the CA's block; None when it has none left."""

@@ -1,10 +1,10 @@
 """Signing jobs: requests queued for a CA, approved where its policy says so, signed once.
 
-The job row is the truth; a broker message only says "look at jobs N, M, ...". ``run_jobs``
-and ``run_job`` take the rows' locks, so however often a message is delivered, one delivery
-signs and the others find the jobs finished. Certificates, serials and job states commit in
-the caller's one transaction, but for a batch's block of sequential serials on PostgreSQL,
-taken just before signing in a short transaction of its own (``run_jobs``).
+The job row is the truth; a broker message only says "look at jobs N, M, ...". A worker
+claims the jobs it is sent (``claim_jobs``: state ``signing``, under the rows' locks), signs
+them holding no lock (``sign_claimed``) and records them (``record_claimed``), so however
+often a message is delivered, one delivery signs and the others find the jobs claimed or
+finished. Certificates and job states commit together in the recording transaction.
 """
 
 from __future__ import annotations
@@ -14,15 +14,24 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from . import audit
 from .audit import Actor
-from .authority import PendingCertificates, check_request, get_ca, sign_csr
+from .authority import (
+    PendingCertificates,
+    SignResult,
+    check_in_service,
+    check_request,
+    get_ca,
+    lock_in_service,
+    sign_csr,
+    signing_inputs,
+)
 from .csr import load_csr
 from .errors import BadInput, Conflict, NotFound, PkiqError
 from .keys import Signer
@@ -228,6 +237,7 @@ def run_job(session: Session, job_id: int, signer_for: Callable[[CertificateAuth
                          .options(joinedload(SigningJob.ca)).with_for_update(of=SigningJob))
     if job is None or job.state not in ACTIVE:
         return job  # finished already (a redelivery), or not approved yet
+    job.attempts += 1
     _sign(session, job, signer_for, clock)
     session.flush()
     return job
@@ -238,48 +248,152 @@ def run_jobs(session: Session, job_ids: Sequence[int],
              clock: Callable[[], dt.datetime], actor: Actor | None = None
              ) -> list[SigningJob]:
     """Sign those of ``job_ids`` still owed, each exactly once, all in the caller's one
-    transaction (one commit for the lot). Returns the jobs it signed or failed. Sequential
-    CAs' serials are taken first, one block per CA (``_reserve_serials``).
+    transaction: ``claim_jobs``, ``sign_claimed`` and ``record_claimed`` in a row, the locks
+    held throughout. Workers run the same three steps in three transactions
+    (``service.jobs.sign_batch``), so that no lock is held while they sign."""
+    claim = claim_jobs(session, job_ids, clock())
+    sign_claimed(claim, signer_for, clock)
+    return record_claimed(session, claim, signer_for, clock, actor)
+
+
+CLAIM_LEASE = dt.timedelta(minutes=5)  # a claim older than this is taken to be abandoned
+
+
+@dataclass
+class Claim:
+    """Jobs taken for signing (state ``signing``) by ``claim_jobs``. Each job's ``attempts``
+    as claimed is the claim's token: ``record_claimed`` writes only jobs still ``signing``
+    with that count, so a claim given back (``release_claimed``, the reconciler) and taken
+    by another worker meanwhile is not recorded twice."""
+
+    jobs: list[SigningJob]
+    pending: PendingCertificates  # the sequential CAs' blocks of serials
+    inputs: dict[int, tuple]  # authority.signing_inputs of each CA, as claimed
+    signed: dict[int, SignResult | PkiqError] = field(default_factory=dict)
+
+    def tokens(self) -> dict[int, int]:
+        return {job.id: job.attempts for job in self.jobs}
+
+
+def claim_jobs(session: Session, job_ids: Sequence[int], now: dt.datetime,
+               lease: dt.timedelta = CLAIM_LEASE, *, reserve_apart: bool = True) -> Claim:
+    """Take the jobs of ``job_ids`` still queued (or claimed longer than ``lease`` ago by a
+    worker that died) and mark them ``signing``; a block of serials per sequential CA
+    (``reserve_apart``: in a transaction of its own, see ``reserve_serials_apart``; false
+    when the caller's transaction is itself short and commits before the signing).
 
     One query finds and locks them (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the
     transaction holds the writer lock already). Jobs finished, awaiting approval or gone are
     left out, so a redelivered message costs that one indexed query. A job another
-    transaction holds is left out too, without waiting: that transaction is working through
-    a message that names the job, which is redelivered if its worker dies before the commit.
-
-    Errors that retrying cannot mend (the request breaks the policy, the CA expired, the key
-    cannot be unlocked) end their own job as ``failed`` with the reason, and the others are
-    signed. Anything else (the database or the broker went away; ``BatchConflict``, a serial
-    of the batch taken after all) propagates, the transaction rolls back, and every job stays
-    as it was for a retry, the reconciler, or the caller to sign them one at a time."""
+    transaction holds, or another worker has claimed, is left out too without waiting: that
+    worker's message names it, and the reconciler re-sends it should that worker die."""
     ids = sorted(set(job_ids))
-    if not ids:
-        return []
+    claimable = or_(SigningJob.state == "queued",
+                    and_(SigningJob.state == "signing", SigningJob.updated_at < now - lease))
     claimed = list(session.scalars(
-        select(SigningJob).where(SigningJob.id.in_(ids), SigningJob.state.in_(ACTIVE))
-        .order_by(SigningJob.id).with_for_update(of=SigningJob, skip_locked=True)))
-    pending = PendingCertificates()  # the index rows, written in one statement at the end
-    _reserve_serials(session, claimed, pending)
+        select(SigningJob).where(SigningJob.id.in_(ids), claimable)
+        .options(joinedload(SigningJob.ca)).order_by(SigningJob.id)
+        .with_for_update(of=SigningJob, skip_locked=True))) if ids else []
     for job in claimed:
-        _sign(session, job, signer_for, clock, pending)
+        job.state, job.attempts, job.updated_at = "signing", job.attempts + 1, now
+    pending = PendingCertificates(apart=True)
+    _reserve_serials(session, claimed, pending, apart=reserve_apart)
+    session.flush()
+    return Claim(claimed, pending, {job.ca.id: signing_inputs(job.ca) for job in claimed})
+
+
+def sign_claimed(claim: Claim, signer_for: Callable[[CertificateAuthority], Signer],
+                 clock: Callable[[], dt.datetime]) -> None:
+    """Sign the claim's jobs with no database at hand, results into ``claim.signed``: a
+    certificate, or the error that refuses the request (policy, Expressway rules, a CA
+    expired or handed over, a key that cannot be unlocked). Jobs of unique_subject CAs
+    (whose check reads the index), of sequential CAs that got no block, and jobs nobody can
+    sign apart are left to ``record_claimed``, which signs them in its transaction."""
+    for job in claim.jobs:
+        ca = job.ca
+        if ca.unique_subject or not claim.pending.has_serials_for(ca):
+            continue
+        try:
+            check_in_service(ca)
+            claim.signed[job.id] = sign_csr(
+                None, ca, signer_for(ca), job.csr_der, profile=job.profile, days=job.days,
+                now=clock(), pending=claim.pending, verified=True)  # at submit (submit_many)
+        except PkiqError as exc:
+            claim.signed[job.id] = exc
+
+
+def record_claimed(session: Session, claim: Claim,
+                   signer_for: Callable[[CertificateAuthority], Signer],
+                   clock: Callable[[], dt.datetime], actor: Actor | None = None
+                   ) -> list[SigningJob]:
+    """Write what ``sign_claimed`` made, in one transaction: the certificates in one
+    statement, the jobs' states, one turn of the audit head. Returns the jobs recorded.
+
+    Each CA is held first (``lock_in_service``: one handed over meanwhile fails its jobs),
+    and a CA whose signing settings changed since the claim has its jobs signed again
+    here, as are jobs ``sign_claimed`` left. Jobs no longer held by this claim are left
+    alone (their signatures dropped, never written). ``BatchConflict`` (a serial taken
+    after all) propagates: the caller rolls back and signs the jobs one at a time."""
+    tokens = claim.tokens()
+    if not tokens:
+        return []
+    held = session.scalars(
+        select(SigningJob).where(SigningJob.id.in_(sorted(tokens)),
+                                 SigningJob.state == "signing")
+        .options(joinedload(SigningJob.ca)).order_by(SigningJob.id)
+        .with_for_update(of=SigningJob))
+    ours = [job for job in held if job.attempts == tokens[job.id]]
+    pending = PendingCertificates(serials=claim.pending.serials)
+    refused: dict[int, PkiqError] = {}
+    current: set[int] = set()
+    for ca in {job.ca for job in ours}:
+        try:
+            lock_in_service(session, ca)
+        except PkiqError as exc:
+            refused[ca.id] = exc
+            continue
+        pending.in_service.add(ca.id)
+        if claim.inputs.get(ca.id) == signing_inputs(ca):
+            current.add(ca.id)
+    for job in ours:
+        outcome = claim.signed.get(job.id) if job.ca.id in current else None
+        if job.ca.id in refused:
+            outcome = refused[job.ca.id]
+        if outcome is None:
+            _sign(session, job, signer_for, clock, pending)
+        else:
+            _record(session, job, outcome, pending, clock())
     pending.write(session)  # BatchConflict (rare): the caller goes one job at a time
     session.flush()
-    if actor is not None and claimed:  # one turn of the audit head for the batch
-        audit.record_many(session, actor, [_issue_entry(job) for job in claimed], clock())
-    return claimed
+    if actor is not None and ours:  # one turn of the audit head for the batch
+        audit.record_many(session, actor, [_issue_entry(job) for job in ours], clock())
+    return ours
+
+
+def release_claimed(session: Session, claim: Claim, now: dt.datetime) -> None:
+    """Give the claim's jobs back (``queued``) when signing or recording them broke, so
+    that they can be signed again at once rather than after the lease; only those still as
+    this claim left them. The attempt is not counted, as a rolled-back one never was: the
+    token may come round again, and only the claimant, which records nothing after, gives
+    a claim back."""
+    for job_id, attempts in claim.tokens().items():
+        session.execute(update(SigningJob).where(
+            SigningJob.id == job_id, SigningJob.state == "signing",
+            SigningJob.attempts == attempts).values(state="queued", updated_at=now,
+                                                    attempts=attempts - 1))
 
 
 def _reserve_serials(session: Session, claimed: Sequence[SigningJob],
-                     pending: PendingCertificates) -> None:
+                     pending: PendingCertificates, *, apart: bool = True) -> None:
     """One block of serials per sequential CA for the batch, each taken in one short step
     before the first signature (``authority.reserve_serials_apart``), not one locked
     increment per job held to the commit. A CA that cannot give its block (handed over,
     out of serials) gets none: each of its jobs then fails with the reason, or takes one of
     the serials left, as it would alone."""
     counts = Counter(job.ca for job in claimed if job.ca.serial_mode == "sequential")
-    for ca, count in counts.items():  # job.ca: one query per CA
+    for ca, count in counts.items():
         with suppress(PkiqError):
-            pending.reserve_serials(session, ca, count)
+            pending.reserve_serials(session, ca, count, apart=apart)
 
 
 def _issue_entry(job: SigningJob) -> tuple[str, str, dict]:
@@ -293,35 +407,48 @@ def _issue_entry(job: SigningJob) -> tuple[str, str, dict]:
 def _sign(session: Session, job: SigningJob,
           signer_for: Callable[[CertificateAuthority], Signer],
           clock: Callable[[], dt.datetime], pending: PendingCertificates | None = None) -> None:
-    # No "signing" write here: inside this transaction nobody else could see it, and the
-    # row lock already keeps other deliveries off the job. A refused request writes nothing
-    # that matters before it raises (at most an expired entry marked E, which is true anyway,
-    # or a sequential serial left unused).
-    job.attempts += 1
+    """Sign ``job`` in the caller's transaction. A refused request writes nothing that
+    matters before it raises (at most an expired entry marked E, which is true anyway, or a
+    sequential serial left unused)."""
     try:
         result = sign_csr(session, job.ca, signer_for(job.ca), job.csr_der,
                           profile=job.profile, days=job.days, now=clock(), pending=pending,
                           verified=True)  # at submit (submit_many)
     except PkiqError as exc:
-        job.state, job.error = "failed", str(exc)[:MAX_ERROR]
+        _record(session, job, exc, pending, clock())
     else:
-        job.state, job.serial, job.error = "issued", result.record.serial, None
+        _record(session, job, result, None, clock())
+
+
+def _record(session: Session, job: SigningJob, outcome: SignResult | PkiqError,
+            pending: PendingCertificates | None, now: dt.datetime) -> None:
+    """A job's end: failed with the reason, or issued (its index row into ``pending`` when
+    it was signed apart, and a node's CSR paired with its key)."""
+    if isinstance(outcome, PkiqError):
+        job.state, job.error = "failed", str(outcome)[:MAX_ERROR]
+    else:
+        if pending is not None and outcome.row is not None:
+            pending.rows.append(outcome.row)
+        job.state, job.serial, job.error = "issued", outcome.record.serial, None
         if job.node is not None:  # a node's CSR (pkiq node csr --submit): pair it with its key
-            pair_issued(session, job, result.certificate, clock())
-    job.finished_at = job.updated_at = clock()  # after signing: what latency should measure
+            pair_issued(session, job, outcome.certificate, now)
+    job.finished_at = job.updated_at = now  # after signing: what latency should measure
 
 
 def stale_jobs(session: Session, now: dt.datetime, timeout: dt.timedelta,
                limit: int = 1000) -> list[int]:
     """Jobs queued or signing for longer than ``timeout``: their message was lost (a broker
-    restart) or their worker died. Their clock restarts so each is re-sent once per timeout."""
+    restart) or their worker died. Their clock restarts so each is re-sent once per timeout,
+    and a claim that old is given up (``signing`` back to ``queued``) so that any worker may
+    take the job; should its worker still record it, the claim's token no longer matches."""
     ids = list(session.scalars(
         select(SigningJob.id).where(SigningJob.state.in_(ACTIVE),
                                     SigningJob.updated_at < now - timeout)
         .order_by(SigningJob.id).limit(limit)))
     if ids:
-        session.execute(update(SigningJob).where(SigningJob.id.in_(ids))
-                        .values(updated_at=now))
+        session.execute(update(SigningJob).where(SigningJob.id.in_(ids)).values(
+            updated_at=now, state=case((SigningJob.state == "signing", "queued"),
+                                       else_=SigningJob.state)))
     return ids
 
 

@@ -4,12 +4,20 @@ reconciler, so a broker that is down costs time, never a job."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Sequence
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from ca import jobs
+from ca.audit import Actor
 from ca.authority import check_in_service, get_ca
 from ca.errors import PkiqError
+from ca.keys import Signer
+from ca.models import CertificateAuthority, SigningJob
+from shell.db import transaction
 
 from .context import ServiceContext
 
@@ -83,6 +91,36 @@ def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes |
             ("job.submit", f"job:{row['id']}", {k: row[k] for k in AUDITED_JOB_FIELDS})
             for row in rows if row.get("new")])
     return rows, announce(ctx, new_ids)
+
+
+def sign_batch(factory: sessionmaker[Session], job_ids: Sequence[int],
+               signer_for: Callable[[CertificateAuthority], Signer],
+               clock: Callable[[], dt.datetime], actor: Actor | None = None,
+               lease: dt.timedelta = jobs.CLAIM_LEASE) -> list[SigningJob]:
+    """A worker's message: the jobs claimed in one short transaction, signed holding no
+    lock, recorded in another short transaction. Returns the jobs recorded.
+
+    On SQLite a transaction holds the whole database's writer lock: a batch of 25 RSA-4096
+    signatures held it ~50 ms, and every submit, revocation and CRL waited behind it. Now
+    it is held for the claim and for the writes. Should signing or recording break, the
+    claim is given back at once (``release_claimed``), so that the caller can sign the
+    jobs one at a time; should the worker die, the lease runs out (the reconciler)."""
+    with transaction(factory) as session:
+        claim = jobs.claim_jobs(session, job_ids, clock(), lease, reserve_apart=False)
+    if not claim.jobs:
+        return []
+    try:
+        jobs.sign_claimed(claim, signer_for, clock)
+        with transaction(factory) as session:
+            return jobs.record_claimed(session, claim, signer_for, clock, actor)
+    except BaseException:
+        try:
+            with transaction(factory) as session:
+                jobs.release_claimed(session, claim, clock())
+        except Exception:  # noqa: BLE001 - the lease runs out instead; the first error counts
+            logging.getLogger("pkiq.jobs").exception("could not give back jobs %s",
+                                                     sorted(claim.tokens()))
+        raise
 
 
 def wait_for(ctx: ServiceContext, job_ids: Sequence[int], timeout: float, *,

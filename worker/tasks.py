@@ -1,12 +1,12 @@
-"""Thin tasks: ids in, one call into ``ca.jobs`` or ``scheduler.tick``, the transaction
-around it. The app's settings come from the app running the task (``current_app``), so
+"""Thin tasks: ids in, one call into ``service.jobs``, ``ca.jobs`` or ``scheduler.tick``,
+the transactions around it. The app's settings come from the app running the task (``current_app``), so
 nothing here is built at import.
 
 A message names a short list of jobs (at most ``JOBS_PER_MESSAGE``), never their requests:
 the database stays the truth. One message per job cost more than the signature itself (the
 broker round trip, Celery's bookkeeping and a commit per job); a few dozen per message are
-signed in one transaction and acknowledged once, while a list that short still spreads a
-large submit over every worker and keeps a transaction to a fraction of a second.
+claimed, signed and recorded together and acknowledged once, while a list that short still
+spreads a large submit over every worker.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from scheduler.schedule import (
 )
 from service import drift, push, stores
 from service.context import ServiceContext
+from service.jobs import sign_batch
 from shell import metrics
 from shell.db import make_engine, migrate, session_factory, transaction
 from shell.logs import log_context
@@ -89,6 +90,11 @@ def signer_for(ca) -> Signer:
     return cache[key]
 
 
+def _lease() -> dt.timedelta:
+    """A claim is this worker's for as long as the reconciler leaves a job alone."""
+    return dt.timedelta(seconds=_settings().job_timeout_seconds)
+
+
 def _actor() -> Actor:
     if _state.get("actor_pid") != os.getpid():
         _state.update(actor_pid=os.getpid(), actor=Actor.worker())
@@ -100,18 +106,16 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 
 
 
 def _run(job_ids: list[int]) -> tuple[int, int]:
-    """One transaction for the lot; (issued, failed)."""
-    with transaction(process_sessions()) as session:
-        done = jobs.run_jobs(session, job_ids, signer_for, utc_now, _actor())
-        issued = sum(job.state == "issued" for job in done)
-        latencies = []
-        for job in done:
-            if job.state == "failed":
-                log.warning("job %s failed: %s", job.id, job.error,
-                            extra={"job_id": job.id, "ca": job.ca.name, "node": job.node})
-            elif job.finished_at is not None:
-                latencies.append((job.ca.name,
-                                  (job.finished_at - job.submitted_at).total_seconds()))
+    """Claimed, signed and recorded (``service.jobs.sign_batch``); (issued, failed)."""
+    done = sign_batch(process_sessions(), job_ids, signer_for, utc_now, _actor(), _lease())
+    issued = sum(job.state == "issued" for job in done)
+    latencies = []
+    for job in done:
+        if job.state == "failed":
+            log.warning("job %s failed: %s", job.id, job.error,
+                        extra={"job_id": job.id, "ca": job.ca.name, "node": job.node})
+        elif job.finished_at is not None:
+            latencies.append((job.ca.name, (job.finished_at - job.submitted_at).total_seconds()))
     _observe(latencies)  # after the commit: a rolled-back signature is not counted
     return issued, len(done) - issued
 
