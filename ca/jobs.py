@@ -17,8 +17,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from . import audit
 from .audit import Actor
@@ -249,8 +250,9 @@ def run_jobs(session: Session, job_ids: Sequence[int],
              ) -> list[SigningJob]:
     """Sign those of ``job_ids`` still owed, each exactly once, all in the caller's one
     transaction: ``claim_jobs``, ``sign_claimed`` and ``record_claimed`` in a row, the locks
-    held throughout. Workers run the same three steps in three transactions
-    (``service.jobs.sign_batch``), so that no lock is held while they sign."""
+    held throughout. Workers on PostgreSQL sign this way; on SQLite they run the same steps
+    in three transactions (``service.jobs.sign_batch``), so that the database's one writer
+    lock is not held while they sign."""
     claim = claim_jobs(session, job_ids, clock())
     sign_claimed(claim, signer_for, clock)
     return record_claimed(session, claim, signer_for, clock, actor)
@@ -291,14 +293,18 @@ def claim_jobs(session: Session, job_ids: Sequence[int], now: dt.datetime,
     claimable = or_(SigningJob.state == "queued",
                     and_(SigningJob.state == "signing", SigningJob.updated_at < now - lease))
     claimed = list(session.scalars(
-        select(SigningJob).where(SigningJob.id.in_(ids), claimable)
-        .options(joinedload(SigningJob.ca)).order_by(SigningJob.id)
+        select(SigningJob).where(SigningJob.id.in_(ids), claimable).order_by(SigningJob.id)
         .with_for_update(of=SigningJob, skip_locked=True))) if ids else []
+    if claimed:  # one statement, not one ORM update per job
+        session.execute(update(SigningJob).where(SigningJob.id.in_([j.id for j in claimed]))
+                        .values(state="signing", attempts=SigningJob.attempts + 1,
+                                updated_at=now).execution_options(synchronize_session=False))
     for job in claimed:
-        job.state, job.attempts, job.updated_at = "signing", job.attempts + 1, now
+        for name, value in (("state", "signing"), ("attempts", job.attempts + 1),
+                            ("updated_at", now)):
+            set_committed_value(job, name, value)
     pending = PendingCertificates(apart=True)
-    _reserve_serials(session, claimed, pending, apart=reserve_apart)
-    session.flush()
+    _reserve_serials(session, claimed, pending, apart=reserve_apart)  # loads each job's CA
     return Claim(claimed, pending, {job.ca.id: signing_inputs(job.ca) for job in claimed})
 
 
@@ -337,37 +343,52 @@ def record_claimed(session: Session, claim: Claim,
     tokens = claim.tokens()
     if not tokens:
         return []
-    held = session.scalars(
-        select(SigningJob).where(SigningJob.id.in_(sorted(tokens)),
-                                 SigningJob.state == "signing")
-        .options(joinedload(SigningJob.ca)).order_by(SigningJob.id)
-        .with_for_update(of=SigningJob))
-    ours = [job for job in held if job.attempts == tokens[job.id]]
+    held = session.execute(
+        select(SigningJob.id, SigningJob.attempts)
+        .where(SigningJob.id.in_(sorted(tokens)), SigningJob.state == "signing")
+        .order_by(SigningJob.id).with_for_update(of=SigningJob))
+    mine = {job_id for job_id, attempts in held if attempts == tokens[job_id]}
+    ours = [job for job in claim.jobs if job.id in mine]
     pending = PendingCertificates(serials=claim.pending.serials)
     refused: dict[int, PkiqError] = {}
     current: set[int] = set()
-    for ca in {job.ca for job in ours}:
+    for ca_id in sorted({job.ca_id for job in ours}):
+        ca = session.get(CertificateAuthority, ca_id)  # as this transaction sees it
         try:
             lock_in_service(session, ca)
         except PkiqError as exc:
-            refused[ca.id] = exc
+            refused[ca_id] = exc
             continue
-        pending.in_service.add(ca.id)
-        if claim.inputs.get(ca.id) == signing_inputs(ca):
-            current.add(ca.id)
+        pending.in_service.add(ca_id)
+        if claim.inputs.get(ca_id) == signing_inputs(ca):
+            current.add(ca_id)
+    recorded, finished = [], []
     for job in ours:
-        outcome = claim.signed.get(job.id) if job.ca.id in current else None
-        if job.ca.id in refused:
-            outcome = refused[job.ca.id]
-        if outcome is None:
+        outcome = refused.get(job.ca_id) or (
+            claim.signed.get(job.id) if job.ca_id in current else None)
+        if outcome is None:  # signed here, as run_job would
+            job = session.get(SigningJob, job.id)
             _sign(session, job, signer_for, clock, pending)
-        else:
-            _record(session, job, outcome, pending, clock())
+        else:  # the claim's own copy of the job, written with one statement for all
+            values = _outcome(session, job, outcome, pending, clock())
+            for name, value in values.items():
+                set_committed_value(job, name, value)
+            finished.append({f"b_{name}": value for name, value in values.items()}
+                            | {"b_id": job.id})
+        recorded.append(job)
+    if finished:
+        session.execute(_FINISH, finished)
     pending.write(session)  # BatchConflict (rare): the caller goes one job at a time
     session.flush()
-    if actor is not None and ours:  # one turn of the audit head for the batch
-        audit.record_many(session, actor, [_issue_entry(job) for job in ours], clock())
-    return ours
+    if actor is not None and recorded:  # one turn of the audit head for the batch
+        audit.record_many(session, actor, [_issue_entry(job) for job in recorded], clock())
+    return recorded
+
+
+_JOBS = SigningJob.__table__
+_FINISH = update(_JOBS).where(_JOBS.c.id == bindparam("b_id")).values(
+    {name: bindparam(f"b_{name}", type_=_JOBS.c[name].type)
+     for name in ("state", "serial", "error", "finished_at", "updated_at")})
 
 
 def release_claimed(session: Session, claim: Claim, now: dt.datetime) -> None:
@@ -422,17 +443,24 @@ def _sign(session: Session, job: SigningJob,
 
 def _record(session: Session, job: SigningJob, outcome: SignResult | PkiqError,
             pending: PendingCertificates | None, now: dt.datetime) -> None:
-    """A job's end: failed with the reason, or issued (its index row into ``pending`` when
-    it was signed apart, and a node's CSR paired with its key)."""
+    for name, value in _outcome(session, job, outcome, pending, now).items():
+        setattr(job, name, value)
+
+
+def _outcome(session: Session, job: SigningJob, outcome: SignResult | PkiqError,
+             pending: PendingCertificates | None, now: dt.datetime) -> dict:
+    """A job's end, as the values its row takes: failed with the reason, or issued (its
+    index row into ``pending`` when it was signed apart, and a node's CSR paired with its
+    key). ``now``, after signing, is what latency should measure."""
     if isinstance(outcome, PkiqError):
-        job.state, job.error = "failed", str(outcome)[:MAX_ERROR]
-    else:
-        if pending is not None and outcome.row is not None:
-            pending.rows.append(outcome.row)
-        job.state, job.serial, job.error = "issued", outcome.record.serial, None
-        if job.node is not None:  # a node's CSR (pkiq node csr --submit): pair it with its key
-            pair_issued(session, job, outcome.certificate, now)
-    job.finished_at = job.updated_at = now  # after signing: what latency should measure
+        return {"state": "failed", "serial": job.serial, "error": str(outcome)[:MAX_ERROR],
+                "finished_at": now, "updated_at": now}
+    if pending is not None and outcome.row is not None:
+        pending.rows.append(outcome.row)
+    if job.node is not None:  # a node's CSR (pkiq node csr --submit): pair it with its key
+        pair_issued(session, job, outcome.certificate, now)
+    return {"state": "issued", "serial": outcome.record.serial, "error": None,
+            "finished_at": now, "updated_at": now}
 
 
 def stale_jobs(session: Session, now: dt.datetime, timeout: dt.timedelta,

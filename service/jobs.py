@@ -96,15 +96,25 @@ def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes |
 def sign_batch(factory: sessionmaker[Session], job_ids: Sequence[int],
                signer_for: Callable[[CertificateAuthority], Signer],
                clock: Callable[[], dt.datetime], actor: Actor | None = None,
-               lease: dt.timedelta = jobs.CLAIM_LEASE) -> list[SigningJob]:
-    """A worker's message: the jobs claimed in one short transaction, signed holding no
-    lock, recorded in another short transaction. Returns the jobs recorded.
+               lease: dt.timedelta = jobs.CLAIM_LEASE, *, apart: bool | None = None
+               ) -> list[SigningJob]:
+    """A worker's message: the jobs claimed, signed and recorded. Returns the jobs recorded.
 
-    On SQLite a transaction holds the whole database's writer lock: a batch of 25 RSA-4096
-    signatures held it ~50 ms, and every submit, revocation and CRL waited behind it. Now
-    it is held for the claim and for the writes. Should signing or recording break, the
-    claim is given back at once (``release_claimed``), so that the caller can sign the
-    jobs one at a time; should the worker die, the lease runs out (the reconciler)."""
+    ``apart`` (the default on SQLite): claimed in one short transaction, signed holding no
+    lock, recorded in another. A SQLite transaction holds the whole database's writer lock:
+    a batch of 25 RSA-4096 signatures held it ~50 ms, and every submit, revocation and CRL
+    waited behind it. Should signing or recording break, the claim is given back at once
+    (``release_claimed``) for the caller to sign the jobs one at a time; should the worker
+    die, the lease runs out (the reconciler).
+
+    Otherwise (the default on PostgreSQL) all in one transaction: the rows it locks keep
+    other workers off these jobs only, so splitting it would buy nothing and cost a commit
+    and a second read of the jobs per batch."""
+    if apart is None:
+        apart = factory.kw["bind"].dialect.name == "sqlite"
+    if not apart:
+        with transaction(factory) as session:
+            return jobs.run_jobs(session, job_ids, signer_for, clock, actor)
     with transaction(factory) as session:
         claim = jobs.claim_jobs(session, job_ids, clock(), lease, reserve_apart=False)
     if not claim.jobs:
