@@ -14,6 +14,7 @@ import requests
 from starlette.routing import Mount
 
 from service import tokens
+from web.app import FrontDoor
 
 from .conftest import make_csr
 from .test_api import estate  # noqa: F401 - the fixture
@@ -23,9 +24,11 @@ JOB_FIELDS = ("ca", "profile", "state", "requester", "node", "days", "attempts",
 
 
 def _shortcut(api):
-    app = api.served.server.config.app
-    [mount] = [r for r in app.routes if isinstance(r, Mount) and r.path == "/api/v1"]
-    return mount.app.app  # BodyLimit -> SubmitShortcut
+    front = api.served.server.config.app  # FrontDoor: POST /api/v1/jobs goes to .api
+    assert isinstance(front, FrontDoor)
+    [mount] = [r for r in front.app.routes if isinstance(r, Mount) and r.path == "/api/v1"]
+    assert mount.app is front.api  # the one the outer app mounts too
+    return front.api.app  # BodyLimit -> SubmitShortcut
 
 
 def _send(api, token: str, body: bytes, headers: dict, *, short: bool):

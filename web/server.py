@@ -10,7 +10,7 @@ from service import ServiceContext
 from service.downloads import ca_versions
 from shell.logs import dict_config
 
-from .app import make_app
+from .app import FrontDoor, make_app
 
 # uvicorn's own logging, and pkiq's lines (failures, a database that stopped answering)
 # in the same form on the same stream: text, or JSON with PKIQ_LOG_FORMAT=json.
@@ -30,7 +30,7 @@ def make_server(ctx: ServiceContext, host: str | None = None, port: int | None =
     No access log unless asked: a thousand pollers make two thousand lines a second that
     say nothing, and writing them costs a quarter of the server's time. Errors are logged."""
     config = uvicorn.Config(
-        make_app(ctx, refresh_seconds=refresh_seconds),
+        FrontDoor(make_app(ctx, refresh_seconds=refresh_seconds)),
         host=host or ctx.settings.web_host,
         port=ctx.settings.web_port if port is None else port,
         access_log=access_log, server_header=False, log_config=log_config(ctx.settings),
@@ -48,7 +48,7 @@ def app_from_environment():
 
     settings = load_settings()
     # jobs submitted through the API are announced to the workers, as pkiq submit does
-    return make_app(ServiceContext(settings, announcer=CeleryAnnouncer(settings)))
+    return FrontDoor(make_app(ServiceContext(settings, announcer=CeleryAnnouncer(settings))))
 
 
 def run(ctx: ServiceContext, host: str | None = None, port: int | None = None, *,
