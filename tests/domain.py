@@ -55,3 +55,15 @@ def in_threads(target, args_list) -> list:
     for thread in threads:
         thread.join()
     return results
+
+
+def collide_first_serials(monkeypatch, times: int = 2, serial: int = 0x4242) -> None:
+    """The first ``times`` random serials drawn are all ``serial`` (a collision no real
+    generator would make), the rest random again."""
+    real, drawn = authority.random_serial, []
+
+    def colliding(rng):
+        drawn.append(1)
+        return serial if len(drawn) <= times else real(rng)
+
+    monkeypatch.setattr(authority, "random_serial", colliding)

@@ -13,7 +13,7 @@ from ca.policy import POLICY_MATCH, Policy
 from shell.db import transaction
 
 from .conftest import make_csr
-from .domain import PASS, in_threads, new_ca
+from .domain import PASS, collide_first_serials, in_threads, new_ca
 
 
 def submit(sessions, clock, csr, profile="webserver", ca_name="Root"):
@@ -211,13 +211,7 @@ def test_a_serial_taken_inside_a_batch_rolls_it_back_for_one_at_a_time(sessions,
     new_ca(sessions, clock)
     ids = [i for i, _ in submit_many(sessions, clock, [make_csr(f"n{k}.example.com")
                                                        for k in range(3)])]
-    real, drawn = authority.random_serial, []
-
-    def colliding(rng):
-        drawn.append(1)
-        return 0x4242 if len(drawn) <= 2 else real(rng)
-
-    monkeypatch.setattr(authority, "random_serial", colliding)
+    collide_first_serials(monkeypatch)
     with pytest.raises(authority.BatchConflict):
         run_batch(sessions, clock, ids)
     assert states(sessions, ids) == ["queued"] * 3 and certificates(sessions) == 0

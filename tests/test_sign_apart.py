@@ -20,7 +20,7 @@ from service.jobs import sign_batch
 from shell.db import transaction
 
 from .conftest import make_csr
-from .domain import in_threads, new_ca
+from .domain import collide_first_serials, in_threads, new_ca
 from .test_serial_blocks import CountingSigner, lock_timeout, queue, serials, unlocked
 
 
@@ -195,13 +195,7 @@ def test_a_serial_taken_while_signing_rolls_the_record_back_and_gives_the_jobs_b
         sessions, clock, monkeypatch):
     new_ca(sessions, clock)
     ids = queue(sessions, clock, 3)
-    real, drawn = authority.random_serial, []
-
-    def colliding(rng):
-        drawn.append(1)
-        return 0x4242 if len(drawn) <= 2 else real(rng)
-
-    monkeypatch.setattr(authority, "random_serial", colliding)
+    collide_first_serials(monkeypatch)
     with pytest.raises(authority.BatchConflict):
         sign_apart(sessions, ids, unlocked, clock)
     assert [state for state, _, _ in job_rows(sessions, ids)] == ["queued"] * 3

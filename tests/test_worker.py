@@ -141,6 +141,47 @@ def test_lost_messages_are_resent_by_the_reconciler(service, tmp_path, request):
     assert [j["state"] for j in listing] == ["issued"] * 5, service.logs()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL: one transaction
+def test_a_worker_killed_while_signing_leaves_its_claim_to_the_reconciler(service, tmp_path,
+                                                                         db_url):
+    """On SQLite a worker signs after its claim has committed (``service.jobs.sign_batch``):
+    SIGKILLed then, it leaves jobs ``signing``. Once the timeout has passed the reconciler
+    gives the claim up and re-sends them, and each job still ends with one certificate."""
+    import sqlite3
+
+    slow = service.cli("ca", "create", "Slow", "--subject", "/CN=Slow Root", "--key-type",
+                       "rsa4096")
+    assert slow.returncode == 0, slow.stderr
+    files = write_csrs(tmp_path, 200)
+    queued = service.cli("submit", *files, "--ca", "Slow", "--json")
+    assert queued.returncode == 0, queued.stderr
+    database = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=30)
+
+    def count(where: str) -> int:
+        return database.execute(f"SELECT count(*) FROM signing_jobs WHERE {where}").fetchone()[0]
+
+    worker = service.start("worker", "-c", "1")
+    deadline = time.monotonic() + 120
+    while count("state = 'signing'") == 0 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(worker.pid, signal.SIGKILL)  # mid-batch: claimed, signing, nothing recorded
+    worker.wait()
+    stranded = count("state = 'signing'")
+    assert stranded > 0, service.logs()
+    service.env.update(PKIQ_JOB_TIMEOUT_SECONDS="10", PKIQ_RECONCILE_SECONDS="1")
+    service.start("serve", "-c", "1")
+    deadline = time.monotonic() + 120
+    while count("state != 'issued'") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert count("state = 'issued'") == 200, service.logs()
+    assert count("attempts = 2") == stranded and count("attempts = 1") == 200 - stranded
+    certificates = database.execute("SELECT count(*), count(DISTINCT serial) FROM "
+                                    "certificates WHERE ca_id = (SELECT id FROM "
+                                    "certificate_authorities WHERE name = 'Slow')").fetchone()
+    assert certificates == (200, 200)  # one each: the dead worker's signatures went nowhere
+    database.close()
+
+
 def test_a_batch_that_breaks_is_signed_one_job_at_a_time(sessions, clock, monkeypatch):
     """A fault no job's own error explains (here a bug for one request) rolls the batch back;
     the task then signs the jobs one per transaction, so only the faulty one is left queued
