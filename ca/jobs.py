@@ -233,11 +233,12 @@ def run_job(session: Session, job_id: int, signer_for: Callable[[CertificateAuth
     """Sign one job, exactly once. Returns the job (None if it does not exist).
 
     Unlike ``run_jobs`` this waits for the row lock when another transaction holds the job,
-    so the job it returns is finished whoever signed it."""
+    so the job it returns is finished whoever signed it, or claimed by a worker signing it
+    apart (SQLite, ``service.jobs.sign_batch``), whose record is the one that counts."""
     job = session.scalar(select(SigningJob).where(SigningJob.id == job_id)
                          .options(joinedload(SigningJob.ca)).with_for_update(of=SigningJob))
-    if job is None or job.state not in ACTIVE:
-        return job  # finished already (a redelivery), or not approved yet
+    if job is None or job.state != "queued":
+        return job  # finished already (a redelivery), not approved yet, or claimed
     job.attempts += 1
     _sign(session, job, signer_for, clock)
     session.flush()

@@ -1,6 +1,6 @@
 """Thin tasks: ids in, one call into ``service.jobs``, ``ca.jobs`` or ``scheduler.tick``,
-the transactions around it. The app's settings come from the app running the task (``current_app``), so
-nothing here is built at import.
+the transactions around it. The app's settings come from the app running the task
+(``current_app``), so nothing here is built at import.
 
 A message names a short list of jobs (at most ``JOBS_PER_MESSAGE``), never their requests:
 the database stays the truth. One message per job cost more than the signature itself (the
