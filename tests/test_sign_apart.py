@@ -237,6 +237,18 @@ def test_a_refused_request_fails_with_its_reason_beside_the_others(sessions, clo
     assert sign_apart(sessions, ids, unlocked, clock) == []  # redelivered: nothing to do
 
 
+def test_a_job_awaiting_approval_is_claimed_only_once_approved(sessions, clock):
+    new_ca(sessions, clock, approval="manual")
+    [job_id] = queue(sessions, clock, 1)
+    assert sign_apart(sessions, [job_id], unlocked, clock) == []  # the message came early
+    assert job_rows(sessions, [job_id]) == [("awaiting_approval", 0, None)]
+    with transaction(sessions) as session:
+        jobs.approve(session, job_id, by="bob", now=clock())
+    [done] = sign_apart(sessions, [job_id], unlocked, clock)
+    assert (done.state, done.decided_by) == ("issued", "bob")
+    assert job_rows(sessions, [job_id]) == [("issued", 1, None)]
+
+
 def test_a_submit_commits_while_a_batch_signs(sessions, clock):
     """The reason for all this on SQLite, where a transaction holds the whole database:
     while a batch signs, a submit to the same database commits at once (in the same thread
