@@ -102,8 +102,9 @@ def sign_batch(factory: sessionmaker[Session], job_ids: Sequence[int],
 
     ``apart`` (the default on SQLite): claimed in one short transaction, signed holding no
     lock, recorded in another. A SQLite transaction holds the whole database's writer lock:
-    a batch of 25 RSA-4096 signatures held it ~50 ms, and every submit, revocation and CRL
-    waited behind it. Should signing or recording break, the claim is given back at once
+    a batch of 25 RSA-4096 signatures held it 25 signatures long (45-165 ms at the sign
+    rates in docs/benchmarks.md), and every submit, revocation and CRL waited behind it.
+    Should signing or recording break, the claim is given back at once
     (``release_claimed``) for the caller to sign the jobs one at a time; should the worker
     die, the lease runs out (the reconciler).
 
