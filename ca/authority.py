@@ -237,12 +237,16 @@ def ca_certificate(ca: CertificateAuthority) -> x509.Certificate:
     return load_certificate(ca.cert_der)
 
 
+# Built once: every signature, revocation and CRL looks its CA up, and building a statement
+# (and its cache key) costs more than running it on SQLite.
+_CA_NAMED = select(CertificateAuthority).where(CertificateAuthority.name == bindparam("name"))
+
+
 def get_ca(session: Session, name: str) -> CertificateAuthority:
     # A name no CA can have (control characters, NUL: PostgreSQL refuses those in text) is
     # not looked up at all.
     printable = name.isprintable() and len(name) <= 255
-    ca = session.scalar(select(CertificateAuthority).where(
-        CertificateAuthority.name == name)) if printable else None
+    ca = session.scalar(_CA_NAMED, {"name": name}) if printable else None
     if ca is None:
         known = session.scalars(select(CertificateAuthority.name)).all()
         hint = f"; known CAs: {', '.join(known)}" if known else "; none exists yet"
@@ -529,6 +533,12 @@ def hand_over(session: Session, ca: CertificateAuthority, folder: str,
     bump_status_generation(session, ca)  # OCSP: pkiq's index no longer has the last word
 
 
+_HANDED_OVER_KEY_SHARE = (
+    select(CertificateAuthority.handed_over_at)
+    .where(CertificateAuthority.id == bindparam("id"))
+    .with_for_update(read=True, key_share=True))
+
+
 def lock_in_service(session: Session, ca: CertificateAuthority) -> None:
     """Hold the CA row for the rest of the transaction and check it is still pkiq's: a
     handover waits for this change to commit (and then exports it), and one that committed
@@ -536,9 +546,7 @@ def lock_in_service(session: Session, ca: CertificateAuthority) -> None:
     nor for a serial reservation or a CRL (which take NO KEY UPDATE), and those do not wait
     for them; only the handover's FOR UPDATE does (PostgreSQL; SQLite's writer lock already
     serialises every transaction)."""
-    handed_over = session.scalar(
-        select(CertificateAuthority.handed_over_at)
-        .where(CertificateAuthority.id == ca.id).with_for_update(read=True, key_share=True))
+    handed_over = session.connection().scalar(_HANDED_OVER_KEY_SHARE, {"id": ca.id})
     if handed_over is not None and ca.handed_over_at is None:
         session.refresh(ca)
     check_in_service(ca)
