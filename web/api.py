@@ -757,7 +757,7 @@ class SubmitBatcher:
     already, behind the write before. Why wait: a write costs about 0.6 ms of CPU beside
     0.4 ms per request, so at a steady 500 requests a second written as they came (3 a
     write) the writes cost more than the requests; ``bench/run api`` measured 1.5 ms of the
-    web process's CPU a job that way, 1.0-1.1 ms with the wait (docs/benchmarks.md). Two
+    web process's CPU a job that way, 0.96-1.07 ms with the wait (docs/benchmarks.md). Two
     batches of a kind are under way at once, so one is parsed and verified (outside any
     transaction) while the other waits for the writer lock or commits. Requests go together
     only with the same actor, CA, profile, validity and node, so each keeps its own audit
@@ -833,7 +833,7 @@ class Announcements:
     queued in the last ``GATHER`` seconds, not one per write. A message costs its sender
     about 1 ms of CPU (the embedded broker creates a file for each), and each becomes a
     worker batch with its own claim and record transactions: at a steady 500 submissions a
-    second the writes hold 3 requests each, which was 170 messages a second. The answers do
+    second, one message per write was 100-170 messages a second. The answers do
     not wait for the message, and the workers start at most ``GATHER`` later; a message
     lost (broker down, process stopped meanwhile) leaves its jobs queued for the reconciler,
     as always."""
