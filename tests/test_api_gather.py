@@ -3,7 +3,7 @@ together are written in one transaction, and jobs queued close together go to th
 in one message of the embedded broker, whoever sent them; nothing is lost or told twice,
 a full batch does not wait, and a refused request beside good ones is refused alone.
 
-The windows are widened (0.5 s and more) so the tests decide on what pkiq does, not on how
+The windows are widened (0.3 s and more) so the tests decide on what pkiq does, not on how
 fast this machine answers; the real server, database and broker are used throughout."""
 
 from __future__ import annotations

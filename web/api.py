@@ -757,7 +757,8 @@ class SubmitBatcher:
     already, behind the write before. Why wait: a write costs about 0.6 ms of CPU beside
     0.4 ms per request, so at a steady 500 requests a second written as they came (3 a
     write) the writes cost more than the requests; ``bench/run api`` measured 1.5 ms of the
-    web process's CPU a job that way, 0.96-1.07 ms with the wait (docs/benchmarks.md). Two
+    web process's CPU a job that way, 0.96-1.28 ms in five runs with the wait (with the
+    gathered announcements below; docs/benchmarks.md). Two
     batches of a kind are under way at once, so one is parsed and verified (outside any
     transaction) while the other waits for the writer lock or commits. Requests go together
     only with the same actor, CA, profile, validity and node, so each keeps its own audit
