@@ -37,7 +37,7 @@ def _send(api, token: str, body: bytes, headers: dict, *, short: bool):
     if short:  # a read first: the token's grant is then cached
         assert api.call("GET", "/cas", token).status_code == 200
     else:
-        grants.clear()
+        grants.forget_all()
     before = shortcut.taken
     answer = requests.post(api.served.url("/api/v1/jobs"), data=body, timeout=60,
                            headers={"Authorization": f"Bearer {token}", **headers})

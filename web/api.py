@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -283,29 +284,94 @@ async def _answer(send, status: int, detail: str) -> None:
 
 # ---------------------------------------------------------------- the app
 
-GRANT_SECONDS = 5.0  # how long a process trusts a token it checked (a revocation's delay)
+class GrantCache:
+    """The grants of the tokens this process checked, trusted for ``SECONDS``: a busy
+    client's requests then cost no database read for their token, and a revocation (or
+    expiry) takes effect within ``SECONDS`` (at once for one made through this process:
+    ``forget_all``).
+
+    One look-up per token at a time: the requests that find its grant expired wait for the
+    look-up the first of them started. Each used to make its own, and the read and the
+    once-a-minute ``last_used_at`` write of each; ``bench/run api`` counted 9 and 31 of them
+    after each expiry at 500 requests a second. A grant in its last ``AHEAD`` seconds is
+    looked up again in the background by the first request to notice, so a busy token's
+    requests do not wait at all. Used from the event loop's thread only, but for
+    ``forget_all``, which a revocation calls from the thread pool."""
+
+    SECONDS = 5.0
+    AHEAD = 1.0
+    MOST = 10_000  # tokens held; past that the cache starts again
+
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+        self._grants: dict[str, tuple[Grant, float]] = {}  # sha256 of the token -> grant
+        self._lookups: dict[str, asyncio.Future] = {}
+        self._forgotten = 0  # forget_all's count: a look-up begun before it is not kept
+        self._books = threading.Lock()
+
+    def cached(self, presented: str) -> Grant | None:
+        """The token's grant if checked in the last ``SECONDS``, else None (no waiting)."""
+        key = _token_key(presented)
+        hit = self._grants.get(key)
+        if hit is None:
+            return None
+        grant, until = hit
+        left = until - time.monotonic()
+        if left <= 0:
+            return None
+        if left < self.AHEAD and key not in self._lookups:
+            self._look_up(key, presented)
+        return grant
+
+    async def grant(self, presented: str | None) -> Grant:
+        """The token's grant, looked up if need be (401 without a known token)."""
+        if not presented:
+            return await run_in_threadpool(token_service.authenticate, self.ctx, presented)
+        grant = self.cached(presented)
+        if grant is not None:
+            return grant
+        key = _token_key(presented)
+        lookup = self._lookups.get(key) or self._look_up(key, presented)
+        return await asyncio.shield(lookup)  # a client that leaves does not cancel it
+
+    def forget_all(self) -> None:
+        with self._books:
+            self._grants.clear()
+            self._forgotten += 1
+
+    def _look_up(self, key: str, presented: str) -> asyncio.Future:
+        forgotten = self._forgotten
+        lookup = asyncio.ensure_future(
+            run_in_threadpool(token_service.authenticate, self.ctx, presented))
+        self._lookups[key] = lookup
+
+        def done(_future) -> None:
+            if self._lookups.get(key) is lookup:
+                del self._lookups[key]
+            if lookup.cancelled() or lookup.exception() is not None:
+                self._grants.pop(key, None)  # the next request looks up and is told why
+                return
+            with self._books:
+                if self._forgotten != forgotten:
+                    return  # a revocation came meanwhile: this grant may predate it
+                if len(self._grants) >= self.MOST:
+                    self._grants.clear()
+                self._grants[key] = (lookup.result(), time.monotonic() + self.SECONDS)
+
+        lookup.add_done_callback(done)
+        return lookup
+
+
+def _token_key(presented: str) -> str:
+    return hashlib.sha256(presented.encode()).hexdigest()
 
 
 async def grant_of(request: Request,
                    credentials: Annotated[HTTPAuthorizationCredentials | None,
                                           Depends(bearer)]) -> Grant:
-    """The bearer token's grant (401 without a known token). A token checked in the last
-    few seconds is not looked up again: a busy client's requests then cost no database
-    read for their token, and a revocation (or expiry) takes effect within
-    ``GRANT_SECONDS`` (at once for a revocation made through this process)."""
-    presented = credentials.credentials if credentials else None
-    grants: dict = request.app.state.grants
-    key = hashlib.sha256(presented.encode()).hexdigest() if presented else None
-    if key is not None:
-        hit = grants.get(key)
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
-    grant = await run_in_threadpool(token_service.authenticate, request.app.state.pkiq_ctx,
-                                    presented)
-    if len(grants) > 10_000:
-        grants.clear()
-    grants[key] = (grant, time.monotonic() + GRANT_SECONDS)
-    return grant
+    """The bearer token's grant (401 without a known token), through ``GrantCache``."""
+    return await request.app.state.grants.grant(
+        credentials.credentials if credentials else None)
 
 
 Authorized = Annotated[Grant, Depends(grant_of)]
@@ -325,7 +391,7 @@ def make_api(ctx: ServiceContext) -> FastAPI:
                   responses=ERRORS)
 
     api.state.pkiq_ctx = ctx
-    api.state.grants = {}
+    api.state.grants = GrantCache(ctx)
 
     def actor_of(grant: Grant, request: Request) -> Actor:
         return Actor(grant.name, "api", request.client.host if request.client else None)
@@ -546,7 +612,7 @@ def make_api(ctx: ServiceContext) -> FastAPI:
                      grant: Authorized, request: Request) -> dict:
         grant.require("admin", "revoking tokens")
         view = token_service.revoke_token(acting(grant, request), name)
-        api.state.grants.clear()  # this process forgets every checked token at once
+        api.state.grants.forget_all()  # this process forgets every checked token at once
         return view
 
     @api.get("/audit", tags=["admin"])
@@ -931,10 +997,10 @@ class SubmitShortcut:
         credentials = credentials.strip()
         if scheme.lower() != "bearer" or not credentials:
             return None
-        hit = self.api.state.grants.get(hashlib.sha256(credentials.encode()).hexdigest())
-        if hit is None or hit[1] <= time.monotonic():
+        grant = self.api.state.grants.cached(credentials)
+        if grant is None:
             return None
-        return hit[0], key.decode("latin-1") if key is not None else None
+        return grant, key.decode("latin-1") if key is not None else None
 
 
 def _replay(body: bytes, receive):
