@@ -49,7 +49,19 @@ def check_ca(ctx: ServiceContext, ca_name: str) -> None:
         check_in_service(get_ca(session, ca_name))
 
 
-def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes | PkiqError],
+def prepare_known(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes], *,
+                  profile: str) -> list[bytes | jobs.Prepared | PkiqError]:
+    """``ca.jobs.prepare_requests`` under the copy_extensions the last submit to the CA saw,
+    for ``queue_requests`` to take as they are; the requests unchanged when no submit to
+    the CA was seen yet (``queue_requests`` then reads the CA and prepares them)."""
+    copy_mode = ctx.hints.get(("copy_extensions", ca_name))
+    if copy_mode is None:
+        return list(requests)
+    return jobs.prepare_requests(requests, profile=profile, copy_mode=copy_mode)
+
+
+def queue_requests(ctx: ServiceContext, ca_name: str,
+                   requests: Sequence[bytes | jobs.Prepared | PkiqError],
                    *, profile: str, requester: str, days: int | None = None,
                    node: str | None = None) -> tuple[list[dict], str | None]:
     """One chunk of a submit: the requests queued in one transaction, then the new queued
@@ -63,14 +75,18 @@ def queue_requests(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes |
     # lock, which signing workers and other submitters wait for), under the copy_extensions
     # the last submit to this CA saw: the write transaction checks again, so only a CA
     # never seen here costs a read first
+    raw = [r for r in readable if not isinstance(r, jobs.Prepared)]
+    if raw:
+        copy_mode = ctx.hints.get(("copy_extensions", ca_name))
+        if copy_mode is None:
+            with ctx.read_transaction() as session:
+                ca = get_ca(session, ca_name)
+                check_in_service(ca)
+                copy_mode = ca.copy_extensions
+        made = iter(jobs.prepare_requests(raw, profile=profile, copy_mode=copy_mode))
+        readable = [r if isinstance(r, jobs.Prepared) else next(made) for r in readable]
+    prepared = readable
     hint = ("copy_extensions", ca_name)
-    copy_mode = ctx.hints.get(hint)
-    if copy_mode is None:
-        with ctx.read_transaction() as session:
-            ca = get_ca(session, ca_name)
-            check_in_service(ca)
-            copy_mode = ca.copy_extensions
-    prepared = jobs.prepare_requests(readable, profile=profile, copy_mode=copy_mode)
     with ctx.transaction() as session:
         ca = get_ca(session, ca_name)
         check_in_service(ca)

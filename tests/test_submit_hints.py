@@ -72,3 +72,29 @@ def test_an_unknown_ca_is_not_remembered(root):
         job_service.queue_requests(root, "Nope", [make_csr("x.example.com")],
                                    profile="webserver", requester="alice")
     assert ("copy_extensions", "Nope") not in root.hints
+
+
+@pytest.mark.parametrize("later_mode, refused", [("copy", True), ("none", False)])
+def test_requests_prepared_under_a_stale_hint_are_checked_again(root, later_mode, refused):
+    """What the API does: the batch is prepared first (``prepare_known``, under the hint)
+    and written later; the CA's setting changed in between decides, as above."""
+    cas.configure_ca(root, "Root", cas.CaChanges(copy_extensions="none"))
+    _submit(root, make_csr("first.example.com"))
+    wildcard = make_csr("a.example.com", sans=("a.example.com", "*.example.com"))
+    prepared = job_service.prepare_known(root, "Root", [wildcard, b"garbage"],
+                                         profile="webserver")
+    assert not isinstance(prepared[0], bytes)  # prepared under "none": accepted so far
+    cas.configure_ca(root, "Root", cas.CaChanges(copy_extensions=later_mode))
+    row, garbage = _submit(root, *prepared)
+    assert (row["state"] == "refused") == refused
+    assert garbage["state"] == "refused"
+    assert garbage["error"].startswith("not a certificate request")
+
+
+def test_nothing_is_prepared_for_a_ca_not_seen_yet(root):
+    """Without a hint ``prepare_known`` leaves the requests as they are, for
+    ``queue_requests`` to read the CA and prepare them."""
+    csr = make_csr("unseen.example.com")
+    assert job_service.prepare_known(root, "Root", [csr], profile="webserver") == [csr]
+    [row] = _submit(root, *job_service.prepare_known(root, "Root", [csr], profile="webserver"))
+    assert row["state"] == "queued"
