@@ -49,12 +49,16 @@ def check_ca(ctx: ServiceContext, ca_name: str) -> None:
         check_in_service(get_ca(session, ca_name))
 
 
+def _copy_mode_hint(ca_name: str) -> tuple[str, str]:
+    return ("copy_extensions", ca_name)
+
+
 def prepare_known(ctx: ServiceContext, ca_name: str, requests: Sequence[bytes], *,
                   profile: str) -> list[bytes | jobs.Prepared | PkiqError]:
     """``ca.jobs.prepare_requests`` under the copy_extensions the last submit to the CA saw,
     for ``queue_requests`` to take as they are; the requests unchanged when no submit to
     the CA was seen yet (``queue_requests`` then reads the CA and prepares them)."""
-    copy_mode = ctx.hints.get(("copy_extensions", ca_name))
+    copy_mode = ctx.hints.get(_copy_mode_hint(ca_name))
     if copy_mode is None:
         return list(requests)
     return jobs.prepare_requests(requests, profile=profile, copy_mode=copy_mode)
@@ -74,10 +78,12 @@ def queue_requests(ctx: ServiceContext, ca_name: str,
     # parsed and verified before the write transaction (on SQLite that holds the one writer
     # lock, which signing workers and other submitters wait for), under the copy_extensions
     # the last submit to this CA saw: the write transaction checks again, so only a CA
-    # never seen here costs a read first
+    # never seen here costs a read first; requests prepared already (``prepare_known``)
+    # are taken as they are
+    hint = _copy_mode_hint(ca_name)
     raw = [r for r in readable if not isinstance(r, jobs.Prepared)]
     if raw:
-        copy_mode = ctx.hints.get(("copy_extensions", ca_name))
+        copy_mode = ctx.hints.get(hint)
         if copy_mode is None:
             with ctx.read_transaction() as session:
                 ca = get_ca(session, ca_name)
@@ -85,13 +91,11 @@ def queue_requests(ctx: ServiceContext, ca_name: str,
                 copy_mode = ca.copy_extensions
         made = iter(jobs.prepare_requests(raw, profile=profile, copy_mode=copy_mode))
         readable = [r if isinstance(r, jobs.Prepared) else next(made) for r in readable]
-    prepared = readable
-    hint = ("copy_extensions", ca_name)
     with ctx.transaction() as session:
         ca = get_ca(session, ca_name)
         check_in_service(ca)
         ctx.hints[hint] = ca.copy_extensions
-        done = iter(jobs.submit_many(session, ca, prepared, profile=profile,
+        done = iter(jobs.submit_many(session, ca, readable, profile=profile,
                                      requester=requester, days=days, node=node,
                                      now=ctx.clock()))
         for request in requests:

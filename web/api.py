@@ -292,11 +292,11 @@ class GrantCache:
 
     One look-up per token at a time: the requests that find its grant expired wait for the
     look-up the first of them started. Each used to make its own, and the read and the
-    once-a-minute ``last_used_at`` write of each; ``bench/run api`` counted 9 and 31 of them
-    after each expiry at 500 requests a second. A grant in its last ``AHEAD`` seconds is
-    looked up again in the background by the first request to notice, so a busy token's
-    requests do not wait at all. Used from the event loop's thread only, but for
-    ``forget_all``, which a revocation calls from the thread pool."""
+    once-a-minute ``last_used_at`` write of each: the API benchmark counted 9 and 31 of
+    them after each expiry at 500 requests a second (docs/benchmarks.md). A grant in its
+    last ``AHEAD`` seconds is looked up again in the background by the first request to
+    notice, so a busy token's requests do not wait at all. Used from the event loop's
+    thread only, but for ``forget_all``, which a revocation calls from the thread pool."""
 
     SECONDS = 5.0
     AHEAD = 1.0
@@ -895,7 +895,6 @@ class SubmitBatcher:
                 self._full.pop(key, None)
                 if not self._waiting.get(key):
                     self._waiting.pop(key, None)
-
 
     async def _prepare(self, acting: ServiceContext, ca: str, profile: str,
                        batch: list) -> list:
