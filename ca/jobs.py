@@ -93,13 +93,13 @@ def prepare_requests(requests: Sequence[bytes], *, profile: str,
     for data in requests:
         try:
             csr = load_csr(data)
-            check_request(csr, prof, copy_mode, canonical_name(csr.subject))
+            subject = csr.subject  # made anew at each read of the attribute: read it once
+            check_request(csr, prof, copy_mode, canonical_name(subject))
         except PkiqError as exc:
             out.append(exc)
             continue
         der = csr.public_bytes(serialization.Encoding.DER)
-        out.append(Prepared(der, request_fingerprint(der), openssl_oneline(csr.subject),
-                            copy_mode))
+        out.append(Prepared(der, request_fingerprint(der), openssl_oneline(subject), copy_mode))
     return out
 
 

@@ -162,3 +162,25 @@ def test_a_refused_request_in_a_gathered_batch_is_refused_alone(app, estate):  #
     assert "not a certificate request" in answers[2].json()["detail"]
     good = sorted(a.json()["id"] for a in answers if a.status_code == 201)
     assert sorted(sum(_wait_for_messages(app, 4), [])) == good
+
+
+def test_a_job_after_a_quiet_spell_is_told_at_once_and_the_next_waits_for_the_window(
+        app, estate):  # noqa: F811
+    api, token = estate
+    _warm(api, token["alice"])
+    batcher = _shortcut(api).api.state.batcher
+    batcher.GATHER = 0  # each request written as it comes
+    batcher.announcements.GATHER = 4.0
+    started = time.monotonic()
+    [first] = _burst(api, token["alice"], _good(1, "quiet0-"))
+    assert first.status_code == 201
+    first_id = first.json()["id"]
+    assert _wait_for_messages(app, 1, timeout=3) == [[first_id]]
+    assert time.monotonic() - started < 3  # nothing was told before: no wait for the window
+    [second, third] = [_burst(api, token["alice"], _good(1, f"quiet{n}-"))[0] for n in (1, 2)]
+    assert second.status_code == third.status_code == 201
+    time.sleep(1)
+    assert _messages(app) == [[first_id]]  # inside the window: not yet, and not apart
+    later = [second.json()["id"], third.json()["id"]]
+    assert _wait_for_messages(app, 3, timeout=10) == [[first_id], later]
+    assert time.monotonic() - started >= 4  # one message per window
