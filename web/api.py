@@ -821,11 +821,13 @@ class SubmitBatcher:
     turn of the audit log's head for all of them, as ``pkiq submit`` does for a folder of
     requests. A write starts when its oldest request has waited ``GATHER`` seconds, or at
     once when ``SUBMIT_CHUNK`` are waiting; under load the oldest has waited that long
-    already, behind the write before. Why wait: a write costs about 0.6 ms of CPU beside
-    0.4 ms per request, so at a steady 500 requests a second written as they came (3 a
-    write) the writes cost more than the requests; ``bench/run api`` measured 1.5 ms of the
-    web process's CPU a job that way, 0.96-1.28 ms in five runs with the wait (with the
-    gathered announcements below; docs/benchmarks.md). Two
+    already, behind the write before. Why wait: a write costs about 0.33 ms of CPU beside
+    0.07 ms per request (``queue_requests`` alone, one thread, AVX-512 CPU), and about twice
+    that in the web process beside the event loop, so at a steady 500 requests a second
+    written as they came the writes would cost more than the requests. ``bench/run api``'s
+    paced phase (500/s), runs alternating: 0.64 ms of the web process's CPU a job with 20 ms
+    against 0.73 with 10 ms (p99 32-43 against 21-33 ms); later, 0.58 with 20 ms against
+    0.52 with 30 ms (p99 44 ms); docs/benchmarks.md. Two
     batches of a kind are under way at once, so one is parsed and verified (outside any
     transaction) while the other waits for the writer lock or commits. Requests go together
     only with the same actor, CA, profile, validity and node, so each keeps its own audit
@@ -833,7 +835,7 @@ class SubmitBatcher:
     queued."""
 
     IN_FLIGHT = 2  # batches of one kind under way at once
-    GATHER = 0.01  # seconds
+    GATHER = 0.02  # seconds
     PREPARE_STEP = 8  # requests checked between two turns of the event loop (~3 ms)
 
     def __init__(self, ctx: ServiceContext, limit: int = job_service.SUBMIT_CHUNK):
