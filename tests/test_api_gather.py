@@ -134,6 +134,19 @@ def test_full_batches_are_written_without_waiting(app, estate, job_writes):  # n
     assert len(job_writes) == 2
 
 
+def test_enough_waiting_submissions_are_written_at_once_in_one_write(
+        app, estate, job_writes):  # noqa: F811
+    api, token = estate
+    _warm(api, token["alice"])
+    batcher = _shortcut(api).api.state.batcher
+    batcher.GATHER, batcher.ENOUGH = 30.0, 6  # the window would outlast the test
+    started = time.monotonic()
+    answers = _burst(api, token["alice"], _good(6, "enough"))
+    assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers]
+    assert time.monotonic() - started < 20
+    assert len(job_writes) == 1
+
+
 def test_a_lone_submission_waits_the_window_and_no_longer(app, estate):  # noqa: F811
     api, token = estate
     _warm(api, token["alice"])
