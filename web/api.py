@@ -826,7 +826,7 @@ class SubmitBatcher:
     Why wait: a write costs about 0.33 ms of CPU beside 0.07 ms per request
     (``queue_requests`` alone, one thread, AVX-512 CPU), and about twice that in the web
     process beside the event loop, so at a steady 500 requests a second written as they
-    came the writes would cost more than the requests. ``bench/run api``'s paced phase (500/s),
+    came the writes would cost more than the requests. The benchmark's paced phase (500/s),
     runs alternating: 0.64 ms of the web process's CPU a job with 20 ms against 0.73 with
     10 ms (p99 32-43 against 21-33 ms); later, 0.58 with 20 ms against 0.52 with 30 ms (p99
     44 ms); docs/benchmarks.md. Why not wait for more than ``ENOUGH``: a write's own cost is
