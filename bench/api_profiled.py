@@ -23,19 +23,23 @@ from pathlib import Path
 PROFILES: list[cProfile.Profile] = []
 _LOCK = threading.Lock()
 
-# stage -> (file suffix, function name): cumulative time of that function per job
+# stage -> (file suffix, function name): cumulative time of that function per job. A
+# submission's path (web.api): the shortcut hands the body to ``submit_parsed``, which waits
+# for its batch; the batch is checked in the event loop's thread (``SubmitBatcher._prepare``)
+# and written in the thread pool (``queue_requests``); the workers are told from the pool.
 STAGES = {
-    "whole request (the endpoint)": ("web/api.py", "submit"),
-    "  token authentication (service.tokens.authenticate)": ("service/tokens.py",
-                                                             "authenticate"),
-    "  queue_requests (a batch: read, parse, write)": ("service/jobs.py", "queue_requests"),
-    "    ca.jobs.prepare_requests (parse, verify, check)": ("ca/jobs.py", "prepare_requests"),
-    "    ca.jobs.submit_many (insert)": ("ca/jobs.py", "submit_many"),
-    "    audit rows (ca.audit.record_many)": ("ca/audit.py", "record_many"),
-    "    announce to the workers (Celery publish)": ("service/jobs.py", "announce"),
-    "    commits (Session.commit)": ("sqlalchemy/orm/session.py", "commit"),
+    "a submission's own request (web.api submit_parsed)": ("web/api.py", "submit_parsed"),
+    "token look-ups (service.tokens.authenticate)": ("service/tokens.py", "authenticate"),
+    "checks, event loop (ca.jobs.prepare_requests: parse, verify, check)": (
+        "ca/jobs.py", "prepare_requests"),
+    "writes, thread pool (service.jobs.queue_requests)": ("service/jobs.py", "queue_requests"),
+    "  ca.jobs.submit_many (insert)": ("ca/jobs.py", "submit_many"),
+    "  audit rows (ca.audit.record_many)": ("ca/audit.py", "record_many"),
+    "  commits (Session.commit)": ("sqlalchemy/orm/session.py", "commit"),
+    "announce to the workers, thread pool (Celery publish)": ("service/jobs.py", "announce"),
     "response model validation (not on submit)": ("fastapi/routing.py", "serialize_response"),
-    "event loop: uvicorn + FastAPI + Starlette (main thread, total)": ("", "<main thread>"),
+    "event loop: uvicorn, the shortcut, the checks (main thread, total)": ("",
+                                                                          "<main thread>"),
 }
 
 
