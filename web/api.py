@@ -832,7 +832,7 @@ class SubmitBatcher:
     44 ms); docs/benchmarks.md. Why not wait for more than ``ENOUGH``: a write's own cost is
     a small share of theirs by then, and clients that wait for their answer before they
     send again would be held back by the window (50 of them made 1,100-1,300 a second with
-    it, 2,250-2,480 without).
+    it, 1,650-2,480 without).
 
     Two batches of a kind are under way at once, so one is parsed and verified (outside any
     transaction) while the other waits for the writer lock or commits. Requests go together
