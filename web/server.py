@@ -56,7 +56,7 @@ def app_from_environment():
 
 
 def settle_heap() -> None:
-    """What the process built to start (modules, the app, its models: about 170,000 objects)
+    """What the process built to start (modules, the app, its models: about 160,000 objects)
     is kept out of the cyclic garbage collector's full passes, which otherwise walk all of
     it a few times a minute under load, 55-85 ms each (measured with ``gc.callbacks``
     under ``bench/run api``), an answer's worth of stall every time. For a process that
